@@ -1,0 +1,195 @@
+"""The ``bucketbrush`` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import threading
+from pathlib import Path
+from typing import Any
+
+from bucketbrush.settings import Settings
+
+
+def _params(pairs: list[str]) -> dict[str, Any]:
+    """``k=v`` pairs; values that parse as JSON (numbers, booleans, lists) keep their type."""
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"--param wants NAME=VALUE, got {pair!r}")
+        try:
+            params[name] = json.loads(value)
+        except ValueError:
+            params[name] = value
+    return params
+
+
+def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
+    from infra.local import LocalStack
+
+    LocalStack(settings).up(runners=args.runners, report=print)
+    return 0
+
+
+def cmd_down(settings: Settings, args: argparse.Namespace) -> int:
+    from infra.local import LocalStack
+
+    LocalStack(settings).down(report=print)
+    return 0
+
+
+def cmd_infra_apply(settings: Settings, args: argparse.Namespace) -> int:
+    from bucketbrush.store import s3_client
+    from infra.bucket import apply_bucket
+
+    for line in apply_bucket(s3_client(settings), settings):
+        print(line)
+    return 0
+
+
+def cmd_presign(settings: Settings, args: argparse.Namespace) -> int:
+    from bucketbrush.store import s3_client
+    from functions.presign import presign_upload
+
+    upload = presign_upload(
+        s3_client(settings, public=True), settings, recipe=args.recipe, filename=args.filename,
+        content_type=args.content_type, params=_params(args.param), expires_s=args.expires,
+    )
+    print(upload.model_dump_json(indent=2))
+    return 0
+
+
+def _print_manifest(manifest: Any, bucket: Any) -> None:
+    print(f"job {manifest.job_id}: {manifest.status} ({manifest.recipe})")
+    if manifest.error:
+        print(f"  error {manifest.error.code}: {manifest.error.message}")
+    if "processing_s" in manifest.timings:
+        print(f"  processing {manifest.timings['processing_s'] * 1000:.0f} ms")
+    for out in manifest.outputs:
+        print(f"  {out.key}  {out.width}x{out.height}  {out.bytes} bytes")
+        print(f"    {bucket.presigned_get(out.key)}")
+
+
+def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
+    from bucketbrush.client import submit_file
+    from bucketbrush.store import Bucket
+
+    def show(m: Any) -> None:
+        print(f"  {m.status:<9} {m.progress.fraction:6.0%}", file=sys.stderr)
+
+    upload, manifest = submit_file(settings, Path(args.file), args.recipe, _params(args.param),
+                                   wait=not args.no_wait, timeout=args.timeout, on_update=show)
+    print(f"uploaded {upload.key} -> job {upload.job_id}", file=sys.stderr)
+    if manifest is None:
+        print(upload.job_id)
+        return 0
+    bucket = Bucket(settings)
+    if args.json:
+        print(manifest.model_dump_json(indent=2))
+    else:
+        _print_manifest(manifest, bucket)
+    return 0 if manifest.status == "succeeded" else 1
+
+
+def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
+    from bucketbrush.store import Bucket
+
+    manifests = sorted(Bucket(settings).list_manifests(), key=lambda m: m.updated_at)
+    for m in manifests:
+        if args.status and m.status != args.status:
+            continue
+        err = f"  {m.error.code}" if m.error else ""
+        print(f"{m.job_id}  {m.status:<9}  {m.recipe:<10}  {len(m.outputs)} outputs{err}")
+    return 0
+
+
+def cmd_runner(settings: Settings, args: argparse.Namespace) -> int:
+    from gpu_runner.worker import run_worker
+
+    run_worker(settings, ready_file=args.ready_file)
+    return 0
+
+
+def cmd_events_seaweedfs(settings: Settings, args: argparse.Namespace) -> int:
+    import signal
+
+    from bucketbrush.broker import build_broker
+    from bucketbrush.store import Bucket
+    from functions.handler import Handler
+    from functions.sources.seaweedfs import Cursor, FilerSubscription
+
+    handler = Handler(settings, Bucket(settings), build_broker(settings))
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    cursor = Cursor(args.cursor or settings.state_dir / f"cursor-{settings.bucket}.txt")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    ready = args.ready_file
+    FilerSubscription(filer=args.filer, bucket=settings.bucket, cursor=cursor, handle=handler.handle).run(
+        stop, on_ready=(lambda: ready.write_text("ready\n")) if ready else None
+    )
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bucketbrush", description=__doc__)
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start the local stack (SeaweedFS, Redis, events, runner)")
+    up.add_argument("--runners", type=int, default=1)
+    up.set_defaults(func=cmd_up)
+    sub.add_parser("down", help="stop what `up` started").set_defaults(func=cmd_down)
+
+    infra = sub.add_parser("infra", help="bucket setup").add_subparsers(dest="infra", required=True)
+    infra.add_parser("apply", help="bucket, CORS, lifecycle rules").set_defaults(func=cmd_infra_apply)
+
+    pre = sub.add_parser("presign", help="a presigned POST for one upload into inbox/<recipe>/")
+    pre.add_argument("recipe")
+    pre.add_argument("--filename", default="upload.png")
+    pre.add_argument("--content-type")
+    pre.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
+    pre.add_argument("--expires", type=int, help="seconds")
+    pre.set_defaults(func=cmd_presign)
+
+    sm = sub.add_parser("submit", help="upload a file as a job and wait for its manifest")
+    sm.add_argument("file")
+    sm.add_argument("--recipe", required=True)
+    sm.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
+    sm.add_argument("--timeout", type=float, default=600)
+    sm.add_argument("--no-wait", action="store_true", help="print the job id and return")
+    sm.add_argument("--json", action="store_true", help="print the whole manifest")
+    sm.set_defaults(func=cmd_submit)
+
+    jobs = sub.add_parser("jobs", help="list job manifests")
+    jobs.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled"])
+    jobs.set_defaults(func=cmd_jobs)
+
+    run = sub.add_parser("runner", help="run a runner process (Dramatiq worker)")
+    run.add_argument("--ready-file", type=Path)
+    run.set_defaults(func=cmd_runner)
+
+    ev = sub.add_parser("events", help="run an event source").add_subparsers(dest="source", required=True)
+    sw = ev.add_parser("seaweedfs", help="follow the SeaweedFS filer's metadata log")
+    sw.add_argument("--filer", required=True, help="filer HOST:PORT")
+    sw.add_argument("--cursor", type=Path, help="cursor file (default: in the state dir)")
+    sw.add_argument("--ready-file", type=Path)
+    sw.set_defaults(func=cmd_events_seaweedfs)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("botocore").setLevel(logging.WARNING)
+    return args.func(Settings(), args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

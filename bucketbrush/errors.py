@@ -1,0 +1,68 @@
+"""The one error tree. Each error carries a stable code that lands in the failed manifest."""
+
+from __future__ import annotations
+
+
+class BucketbrushError(Exception):
+    """Base class. ``code`` is stable and machine-readable; the message is for people."""
+
+    code = "internal_error"
+    retryable = False
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        if code:
+            self.code = code
+
+    @property
+    def message(self) -> str:
+        return str(self)
+
+
+class JobError(BucketbrushError):
+    """The job cannot succeed as submitted; retrying the same input would fail again."""
+
+    code = "job_error"
+
+
+class InvalidImage(JobError):
+    code = "invalid_image"
+
+
+class EmptyInput(JobError):
+    code = "empty_input"
+
+
+class ImageTooLarge(JobError):
+    code = "image_too_large"
+
+
+class InputTooLarge(JobError):
+    code = "input_too_large"
+
+
+class InputMissing(JobError):
+    code = "input_missing"
+
+
+class UnknownRecipe(JobError):
+    code = "unknown_recipe"
+
+
+class InvalidParams(JobError):
+    code = "invalid_params"
+
+
+class InvalidSpec(JobError):
+    code = "invalid_spec"
+
+
+class TransientError(BucketbrushError):
+    """A dependency failed (store or broker unreachable); the same job may succeed later."""
+
+    code = "transient_error"
+    retryable = True
+
+
+class ConfigError(BucketbrushError):
+    code = "config_error"

@@ -1,0 +1,70 @@
+"""Job identity and the job spec: the small message that travels through the queue."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+JOB_ID_LEN = 24
+_JOB_ID = re.compile(rf"^[0-9a-f]{{{JOB_ID_LEN}}}$")
+# Job ids chosen by users for jobs/<job_id>.json specs.
+_SPEC_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
+
+
+class ObjectRef(BaseModel):
+    """One object in the bucket, pinned to the content that triggered the job."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    bucket: str
+    key: str
+    etag: str | None = None
+    version_id: str | None = None
+    size: int | None = None
+
+    @property
+    def identity(self) -> str:
+        """What makes two events "the same upload": bucket, key and content version."""
+        return "\0".join([self.bucket, self.key, self.version_id or "", (self.etag or "").strip('"')])
+
+
+class JobSpec(BaseModel):
+    """What the runner needs to do one job. Never carries image bytes."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    job_id: str
+    recipe: str
+    # The object whose creation made this job: an upload, or a jobs/<job_id>.json spec.
+    source: ObjectRef
+    # The image to process (the upload itself, or the spec's "input"); None for recipes
+    # that need no input image.
+    input: ObjectRef | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    enqueued_at: float | None = None
+
+
+def job_id_for(ref: ObjectRef) -> str:
+    """Deterministic job id from an object's identity: a repeated event maps to the same job."""
+    return hashlib.sha256(ref.identity.encode()).hexdigest()[:JOB_ID_LEN]
+
+
+def new_ticket() -> str:
+    """A fresh job id handed out with a presigned upload; the key carries it."""
+    return secrets.token_hex(JOB_ID_LEN // 2)
+
+
+def is_job_id(value: str) -> bool:
+    return bool(_JOB_ID.match(value) or _SPEC_JOB_ID.match(value))
+
+
+def is_ticket(value: str) -> bool:
+    return bool(_JOB_ID.match(value))
+
+
+def is_spec_job_id(value: str) -> bool:
+    return bool(_SPEC_JOB_ID.match(value))

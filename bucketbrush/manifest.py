@@ -1,0 +1,71 @@
+"""The manifest at ``manifests/<job_id>.json``: the job's public record.
+
+Outputs are written before the final manifest, so a reader that sees a final status can
+trust every key listed in it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from bucketbrush.jobs import ObjectRef
+
+SCHEMA_VERSION = 1
+Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+FINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
+
+
+class Output(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    key: str
+    content_type: str
+    width: int | None = None
+    height: int | None = None
+    bytes: int
+    sha256: str
+
+
+class Progress(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    step: int = 0
+    total: int = 0
+    fraction: float = 0.0
+
+
+class ErrorInfo(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    code: str
+    message: str
+    retryable: bool = False
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    schema_version: int = SCHEMA_VERSION
+    job_id: str
+    status: Status
+    recipe: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    inputs: list[ObjectRef] = Field(default_factory=list)
+    outputs: list[Output] = Field(default_factory=list)
+    model: dict[str, Any] | None = None
+    seeds: list[int] = Field(default_factory=list)
+    progress: Progress = Field(default_factory=Progress)
+    # Wall-clock stamps (epoch seconds) and durations (seconds).
+    timings: dict[str, float] = Field(default_factory=dict)
+    runner: dict[str, Any] | None = None
+    error: ErrorInfo | None = None
+    warnings: list[str] = Field(default_factory=list)
+    attempts: int = 0
+    updated_at: float = Field(default_factory=time.time)
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in FINAL_STATUSES

@@ -1,0 +1,110 @@
+"""Configuration, read from ``BUCKETBRUSH_*`` variables, a ``.env`` file and the local stack.
+
+Precedence (highest first): explicit arguments, environment, ``.env``, the state file written
+by ``bucketbrush up`` (so commands find the local servers it started), then defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    JsonConfigSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+MB = 1024 * 1024
+STACK_FILE = "stack.json"
+
+
+def default_state_dir() -> Path:
+    return Path(os.environ.get("BUCKETBRUSH_STATE_DIR", ".bucketbrush"))
+
+
+class Settings(BaseSettings):
+    """Everything a deployable needs to reach the bucket and the queue."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BUCKETBRUSH_", env_file=".env", extra="ignore", frozen=True
+    )
+
+    # Storage. An unset endpoint means AWS S3 itself.
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_access_key: str | None = None
+    s3_secret_key: SecretStr | None = None
+    s3_addressing_style: str = "path"
+    bucket: str = "bucketbrush"
+    # Optional public endpoint for presigned URLs handed to apps (when the functions reach
+    # the store on an internal address).
+    s3_public_endpoint_url: str | None = None
+
+    # Queue.
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    broker_namespace: str = "bucketbrush"
+    queue_name: str = "bucketbrush"
+    max_retries: int = Field(default=3, ge=0, description="retries for transient failures only")
+
+    # Bucket layout.
+    inbox_prefix: str = "inbox/"
+    jobs_prefix: str = "jobs/"
+    outputs_prefix: str = "outputs/"
+    manifests_prefix: str = "manifests/"
+
+    # Limits.
+    max_upload_bytes: int = 50 * MB
+    max_image_pixels: int = 40_000_000
+    presign_expires_s: int = 3600
+    dedupe_ttl_s: int = 7 * 24 * 3600
+
+    # Retention, in days (0 disables the rule).
+    inbox_retention_days: int = 1
+    outputs_retention_days: int = 7
+    manifests_retention_days: int = 30
+    cors_allowed_origins: list[str] = ["*"]
+
+    # Local stack.
+    state_dir: Path = Field(default_factory=default_state_dir)
+    local_redis: str = Field(
+        default="auto", pattern="^(auto|always|never)$",
+        description="auto: use redis_url if it answers, else start a private one",
+    )
+
+    @field_validator("inbox_prefix", "jobs_prefix", "outputs_prefix", "manifests_prefix")
+    @classmethod
+    def _folder(cls, v: str) -> str:
+        v = v.strip("/")
+        if not v:
+            raise ValueError("prefix must not be empty")
+        return v + "/"
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        stack = JsonConfigSettingsSource(
+            settings_cls, json_file=default_state_dir() / STACK_FILE
+        )
+        return init_settings, env_settings, dotenv_settings, stack, file_secret_settings
+
+    def s3_client_kwargs(self, *, public: bool = False) -> dict[str, Any]:
+        """Keyword arguments for ``boto3.client("s3", ...)``."""
+        endpoint = (self.s3_public_endpoint_url if public else None) or self.s3_endpoint_url
+        kwargs: dict[str, Any] = {"region_name": self.s3_region}
+        if endpoint:
+            kwargs["endpoint_url"] = endpoint
+        if self.s3_access_key:
+            kwargs["aws_access_key_id"] = self.s3_access_key
+        if self.s3_secret_key:
+            kwargs["aws_secret_access_key"] = self.s3_secret_key.get_secret_value()
+        return kwargs

@@ -1,0 +1,1 @@
+"""Thin, torch-free handlers: bucket events in, Dramatiq messages and queued manifests out."""

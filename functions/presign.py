@@ -1,0 +1,79 @@
+"""Presigned POST uploads into ``inbox/<recipe>/<job_id>/<file>`` for apps and browsers.
+
+The store enforces the policy: the exact key, a size range, an ``image/*`` content type and
+the job params. The job id is in the key, so the app knows which manifest to watch.
+"""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+import re
+import time
+from typing import Any
+
+from pydantic import BaseModel
+
+from bucketbrush.jobs import new_ticket
+from bucketbrush.settings import Settings
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_RECIPE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
+
+
+class PresignedUpload(BaseModel):
+    url: str
+    fields: dict[str, str]
+    key: str
+    job_id: str
+    manifest_key: str
+    max_bytes: int
+    expires_at: float
+
+
+def safe_filename(filename: str) -> str:
+    name = _UNSAFE.sub("_", filename.rsplit("/", 1)[-1]).strip("._") or "upload"
+    return name[:128]
+
+
+def presign_upload(
+    s3: Any,
+    settings: Settings,
+    *,
+    recipe: str,
+    filename: str = "upload.png",
+    content_type: str | None = None,
+    params: dict[str, Any] | None = None,
+    max_bytes: int | None = None,
+    expires_s: int | None = None,
+) -> PresignedUpload:
+    """A presigned POST for one upload; ``s3`` should use the endpoint apps can reach."""
+    if not _RECIPE.match(recipe):
+        raise ValueError(f"invalid recipe name {recipe!r}")
+    max_bytes = min(max_bytes or settings.max_upload_bytes, settings.max_upload_bytes)
+    expires_s = expires_s or settings.presign_expires_s
+    content_type = content_type or mimetypes.guess_type(filename)[0] or "image/png"
+    if not content_type.startswith("image/"):
+        raise ValueError(f"content type must be image/*, not {content_type!r}")
+    job_id = new_ticket()
+    key = f"{settings.inbox_prefix}{recipe}/{job_id}/{safe_filename(filename)}"
+    fields = {"Content-Type": content_type}
+    conditions: list[Any] = [
+        ["content-length-range", 1, max_bytes],
+        ["starts-with", "$Content-Type", "image/"],
+    ]
+    if params:
+        fields["x-amz-meta-params"] = json.dumps(params, separators=(",", ":"), sort_keys=True)
+        conditions.append({"x-amz-meta-params": fields["x-amz-meta-params"]})
+    post = s3.generate_presigned_post(
+        Bucket=settings.bucket, Key=key, Fields=fields, Conditions=conditions, ExpiresIn=expires_s
+    )
+    return PresignedUpload(
+        url=post["url"],
+        fields=post["fields"],
+        key=key,
+        job_id=job_id,
+        manifest_key=f"{settings.manifests_prefix}{job_id}.json",
+        max_bytes=max_bytes,
+        expires_at=time.time() + expires_s,
+    )

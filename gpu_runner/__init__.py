@@ -1,0 +1,1 @@
+"""The runner: Dramatiq workers that turn job specs into outputs and final manifests."""

@@ -1,0 +1,57 @@
+"""Decode untrusted uploads safely and encode outputs."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from bucketbrush.errors import EmptyInput, ImageTooLarge, InvalidImage
+
+FORMATS = {"png": ("PNG", "image/png"), "jpeg": ("JPEG", "image/jpeg"), "webp": ("WEBP", "image/webp")}
+
+
+def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
+    """An RGB or RGBA image, upright per EXIF. Raises a JobError for anything else.
+
+    Pillow's own decompression-bomb guard does the pixel check from the header, before any
+    pixel data is decoded.
+    """
+    if not data:
+        raise EmptyInput("the upload is empty (0 bytes)")
+    previous = Image.MAX_IMAGE_PIXELS
+    try:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+        with warnings.catch_warnings():
+            # Pillow warns between 1x and 2x the limit and raises above 2x; refuse both.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            image.load()
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise ImageTooLarge(
+            f"the image has more than {max_pixels:,} pixels (the configured limit)"
+        ) from exc
+    except UnidentifiedImageError as exc:
+        raise InvalidImage("the upload is not an image in a format Pillow can read") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        # Truncated or corrupt data surfaces as OSError ("image file is truncated") et al.
+        raise InvalidImage(f"the image could not be decoded: {exc}") from exc
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+    image = ImageOps.exif_transpose(image)
+    if image.mode not in ("RGB", "RGBA"):
+        has_alpha = image.mode in ("LA", "PA") or "transparency" in image.info
+        image = image.convert("RGBA" if has_alpha else "RGB")
+    return image
+
+
+def encode_image(image: Image.Image, fmt: str = "png", quality: int = 90) -> tuple[bytes, str]:
+    """Bytes and content type of ``image`` in ``fmt`` (png, jpeg or webp)."""
+    pil_format, content_type = FORMATS[fmt]
+    if pil_format == "JPEG" and image.mode != "RGB":
+        image = image.convert("RGB")
+    buf = io.BytesIO()
+    options = {} if pil_format == "PNG" else {"quality": quality}
+    image.save(buf, pil_format, **options)
+    return buf.getvalue(), content_type

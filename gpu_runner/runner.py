@@ -1,0 +1,218 @@
+"""Run one job: load the input, run the recipe, write outputs, then the final manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+import socket
+import time
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+from pydantic import ValidationError
+
+from bucketbrush import __version__
+from bucketbrush.errors import (
+    BucketbrushError,
+    EmptyInput,
+    InputMissing,
+    InputTooLarge,
+    InvalidParams,
+    JobError,
+    TransientError,
+)
+from bucketbrush.jobs import JobSpec, ObjectRef
+from bucketbrush.manifest import ErrorInfo, Manifest, Output, Progress
+from bucketbrush.store import Bucket, is_not_found
+from gpu_runner.images import decode_image, encode_image
+from gpu_runner.recipes import get_recipe
+from gpu_runner.recipes.base import JobContext, Recipe, RecipeParams, RecipeResult
+
+log = logging.getLogger(__name__)
+
+PROGRESS_INTERVAL_S = 0.5
+
+
+def runner_info() -> dict[str, Any]:
+    import cv2
+    import dramatiq
+    import PIL
+
+    return {
+        "host": socket.gethostname(),
+        "device": "cpu",
+        "versions": {
+            "bucketbrush": __version__,
+            "python": platform.python_version(),
+            "pillow": PIL.__version__,
+            "opencv": cv2.__version__,
+            "dramatiq": dramatiq.__version__,
+        },
+    }
+
+
+class JobRunner:
+    """Executes job specs against the bucket. One instance per worker process."""
+
+    def __init__(self, bucket: Bucket) -> None:
+        self.bucket = bucket
+        self.settings = bucket.settings
+        self.info = runner_info()
+
+    def run(self, spec: JobSpec, *, attempt: int = 1, last_attempt: bool = True) -> Manifest:
+        """Run ``spec`` once. JobErrors end in a failed manifest and are re-raised (never
+        retried); other errors leave the job queued for a retry, or failed on the last one."""
+        existing = self.bucket.read_manifest(spec.job_id)
+        if existing and existing.is_final and _same_source(existing, spec.source):
+            log.info("job %s already %s; skipping duplicate delivery", spec.job_id, existing.status)
+            return existing
+        manifest = Manifest(
+            job_id=spec.job_id, status="running", recipe=spec.recipe, params=spec.params,
+            inputs=[spec.source] + ([spec.input] if spec.input and spec.input != spec.source else []),
+            timings=dict(existing.timings) if existing else {},
+            runner=self.info, attempts=attempt,
+        )
+        manifest.timings["started_at"] = time.time()
+        if spec.enqueued_at:
+            manifest.timings["queue_wait_s"] = manifest.timings["started_at"] - spec.enqueued_at
+        self.bucket.write_manifest(manifest)
+        written: list[str] = []
+        try:
+            recipe = get_recipe(spec.recipe)
+            image, metadata = self._load_input(spec.input) if recipe.needs_input else (None, {})
+            params = resolve_params(recipe, spec.params, metadata)
+            manifest.params = params.model_dump(mode="json")
+            started = time.perf_counter()
+            result = recipe.run(self._context(manifest), image, params)
+            manifest.timings["processing_s"] = time.perf_counter() - started
+            manifest.outputs = self._write_outputs(spec.job_id, result, params, written)
+        except BucketbrushError as exc:
+            self._discard(written)
+            final = isinstance(exc, JobError) or last_attempt
+            return self._finish_failed(manifest, exc, final=final, reraise=True)
+        except (ClientError, BotoCoreError) as exc:
+            self._discard(written)
+            error = TransientError(f"storage error: {exc}")
+            return self._finish_failed(manifest, error, final=last_attempt, reraise=True, cause=exc)
+        self._record_result(manifest, result)
+        manifest.status = "succeeded"
+        total = manifest.progress.total or 1
+        manifest.progress = Progress(step=total, total=total, fraction=1.0)
+        manifest.timings["finished_at"] = time.time()
+        self.bucket.write_manifest(manifest)
+        log.info("job %s succeeded: %d outputs", spec.job_id, len(manifest.outputs))
+        return manifest
+
+    # -- steps ----------------------------------------------------------------------------
+
+    def _load_input(self, ref: ObjectRef | None) -> tuple[Any, dict[str, str]]:
+        if ref is None:
+            raise InvalidParams("this recipe needs an input image")
+        limit = self.settings.max_upload_bytes
+        kwargs: dict[str, Any] = {"Bucket": ref.bucket, "Key": ref.key}
+        if ref.version_id:
+            kwargs["VersionId"] = ref.version_id
+        try:
+            obj = self.bucket.s3.get_object(**kwargs)
+        except ClientError as exc:
+            if is_not_found(exc):
+                raise InputMissing(f"the input {ref.key!r} no longer exists") from exc
+            raise
+        size = obj.get("ContentLength", 0)
+        if size > limit:
+            obj["Body"].close()
+            raise InputTooLarge(f"the input is {size:,} bytes; the limit is {limit:,}")
+        if size == 0:
+            raise EmptyInput("the upload is empty (0 bytes)")
+        data = obj["Body"].read()
+        image = decode_image(data, max_pixels=self.settings.max_image_pixels)
+        return image, obj.get("Metadata", {})
+
+    def _context(self, manifest: Manifest) -> JobContext:
+        last = [0.0]
+
+        def on_progress(step: int, total: int) -> None:
+            manifest.progress = Progress(step=step, total=total, fraction=step / total if total else 0.0)
+            now = time.monotonic()
+            # Throttled: at most one manifest write per interval, never for the last step
+            # (the final manifest carries it).
+            if step < total and now - last[0] >= PROGRESS_INTERVAL_S:
+                last[0] = now
+                self.bucket.write_manifest(manifest)
+
+        return JobContext(manifest.job_id, on_progress)
+
+    def _write_outputs(self, job_id: str, result: RecipeResult, params: RecipeParams,
+                       written: list[str]) -> list[Output]:
+        outputs = []
+        for artifact in result.artifacts:
+            data, content_type = encode_image(artifact.image, params.format, params.quality)
+            key = self.bucket.output_key(job_id, f"{artifact.name}.{params.format}")
+            self.bucket.s3.put_object(Bucket=self.bucket.name, Key=key, Body=data, ContentType=content_type)
+            written.append(key)
+            outputs.append(Output(
+                key=key, content_type=content_type, width=artifact.image.width,
+                height=artifact.image.height, bytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
+            ))
+        return outputs
+
+    def _record_result(self, manifest: Manifest, result: RecipeResult) -> None:
+        manifest.model = result.model
+        manifest.seeds = result.seeds
+        manifest.warnings = result.warnings
+        if result.details:
+            manifest.params = {**manifest.params, **result.details}
+
+    def _discard(self, keys: list[str]) -> None:
+        """Remove outputs of a failed attempt, so nothing half-written is left behind."""
+        for key in keys:
+            try:
+                self.bucket.s3.delete_object(Bucket=self.bucket.name, Key=key)
+            except (ClientError, BotoCoreError):
+                log.warning("could not remove partial output %s", key)
+
+    def _finish_failed(self, manifest: Manifest, exc: BucketbrushError, *, final: bool,
+                       reraise: bool, cause: BaseException | None = None) -> Manifest:
+        manifest.outputs = []
+        manifest.error = ErrorInfo(code=exc.code, message=exc.message, retryable=not final)
+        manifest.status = "failed" if final else "queued"
+        manifest.timings["finished_at" if final else "retry_at"] = time.time()
+        try:
+            self.bucket.write_manifest(manifest)
+        except (ClientError, BotoCoreError):
+            log.exception("could not write the manifest of job %s", manifest.job_id)
+        log.warning("job %s %s: %s: %s", manifest.job_id, manifest.status, exc.code, exc.message)
+        if reraise:
+            raise exc from cause
+        return manifest
+
+
+def resolve_params(recipe: Recipe, spec_params: dict[str, Any], metadata: dict[str, str]) -> RecipeParams:
+    """The recipe's params from upload metadata (``x-amz-meta-params`` JSON and single
+    ``x-amz-meta-<name>`` fields) overlaid by the job spec's params."""
+    fields = recipe.params.model_fields
+    merged: dict[str, Any] = {}
+    if raw := metadata.get("params"):
+        try:
+            doc = json.loads(raw)
+        except ValueError as exc:
+            raise InvalidParams(f"x-amz-meta-params is not JSON: {exc}") from exc
+        if not isinstance(doc, dict):
+            raise InvalidParams("x-amz-meta-params must be a JSON object")
+        merged.update(doc)
+    # Single metadata fields only count when they name a param (apps add their own metadata).
+    merged.update({k: v for k, v in metadata.items() if k in fields})
+    merged.update(spec_params)
+    try:
+        return recipe.params.model_validate(merged)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'params'}: {e['msg']}" for e in exc.errors()
+        )
+        raise InvalidParams(f"invalid params for {recipe.name}: {problems}") from exc
+
+
+def _same_source(manifest: Manifest, source: ObjectRef) -> bool:
+    return bool(manifest.inputs) and manifest.inputs[0].identity == source.identity

@@ -1,0 +1,39 @@
+"""The runner process: one Dramatiq worker thread per process (one process per GPU)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from pathlib import Path
+
+from dramatiq import Worker
+
+from bucketbrush.broker import build_broker
+from bucketbrush.settings import Settings
+from bucketbrush.store import Bucket
+from gpu_runner.actors import declare_actors
+from gpu_runner.runner import JobRunner
+
+log = logging.getLogger(__name__)
+
+
+def run_worker(settings: Settings, *, ready_file: Path | None = None) -> None:
+    """Consume jobs until SIGTERM or SIGINT; finishes the current job before exiting."""
+    broker = build_broker(settings)
+    runner = JobRunner(Bucket(settings))
+    declare_actors(broker, settings, runner)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    # worker_timeout is how long a consumer waits for a message before checking again;
+    # short keeps the latency after a quiet spell low.
+    worker = Worker(broker, queues={settings.queue_name}, worker_threads=1, worker_timeout=100)
+    worker.start()
+    log.info("runner consuming queue %r on %s", settings.queue_name, settings.redis_url)
+    if ready_file:
+        ready_file.write_text("ready\n")
+    stop.wait()
+    log.info("runner stopping")
+    worker.stop(timeout=600_000)
+    broker.close()

@@ -1,0 +1,1 @@
+"""How the pieces are configured and started: bucket setup and the local stack."""

