@@ -66,3 +66,9 @@ class TransientError(BucketbrushError):
 
 class ConfigError(BucketbrushError):
     code = "config_error"
+
+
+class JobCancelled(JobError):
+    """The user asked to cancel (an object at cancel/<job_id>); the manifest says cancelled."""
+
+    code = "cancelled"

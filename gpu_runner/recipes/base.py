@@ -39,15 +39,45 @@ class RecipeResult:
 
 
 class JobContext:
-    """What a running recipe may ask of the runner."""
+    """What a running recipe may ask of the runner.
 
-    def __init__(self, job_id: str, on_progress: Callable[[int, int], None] | None = None) -> None:
+    ``progress(step, total)`` reports progress (the runner throttles manifest writes);
+    ``load_image(key)`` reads another image from the bucket (a mask, a pose file's image) with
+    the same size and pixel guards as the main input; ``load_bytes(key)`` reads a small
+    non-image input (e.g. keypoints JSON); ``cancelled()`` says whether the user asked to
+    cancel (recipes with many steps check it between steps and raise JobCancelled).
+    """
+
+    def __init__(
+        self,
+        job_id: str,
+        on_progress: Callable[[int, int], None] | None = None,
+        load_image: Callable[[str], Image.Image] | None = None,
+        load_bytes: Callable[[str], bytes] | None = None,
+        cancelled: Callable[[], bool] | None = None,
+    ) -> None:
         self.job_id = job_id
         self._on_progress = on_progress
+        self._load_image = load_image
+        self._load_bytes = load_bytes
+        self._cancelled = cancelled
 
     def progress(self, step: int, total: int) -> None:
         if self._on_progress:
             self._on_progress(step, total)
+
+    def load_image(self, key: str) -> Image.Image:
+        if self._load_image is None:
+            raise RuntimeError("no image loader in this context")
+        return self._load_image(key)
+
+    def load_bytes(self, key: str) -> bytes:
+        if self._load_bytes is None:
+            raise RuntimeError("no loader in this context")
+        return self._load_bytes(key)
+
+    def cancelled(self) -> bool:
+        return bool(self._cancelled and self._cancelled())
 
 
 @dataclass(frozen=True)
