@@ -236,7 +236,14 @@ class LocalStack:
         report(f"{name}: running (pid {proc.pid}, log {proc.log})")
 
     def _child_env(self, state: dict[str, Any]) -> dict[str, str]:
-        return {
+        # Settings given to `up` explicitly (not from the environment) travel to the children.
+        env = {}
+        for name in self.settings.model_fields_set:
+            value = getattr(self.settings, name)
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            env[f"BUCKETBRUSH_{name.upper()}"] = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+        return env | {
             "BUCKETBRUSH_STATE_DIR": str(self.state_dir),
             "BUCKETBRUSH_S3_ENDPOINT_URL": state["s3_endpoint_url"],
             "BUCKETBRUSH_S3_ACCESS_KEY": state["s3_access_key"],

@@ -1,0 +1,86 @@
+"""The S3 event model on recorded payloads from every emitter."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bucketbrush.jobs import job_id_for
+from functions.events import InvalidEvent, parse_records
+from functions.sources.seaweedfs import iter_json_objects, record_from_event
+from tests.conftest import EVENTS
+
+
+def load(path: str):
+    return json.loads((EVENTS / path).read_text())
+
+
+def test_aws_documentation_example_decodes_plus_and_percent():
+    [record] = parse_records(load("aws/put_doc_example.json"))
+    assert record.is_created and record.event_source == "aws:s3"
+    assert record.key == "inbox/filter/my holiday photo(1).jpg"
+    assert record.ref.version_id == "096fKKXTRTtl3on89fVO.nfljtsv6qko"
+    assert record.ref.etag == "d41d8cd98f00b204e9800998ecf8427e"
+
+
+def test_minio_format():
+    [record] = parse_records(load("minio/put_documented.json"))
+    assert record.event_source == "minio:s3" and record.is_created  # "s3:ObjectCreated:Put"
+    assert record.key == "inbox/filter/a b.png"
+    assert record.ref.version_id is None
+
+
+def test_localstack_space_as_pct20_and_quoted_etag():
+    [record] = parse_records(json.dumps(load("localstack/put_space_pct20.json")).encode())
+    assert record.key == "inbox/filter/a b.png"
+    assert record.ref.etag == "7e1f3b5cfa2c8a0f5d2b4c1e9d8a6b3c"
+
+
+def test_moto_multipart_duplicates_map_to_one_job():
+    a, b = parse_records(load("moto/multipart_duplicates.json"))
+    assert a.key == b.key == "inbox/filter/big.png"
+    assert a.ref.version_id is None  # "" is no version
+    assert job_id_for(a.ref) == job_id_for(b.ref)
+
+
+def test_same_key_everywhere_gives_same_identity():
+    minio = parse_records(load("minio/put_documented.json"))[0]
+    local = parse_records(load("localstack/put_space_pct20.json"))[0]
+    assert minio.key == local.key
+
+
+def test_s3_test_event_has_no_records():
+    assert parse_records(load("aws/test_event.json")) == []
+
+
+@pytest.mark.parametrize("payload", [
+    b"\xff\xfe", "not json", "[]", "{}", '{"Records": "x"}', '{"Records": [{"eventName": 1}]}',
+    '{"Records": [{"eventName": "ObjectCreated:Put", "s3": {"bucket": {}, "object": {"key": "k"}}}]}',
+    "[" * 100_000,
+])
+def test_garbage_is_rejected_cleanly(payload):
+    with pytest.raises(InvalidEvent):
+        parse_records(payload)
+
+
+def test_seaweedfs_subscription_events():
+    text = (EVENTS / "seaweedfs/meta_tail_put_delete.txt").read_text()
+    events = list(iter_json_objects([text[i:i + 97] for i in range(0, len(text), 97)]))
+    assert len(events) == 4  # two directories, the file, its deletion
+    records = [r for e in events if (r := record_from_event(e, "bbtest"))]
+    [record] = records
+    assert record.key == "inbox/filter/a b+c.png"
+    assert record.ref.etag == "5d41402abc4b2a76b9719d911017c592"  # md5("hello")
+    assert record.ref.size == 5
+    assert record.s3.object.sequencer == f"{int(events[2]['tsNs']):020d}"
+    assert record_from_event(events[2], "otherbucket") is None
+
+
+def test_seaweedfs_drops_parts_and_system_entries():
+    text = (EVENTS / "seaweedfs/meta_tail_put_delete.txt").read_text()
+    event = list(iter_json_objects([text]))[2]
+    for directory in ("/buckets/bbtest/.uploads/abc", "/buckets/bbtest/.system", "/buckets/bbtest/x.versions"):
+        moved = {**event, "directory": directory,
+                 "eventNotification": {**event["eventNotification"], "newParentPath": directory}}
+        assert record_from_event(moved, "bbtest") is None
