@@ -41,6 +41,12 @@ def cmd_down(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from bucketbrush.demo import run_demo
+
+    return run_demo(settings)
+
+
 def cmd_infra_apply(settings: Settings, args: argparse.Namespace) -> int:
     from bucketbrush.store import s3_client
     from infra.bucket import apply_bucket
@@ -143,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--runners", type=int, default=1)
     up.set_defaults(func=cmd_up)
     sub.add_parser("down", help="stop what `up` started").set_defaults(func=cmd_down)
+    sub.add_parser("demo", help="up, run sample jobs end to end, print manifests, down").set_defaults(func=cmd_demo)
 
     infra = sub.add_parser("infra", help="bucket setup").add_subparsers(dest="infra", required=True)
     infra.add_parser("apply", help="bucket, CORS, lifecycle rules").set_defaults(func=cmd_infra_apply)

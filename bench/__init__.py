@@ -1,0 +1,1 @@
+"""Benchmarks. Each prints a Markdown block for BENCHMARKS.md."""

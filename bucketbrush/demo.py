@@ -1,0 +1,62 @@
+"""``bucketbrush demo``: the main job end to end on the local stack.
+
+Starts the stack (unless one runs already), uploads generated sample images through
+presigned POSTs, waits for every manifest, prints them, and stops what it started.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bucketbrush.client import submit_file
+from bucketbrush.manifest import Manifest
+from bucketbrush.samples import landscape, portrait
+from bucketbrush.settings import Settings
+from bucketbrush.store import Bucket
+from gpu_runner.recipes.filter import STYLES
+from infra.local import LocalStack
+
+
+def demo_jobs(sample_dir: Path) -> list[tuple[Path, str, dict]]:
+    sample_dir.mkdir(parents=True, exist_ok=True)
+    scene, person = sample_dir / "landscape.png", sample_dir / "portrait.jpg"
+    landscape().save(scene)
+    portrait().save(person, quality=92)
+    return [(scene if i % 2 == 0 else person, "filter", {"style": style}) for i, style in enumerate(STYLES)]
+
+
+def print_summary(manifest: Manifest, bucket: Bucket) -> None:
+    took = manifest.timings.get("processing_s", 0) * 1000
+    print(f"\n== job {manifest.job_id}  {manifest.recipe} {json.dumps(manifest.params)}")
+    print(f"   status {manifest.status}, processing {took:.0f} ms, input {manifest.inputs[0].key}")
+    if manifest.error:
+        print(f"   error {manifest.error.code}: {manifest.error.message}")
+    for out in manifest.outputs:
+        print(f"   -> {out.key} ({out.width}x{out.height}, {out.bytes:,} bytes)")
+        print(f"      {bucket.presigned_get(out.key)}")
+
+
+def run_demo(settings: Settings) -> int:
+    stack = LocalStack(settings)
+    running = stack.read_state()
+    started_here = not (running and stack._alive(running))
+    stack.up(report=lambda line: print(f"[up] {line}"))
+    try:
+        client_settings = stack.settings_for_clients()
+        bucket = Bucket(client_settings)
+        manifests = []
+        for path, recipe, params in demo_jobs(stack.state_dir / "samples"):
+            _, manifest = submit_file(client_settings, path, recipe, params, timeout=300)
+            manifests.append(manifest)
+            print_summary(manifest, bucket)
+        print("\n== the last manifest in full (manifests/<job_id>.json):")
+        print(manifests[-1].model_dump_json(indent=2))
+        failed = [m for m in manifests if m.status != "succeeded"]
+        print(f"\n{len(manifests) - len(failed)}/{len(manifests)} jobs succeeded")
+        return 1 if failed else 0
+    finally:
+        if started_here:
+            stack.down(report=lambda line: print(f"[down] {line}"))
+        else:
+            print("[down] left the stack running: it was running before the demo")
