@@ -7,9 +7,12 @@ import json
 import logging
 import sys
 import threading
+import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from bucketbrush.errors import BucketbrushError
 from bucketbrush.settings import Settings
 
 
@@ -100,15 +103,110 @@ def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if manifest.status == "succeeded" else 1
 
 
-def cmd_jobs(settings: Settings, args: argparse.Namespace) -> int:
+def _admin(settings: Settings) -> tuple[Any, Any]:
+    from bucketbrush.broker import build_broker
     from bucketbrush.store import Bucket
 
-    manifests = sorted(Bucket(settings).list_manifests(), key=lambda m: m.updated_at)
-    for m in manifests:
-        if args.status and m.status != args.status:
-            continue
+    return Bucket(settings), build_broker(settings)
+
+
+def cmd_jobs_list(settings: Settings, args: argparse.Namespace) -> int:
+    from bucketbrush.management import list_jobs
+
+    bucket, _ = _admin(settings)
+    since = time.time() - args.since * 60 if args.since else None
+    page = list_jobs(bucket, status=args.status, recipe=args.recipe, since=since, limit=args.limit,
+                     cursor=args.cursor)
+    for m in page.jobs:
         err = f"  {m.error.code}" if m.error else ""
-        print(f"{m.job_id}  {m.status:<9}  {m.recipe:<10}  {len(m.outputs)} outputs{err}")
+        when = datetime.fromtimestamp(m.updated_at).strftime("%Y-%m-%d %H:%M:%S")
+        print(f"{m.job_id}  {when}  {m.status:<9}  {m.recipe:<10}  {len(m.outputs)} outputs{err}")
+    if page.next_cursor:
+        print(f"more: --cursor {page.next_cursor}", file=sys.stderr)
+    return 0
+
+
+def cmd_jobs_show(settings: Settings, args: argparse.Namespace) -> int:
+    from bucketbrush.management import get_job
+
+    bucket, _ = _admin(settings)
+    print(get_job(bucket, args.job_id).model_dump_json(indent=2))
+    return 0
+
+
+def cmd_jobs_download(settings: Settings, args: argparse.Namespace) -> int:
+    from bucketbrush.management import download_outputs
+
+    bucket, _ = _admin(settings)
+    for path in download_outputs(bucket, args.job_id, Path(args.dest) / args.job_id):
+        print(path)
+    return 0
+
+
+def cmd_jobs_delete(settings: Settings, args: argparse.Namespace) -> int:
+    from bucketbrush.management import delete_job
+
+    bucket, broker = _admin(settings)
+    for key in delete_job(bucket, broker, args.job_id):
+        print(f"deleted {key}")
+    return 0
+
+
+def cmd_jobs_retry(settings: Settings, args: argparse.Namespace) -> int:
+    from bucketbrush.management import retry_job
+
+    bucket, broker = _admin(settings)
+    retry_job(bucket, broker, args.job_id)
+    print(f"job {args.job_id} queued again")
+    return 0
+
+
+def cmd_jobs_cancel(settings: Settings, args: argparse.Namespace) -> int:
+    from bucketbrush.management import cancel_job
+
+    bucket, _ = _admin(settings)
+    manifest = cancel_job(bucket, args.job_id)
+    print(f"cancel requested for job {args.job_id} ({manifest.status})")
+    return 0
+
+
+def cmd_gallery(settings: Settings, args: argparse.Namespace) -> int:
+    from bucketbrush import gallery
+
+    bucket, _ = _admin(settings)
+    if args.action == "enable":
+        gallery.enable_versioning(bucket)
+        print(f"versioning enabled on {bucket.name}")
+    elif args.action == "deleted":
+        for job_id in gallery.list_deleted(bucket):
+            print(job_id)
+    else:
+        if not args.job_id:
+            raise SystemExit(f"gallery {args.action} needs a JOB_ID")
+        func = {"delete": gallery.soft_delete, "restore": gallery.restore, "purge": gallery.purge}[args.action]
+        print(json.dumps(func(bucket, args.job_id)))
+    return 0
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    from bucketbrush.status import status_report
+
+    bucket, broker = _admin(settings)
+    report = status_report(bucket, broker)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    q = report["queue"]
+    print(f"queue {q['name']}: {q['ready']} ready, {q['delayed']} waiting to retry, "
+          f"{q['dead_lettered']} dead-lettered")
+    for r in report["runners"]:
+        gpu = f", {r['gpu']['name']}" if r.get("gpu") else ""
+        state = "STALE" if r["stale"] else "ok"
+        print(f"runner {r['runner_id']} [{state}, {r['age_s']}s ago] {r['device']}{gpu}: "
+              f"{r['jobs_done']} done, {r['jobs_failed']} failed, current {r['current_job'] or '-'}, "
+              f"models {', '.join(r['loaded_models']) or '-'}")
+    if not report["runners"]:
+        print("no runners")
     return 0
 
 
@@ -171,9 +269,39 @@ def build_parser() -> argparse.ArgumentParser:
     sm.add_argument("--json", action="store_true", help="print the whole manifest")
     sm.set_defaults(func=cmd_submit)
 
-    jobs = sub.add_parser("jobs", help="list job manifests")
-    jobs.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled"])
-    jobs.set_defaults(func=cmd_jobs)
+    jobs = sub.add_parser("jobs", help="job management").add_subparsers(dest="jobs", required=True)
+    ls = jobs.add_parser("list", help="list jobs, a page at a time")
+    ls.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled"])
+    ls.add_argument("--recipe")
+    ls.add_argument("--since", type=float, metavar="MINUTES", help="updated in the last MINUTES")
+    ls.add_argument("--limit", type=int, default=50)
+    ls.add_argument("--cursor", help="continue a listing")
+    ls.set_defaults(func=cmd_jobs_list)
+    for name, func, text in (
+        ("show", cmd_jobs_show, "print a job's manifest"),
+        ("delete", cmd_jobs_delete, "delete a finished job with its inputs and outputs"),
+        ("retry", cmd_jobs_retry, "run a failed or cancelled job again"),
+        ("cancel", cmd_jobs_cancel, "stop a queued or running job"),
+    ):
+        one = jobs.add_parser(name, help=text)
+        one.add_argument("job_id")
+        one.set_defaults(func=func)
+    dl = jobs.add_parser("download", help="download a job's outputs")
+    dl.add_argument("job_id")
+    dl.add_argument("--dest", default="downloads")
+    dl.set_defaults(func=cmd_jobs_download)
+    cancel = sub.add_parser("cancel", help="same as `jobs cancel`")
+    cancel.add_argument("job_id")
+    cancel.set_defaults(func=cmd_jobs_cancel)
+
+    gal = sub.add_parser("gallery", help="soft delete / restore outputs (bucket versioning)")
+    gal.add_argument("action", choices=["enable", "delete", "deleted", "restore", "purge"])
+    gal.add_argument("job_id", nargs="?")
+    gal.set_defaults(func=cmd_gallery)
+
+    st = sub.add_parser("status", help="runners (heartbeats) and queue depths")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)
 
     run = sub.add_parser("runner", help="run a runner process (Dramatiq worker)")
     run.add_argument("--ready-file", type=Path)
@@ -195,7 +323,11 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     logging.getLogger("botocore").setLevel(logging.WARNING)
-    return args.func(Settings(), args)
+    try:
+        return args.func(Settings(), args)
+    except BucketbrushError as exc:
+        print(f"error [{exc.code}]: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -57,6 +57,10 @@ class InvalidSpec(JobError):
     code = "invalid_spec"
 
 
+class TimedOut(JobError):
+    code = "timed_out"
+
+
 class TransientError(BucketbrushError):
     """A dependency failed (store or broker unreachable); the same job may succeed later."""
 

@@ -45,6 +45,8 @@ class JobSpec(BaseModel):
     # that need no input image.
     input: ObjectRef | None = None
     params: dict[str, Any] = Field(default_factory=dict)
+    # A tighter deadline than the recipe's own limit, if the submitter asked for one.
+    time_limit_s: int | None = Field(default=None, ge=1)
     enqueued_at: float | None = None
 
 

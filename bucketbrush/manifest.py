@@ -63,6 +63,10 @@ class Manifest(BaseModel):
     runner: dict[str, Any] | None = None
     error: ErrorInfo | None = None
     warnings: list[str] = Field(default_factory=list)
+    # Facts the recipe worked out (e.g. the strength "auto" resolved to, depth layer ranges).
+    details: dict[str, Any] = Field(default_factory=dict)
+    # When the lifecycle rule for outputs/ removes the outputs (epoch seconds), if one is set.
+    outputs_expire_at: float | None = None
     attempts: int = 0
     updated_at: float = Field(default_factory=time.time)
 

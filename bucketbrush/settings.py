@@ -55,12 +55,18 @@ class Settings(BaseSettings):
     jobs_prefix: str = "jobs/"
     outputs_prefix: str = "outputs/"
     manifests_prefix: str = "manifests/"
+    cancel_prefix: str = "cancel/"
+    status_prefix: str = "status/"
 
     # Limits.
     max_upload_bytes: int = 50 * MB
     max_image_pixels: int = 40_000_000
     presign_expires_s: int = 3600
     dedupe_ttl_s: int = 7 * 24 * 3600
+    # Time limits per job: a default and per-recipe overrides ({"upscale": 1200}).
+    job_time_limit_s: int = Field(default=600, ge=1)
+    recipe_time_limits_s: dict[str, int] = Field(default_factory=dict)
+    heartbeat_interval_s: float = Field(default=10, gt=0)
 
     # Retention, in days (0 disables the rule).
     inbox_retention_days: int = 1
@@ -75,7 +81,8 @@ class Settings(BaseSettings):
         description="auto: use redis_url if it answers, else start a private one",
     )
 
-    @field_validator("inbox_prefix", "jobs_prefix", "outputs_prefix", "manifests_prefix")
+    @field_validator("inbox_prefix", "jobs_prefix", "outputs_prefix", "manifests_prefix",
+                     "cancel_prefix", "status_prefix")
     @classmethod
     def _folder(cls, v: str) -> str:
         v = v.strip("/")
@@ -96,6 +103,9 @@ class Settings(BaseSettings):
             settings_cls, json_file=default_state_dir() / STACK_FILE
         )
         return init_settings, env_settings, dotenv_settings, stack, file_secret_settings
+
+    def time_limit_s(self, recipe: str) -> int:
+        return self.recipe_time_limits_s.get(recipe, self.job_time_limit_s)
 
     def s3_client_kwargs(self, *, public: bool = False) -> dict[str, Any]:
         """Keyword arguments for ``boto3.client("s3", ...)``."""

@@ -58,6 +58,18 @@ class Bucket:
     def output_key(self, job_id: str, name: str) -> str:
         return f"{self.settings.outputs_prefix}{job_id}/{name}"
 
+    def cancel_key(self, job_id: str) -> str:
+        return f"{self.settings.cancel_prefix}{job_id}"
+
+    def exists(self, key: str) -> bool:
+        try:
+            self.s3.head_object(Bucket=self.name, Key=key)
+            return True
+        except ClientError as exc:
+            if is_not_found(exc):
+                return False
+            raise
+
     def read_manifest(self, job_id: str) -> Manifest | None:
         """The stored manifest, or None when there is none or it is not a manifest."""
         try:

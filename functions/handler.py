@@ -87,7 +87,7 @@ class Handler:
             return Outcome(record.key, "ignored", reason="not jobs/<job_id>.json")
         ref = record.ref
         try:
-            recipe, input_ref, params = self._read_spec(ref)
+            recipe, input_ref, params, time_limit_s = self._read_spec(ref)
         except ValueError as exc:
             # Nothing to run: record the failure where the user will look for it.
             if self._claim(job_id, ref) is None:
@@ -97,9 +97,10 @@ class Handler:
                 error=ErrorInfo(code="invalid_spec", message=str(exc)),
             ))
             return Outcome(record.key, "rejected", job_id, reason=str(exc))
-        return self._submit(ref, recipe, input_ref=input_ref, params=params, preferred_id=job_id)
+        return self._submit(ref, recipe, input_ref=input_ref, params=params, preferred_id=job_id,
+                            time_limit_s=time_limit_s)
 
-    def _read_spec(self, ref: ObjectRef) -> tuple[str, ObjectRef | None, dict[str, Any]]:
+    def _read_spec(self, ref: ObjectRef) -> tuple[str, ObjectRef | None, dict[str, Any], int | None]:
         if ref.size is not None and ref.size > MAX_SPEC_BYTES:
             raise ValueError(f"job spec is {ref.size} bytes; the limit is {MAX_SPEC_BYTES}")
         body = self.bucket.s3.get_object(Bucket=ref.bucket, Key=ref.key)["Body"].read(MAX_SPEC_BYTES + 1)
@@ -122,12 +123,16 @@ class Handler:
             if not isinstance(input_key, str) or unsafe_key(input_key):
                 raise ValueError('"input" must be a key in the bucket')
             input_ref = ObjectRef(bucket=ref.bucket, key=input_key)
-        return recipe, input_ref, params
+        time_limit_s = doc.get("time_limit_s")
+        if time_limit_s is not None and (not isinstance(time_limit_s, int) or time_limit_s < 1):
+            raise ValueError('"time_limit_s" must be a positive whole number of seconds')
+        return recipe, input_ref, params, time_limit_s
 
     # -- the common path ------------------------------------------------------------------
 
     def _submit(self, source: ObjectRef, recipe: str, *, input_ref: ObjectRef | None,
-                params: dict[str, Any], preferred_id: str | None) -> Outcome:
+                params: dict[str, Any], preferred_id: str | None,
+                time_limit_s: int | None = None) -> Outcome:
         job_id = self._claim(preferred_id, source) if preferred_id else None
         if preferred_id and job_id is None and self._claimed_by(preferred_id) == source.identity:
             return Outcome(source.key, "duplicate", preferred_id)
@@ -140,7 +145,8 @@ class Handler:
         existing = self.bucket.read_manifest(job_id)
         if existing and existing.is_final and existing.inputs and existing.inputs[0].identity == source.identity:
             return Outcome(source.key, "duplicate", job_id, reason="already finished")
-        spec = JobSpec(job_id=job_id, recipe=recipe, source=source, input=input_ref, params=params)
+        spec = JobSpec(job_id=job_id, recipe=recipe, source=source, input=input_ref, params=params,
+                       time_limit_s=time_limit_s)
         try:
             self.bucket.write_manifest(Manifest(
                 job_id=job_id, status="queued", recipe=recipe, params=params,

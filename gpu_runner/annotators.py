@@ -49,8 +49,8 @@ def _to_image(gray: np.ndarray) -> Image.Image:
 def canny(image: Image.Image, low: int = 100, high: int = 200) -> Image.Image:
     """Canny edges (ControlNet ``canny``): 1 px white edges on black.
 
-    ``low``/``high`` are the hysteresis thresholds on the gradient magnitude (0-255 scale);
-    lower values keep more, weaker edges.
+    ``low``/``high`` are the hysteresis thresholds on the Sobel gradient magnitude of the grey
+    image (ControlNet's defaults are 100/200); lower values keep more, weaker edges.
     """
     return _to_image(cv2.Canny(_gray(image), low, high))
 
@@ -103,7 +103,7 @@ def _zhang_suen(mask: np.ndarray) -> np.ndarray:
             p8, p9 = img[1:-1, :-2], img[:-2, :-2]
             ring = (p2, p3, p4, p5, p6, p7, p8, p9, p2)
             neighbours = sum(p.astype(np.int8) for p in ring[:-1])
-            transitions = sum(((a == 0) & (b == 1)).astype(np.int8) for a, b in zip(ring, ring[1:]))
+            transitions = sum(((a == 0) & (b == 1)).astype(np.int8) for a, b in zip(ring, ring[1:], strict=False))
             if first_pass:
                 side = (p2 * p4 * p6 == 0) & (p4 * p6 * p8 == 0)
             else:
@@ -143,18 +143,19 @@ def scribble_from_sketch(image: Image.Image, line_width: int = 3) -> Image.Image
 
 def lineart(
     image: Image.Image,
-    sigma: float = 0.8,
+    sigma: float = 1.0,
     k: float = 1.6,
-    p: float = 20.0,
-    epsilon: float = 0.02,
-    phi: float = 100.0,
+    p: float = 40.0,
+    epsilon: float = -0.02,
+    phi: float = 50.0,
     white_background: bool = True,
 ) -> Image.Image:
     """XDoG line drawing (Winnemöller et al. 2012): dark, soft-edged lines on white.
 
-    ``sigma`` sets the line scale, ``p`` the edge sharpening, ``epsilon`` the threshold (higher
-    keeps more dark areas) and ``phi`` the softness of the threshold. ControlNet's lineart
-    models want the inverse (white lines on black): pass ``white_background=False``.
+    ``sigma`` sets the line scale, ``p`` the edge sharpening, ``epsilon`` the threshold (above
+    0, dark areas fill with ink; below, only edges do) and ``phi`` the softness of the ramp.
+    ControlNet's lineart models want the inverse (white lines on black): pass
+    ``white_background=False``.
     """
     fine, coarse = _xdog_dog(_gray(image), sigma, k)
     sharpened = (1.0 + p) * fine - p * coarse
@@ -359,7 +360,7 @@ def render_openpose(people: Sequence[Person], width: int, height: int) -> Image.
     stick = 4
     for person in people:
         points = _to_pixels(person, width, height)
-        for (a, b), color in zip(LIMBS, COLORS):
+        for (a, b), color in zip(LIMBS, COLORS, strict=False):  # 17 limbs, 18 colours
             p, q = points[a - 1], points[b - 1]
             if p is None or q is None:
                 continue
@@ -368,7 +369,7 @@ def render_openpose(people: Sequence[Person], width: int, height: int) -> Image.
             center = (int((p[0] + q[0]) / 2), int((p[1] + q[1]) / 2))
             polygon = cv2.ellipse2Poly(center, (int(length / 2), stick), int(angle), 0, 360, 1)
             cv2.fillConvexPoly(canvas, polygon, [int(c * 0.6) for c in color])
-        for point, color in zip(points, COLORS):
+        for point, color in zip(points, COLORS, strict=True):
             if point is not None:
                 cv2.circle(canvas, (int(point[0]), int(point[1])), 4, color, thickness=-1)
     return Image.fromarray(canvas)

@@ -11,6 +11,7 @@ import time
 from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
+from dramatiq.middleware import TimeLimitExceeded
 from pydantic import ValidationError
 
 from bucketbrush import __version__
@@ -20,7 +21,9 @@ from bucketbrush.errors import (
     InputMissing,
     InputTooLarge,
     InvalidParams,
+    JobCancelled,
     JobError,
+    TimedOut,
     TransientError,
 )
 from bucketbrush.jobs import JobSpec, ObjectRef
@@ -33,6 +36,7 @@ from gpu_runner.recipes.base import JobContext, Recipe, RecipeParams, RecipeResu
 log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_S = 0.5
+CANCEL_CHECK_INTERVAL_S = 0.5
 
 
 def runner_info() -> dict[str, Any]:
@@ -60,6 +64,8 @@ class JobRunner:
         self.bucket = bucket
         self.settings = bucket.settings
         self.info = runner_info()
+        # Read by the heartbeat thread.
+        self.stats: dict[str, Any] = {"jobs_done": 0, "jobs_failed": 0, "current_job": None}
 
     def run(self, spec: JobSpec, *, attempt: int = 1, last_attempt: bool = True) -> Manifest:
         """Run ``spec`` once. JobErrors end in a failed manifest and are re-raised (never
@@ -77,9 +83,18 @@ class JobRunner:
         manifest.timings["started_at"] = time.time()
         if spec.enqueued_at:
             manifest.timings["queue_wait_s"] = manifest.timings["started_at"] - spec.enqueued_at
-        self.bucket.write_manifest(manifest)
+        self.stats["current_job"] = spec.job_id
+        try:
+            return self._run(spec, manifest, last_attempt)
+        finally:
+            self.stats["current_job"] = None
+
+    def _run(self, spec: JobSpec, manifest: Manifest, last_attempt: bool) -> Manifest:
         written: list[str] = []
         try:
+            if self.bucket.exists(self.bucket.cancel_key(spec.job_id)):
+                raise JobCancelled("cancelled before it started")
+            self.bucket.write_manifest(manifest)
             recipe = get_recipe(spec.recipe)
             image, metadata = self._load_input(spec.input) if recipe.needs_input else (None, {})
             params = resolve_params(recipe, spec.params, metadata)
@@ -88,29 +103,35 @@ class JobRunner:
             result = recipe.run(self._context(manifest), image, params)
             manifest.timings["processing_s"] = time.perf_counter() - started
             manifest.outputs = self._write_outputs(spec.job_id, result, params, written)
+        except TimeLimitExceeded as exc:
+            self._discard(written)
+            limit = min(self.settings.time_limit_s(spec.recipe), spec.time_limit_s or 10**9)
+            return self._finish_failed(manifest, TimedOut(f"the job ran past its time limit of {limit} s"),
+                                       final=True, cause=exc)
         except BucketbrushError as exc:
             self._discard(written)
             final = isinstance(exc, JobError) or last_attempt
-            return self._finish_failed(manifest, exc, final=final, reraise=True)
+            return self._finish_failed(manifest, exc, final=final)
         except (ClientError, BotoCoreError) as exc:
             self._discard(written)
             error = TransientError(f"storage error: {exc}")
-            return self._finish_failed(manifest, error, final=last_attempt, reraise=True, cause=exc)
+            return self._finish_failed(manifest, error, final=last_attempt, cause=exc)
         self._record_result(manifest, result)
         manifest.status = "succeeded"
         total = manifest.progress.total or 1
         manifest.progress = Progress(step=total, total=total, fraction=1.0)
         manifest.timings["finished_at"] = time.time()
+        if days := self.settings.outputs_retention_days:
+            manifest.outputs_expire_at = manifest.timings["finished_at"] + days * 86400
         self.bucket.write_manifest(manifest)
+        self.stats["jobs_done"] += 1
         log.info("job %s succeeded: %d outputs", spec.job_id, len(manifest.outputs))
         return manifest
 
     # -- steps ----------------------------------------------------------------------------
 
-    def _load_input(self, ref: ObjectRef | None) -> tuple[Any, dict[str, str]]:
-        if ref is None:
-            raise InvalidParams("this recipe needs an input image")
-        limit = self.settings.max_upload_bytes
+    def _get(self, ref: ObjectRef) -> dict[str, Any]:
+        """GET an input object, refusing ones over the upload size limit."""
         kwargs: dict[str, Any] = {"Bucket": ref.bucket, "Key": ref.key}
         if ref.version_id:
             kwargs["VersionId"] = ref.version_id
@@ -118,31 +139,53 @@ class JobRunner:
             obj = self.bucket.s3.get_object(**kwargs)
         except ClientError as exc:
             if is_not_found(exc):
-                raise InputMissing(f"the input {ref.key!r} no longer exists") from exc
+                raise InputMissing(f"the input {ref.key!r} does not exist") from exc
             raise
-        size = obj.get("ContentLength", 0)
+        size, limit = obj.get("ContentLength", 0), self.settings.max_upload_bytes
         if size > limit:
             obj["Body"].close()
-            raise InputTooLarge(f"the input is {size:,} bytes; the limit is {limit:,}")
-        if size == 0:
+            raise InputTooLarge(f"the input {ref.key!r} is {size:,} bytes; the limit is {limit:,}")
+        return obj
+
+    def _load_input(self, ref: ObjectRef | None) -> tuple[Any, dict[str, str]]:
+        if ref is None:
+            raise InvalidParams("this recipe needs an input image")
+        obj = self._get(ref)
+        if obj.get("ContentLength", 0) == 0:
             raise EmptyInput("the upload is empty (0 bytes)")
-        data = obj["Body"].read()
-        image = decode_image(data, max_pixels=self.settings.max_image_pixels)
+        image = decode_image(obj["Body"].read(), max_pixels=self.settings.max_image_pixels)
         return image, obj.get("Metadata", {})
 
     def _context(self, manifest: Manifest) -> JobContext:
-        last = [0.0]
+        last_write = [0.0]
+        last_check = [0.0, False]
+        cancel_key = self.bucket.cancel_key(manifest.job_id)
 
         def on_progress(step: int, total: int) -> None:
             manifest.progress = Progress(step=step, total=total, fraction=step / total if total else 0.0)
             now = time.monotonic()
             # Throttled: at most one manifest write per interval, never for the last step
             # (the final manifest carries it).
-            if step < total and now - last[0] >= PROGRESS_INTERVAL_S:
-                last[0] = now
+            if step < total and now - last_write[0] >= PROGRESS_INTERVAL_S:
+                last_write[0] = now
                 self.bucket.write_manifest(manifest)
 
-        return JobContext(manifest.job_id, on_progress)
+        def cancelled() -> bool:
+            now = time.monotonic()
+            if not last_check[1] and now - last_check[0] >= CANCEL_CHECK_INTERVAL_S:
+                last_check[0] = now
+                last_check[1] = self.bucket.exists(cancel_key)
+            return bool(last_check[1])
+
+        def load_bytes(key: str) -> bytes:
+            return self._get(ObjectRef(bucket=self.bucket.name, key=key))["Body"].read()
+
+        def load_image(key: str) -> Any:
+            data = load_bytes(key)
+            return decode_image(data, max_pixels=self.settings.max_image_pixels)
+
+        return JobContext(manifest.job_id, on_progress, load_image=load_image, load_bytes=load_bytes,
+                          cancelled=cancelled)
 
     def _write_outputs(self, job_id: str, result: RecipeResult, params: RecipeParams,
                        written: list[str]) -> list[Output]:
@@ -162,8 +205,7 @@ class JobRunner:
         manifest.model = result.model
         manifest.seeds = result.seeds
         manifest.warnings = result.warnings
-        if result.details:
-            manifest.params = {**manifest.params, **result.details}
+        manifest.details = result.details
 
     def _discard(self, keys: list[str]) -> None:
         """Remove outputs of a failed attempt, so nothing half-written is left behind."""
@@ -174,19 +216,24 @@ class JobRunner:
                 log.warning("could not remove partial output %s", key)
 
     def _finish_failed(self, manifest: Manifest, exc: BucketbrushError, *, final: bool,
-                       reraise: bool, cause: BaseException | None = None) -> Manifest:
+                       cause: BaseException | None = None) -> Manifest:
+        """Record the failure, then raise: JobErrors are in the actor's ``throws`` (never
+        retried); anything else is retried by Dramatiq until ``last_attempt``."""
         manifest.outputs = []
         manifest.error = ErrorInfo(code=exc.code, message=exc.message, retryable=not final)
-        manifest.status = "failed" if final else "queued"
+        if isinstance(exc, JobCancelled):
+            manifest.status = "cancelled"
+        else:
+            manifest.status = "failed" if final else "queued"
         manifest.timings["finished_at" if final else "retry_at"] = time.time()
         try:
             self.bucket.write_manifest(manifest)
         except (ClientError, BotoCoreError):
             log.exception("could not write the manifest of job %s", manifest.job_id)
+        if final:
+            self.stats["jobs_failed"] += 1
         log.warning("job %s %s: %s: %s", manifest.job_id, manifest.status, exc.code, exc.message)
-        if reraise:
-            raise exc from cause
-        return manifest
+        raise exc from cause
 
 
 def resolve_params(recipe: Recipe, spec_params: dict[str, Any], metadata: dict[str, str]) -> RecipeParams:

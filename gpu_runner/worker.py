@@ -13,6 +13,7 @@ from bucketbrush.broker import build_broker
 from bucketbrush.settings import Settings
 from bucketbrush.store import Bucket
 from gpu_runner.actors import declare_actors
+from gpu_runner.heartbeat import Heartbeat
 from gpu_runner.runner import JobRunner
 
 log = logging.getLogger(__name__)
@@ -21,19 +22,25 @@ log = logging.getLogger(__name__)
 def run_worker(settings: Settings, *, ready_file: Path | None = None) -> None:
     """Consume jobs until SIGTERM or SIGINT; finishes the current job before exiting."""
     broker = build_broker(settings)
-    runner = JobRunner(Bucket(settings))
+    bucket = Bucket(settings)
+    runner = JobRunner(bucket)
     declare_actors(broker, settings, runner)
+    heartbeat = Heartbeat(bucket, runner.stats, interval_s=settings.heartbeat_interval_s)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     # worker_timeout is how long a consumer waits for a message before checking again;
     # short keeps the latency after a quiet spell low.
+    # What Dramatiq's own CLI does in a worker process; TimeLimit starts its timer thread here.
+    broker.emit_after("process_boot")
     worker = Worker(broker, queues={settings.queue_name}, worker_threads=1, worker_timeout=100)
     worker.start()
+    heartbeat.start()
     log.info("runner consuming queue %r on %s", settings.queue_name, settings.redis_url)
     if ready_file:
         ready_file.write_text("ready\n")
     stop.wait()
     log.info("runner stopping")
     worker.stop(timeout=600_000)
+    heartbeat.stop()
     broker.close()

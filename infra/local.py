@@ -27,7 +27,8 @@ from pydantic import SecretStr
 from bucketbrush.settings import STACK_FILE, Settings
 from bucketbrush.store import s3_client
 from functions.sources.seaweedfs import weed_binary
-from infra.bucket import apply_bucket
+from infra.bucket import apply_bucket, lifecycle_rules
+from infra.seaweedfs import apply_ttl_rules, ttl_rules
 
 # weed derives a gRPC port as HTTP port + 10000 (filer.meta.tail, weed shell): keep both free.
 GRPC_OFFSET = 10000
@@ -172,6 +173,9 @@ class LocalStack:
             self._write_state(state)
             settings = self._child_settings(state)
             report("bucket: " + "; ".join(apply_bucket(s3_client(settings), settings)))
+            # SeaweedFS keeps lifecycle rules without enforcing them: enforce them as path TTLs.
+            report("retention: " + "; ".join(apply_ttl_rules(
+                state["seaweedfs_master"], settings.bucket, ttl_rules(lifecycle_rules(settings)))))
             self._start_child(state, "events", ["events", "seaweedfs", "--filer", state["filer"]], report)
             for i in range(runners):
                 self._start_child(state, f"runner-{i}", ["runner"], report)
@@ -219,6 +223,7 @@ class LocalStack:
         state.update(
             s3_endpoint_url=f"http://127.0.0.1:{ports['s3']}", s3_access_key=access,
             s3_secret_key=secret, filer=f"127.0.0.1:{ports['filer']}",
+            seaweedfs_master=f"127.0.0.1:{ports['master']}",
         )
         s3 = s3_client(self._child_settings(state))
         _wait("seaweedfs", lambda: s3.list_buckets() is not None, 90, popen, Path(proc.log))

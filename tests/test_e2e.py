@@ -28,8 +28,9 @@ pytestmark = pytest.mark.e2e
 
 def drop(bucket, key: str, body: bytes, **kwargs) -> str:
     """Put an object as a person or script would; return the job id it will produce."""
-    etag = bucket.s3.put_object(Bucket=bucket.name, Key=key, Body=body, **kwargs)["ETag"].strip('"')
-    return job_id_for(ObjectRef(bucket=bucket.name, key=key, etag=etag))
+    put = bucket.s3.put_object(Bucket=bucket.name, Key=key, Body=body, **kwargs)
+    ref = ObjectRef(bucket=bucket.name, key=key, etag=put["ETag"].strip('"'), version_id=put.get("VersionId"))
+    return job_id_for(ref)
 
 
 def check_outputs(bucket, manifest) -> list[Image.Image]:
@@ -148,9 +149,9 @@ def test_worker_survives_bad_input(bucket):
 
 def test_same_event_twice_is_one_job(settings, bucket):
     key = "inbox/filter/dupe/scene.png"
-    etag = bucket.s3.put_object(Bucket=bucket.name, Key=key, Body=png_bytes())["ETag"].strip('"')
+    put = bucket.s3.put_object(Bucket=bucket.name, Key=key, Body=png_bytes())
     # The filer source delivers this once; deliver it twice more, as a flaky transport would.
-    ref = ObjectRef(bucket=bucket.name, key=key, etag=etag)
+    ref = ObjectRef(bucket=bucket.name, key=key, etag=put["ETag"].strip('"'), version_id=put.get("VersionId"))
     record = S3Record.created("test", ref)
     handler = Handler(settings, bucket, build_broker(settings))
     job_id = job_id_for(ref)

@@ -80,7 +80,18 @@ def test_seaweedfs_subscription_events():
 def test_seaweedfs_drops_parts_and_system_entries():
     text = (EVENTS / "seaweedfs/meta_tail_put_delete.txt").read_text()
     event = list(iter_json_objects([text]))[2]
-    for directory in ("/buckets/bbtest/.uploads/abc", "/buckets/bbtest/.system", "/buckets/bbtest/x.versions"):
+    for directory in ("/buckets/bbtest/.uploads/abc", "/buckets/bbtest/.system", "/buckets/bbtest/.uploads"):
         moved = {**event, "directory": directory,
                  "eventNotification": {**event["eventNotification"], "newParentPath": directory}}
         assert record_from_event(moved, "bbtest") is None
+
+
+def test_seaweedfs_versioned_bucket_events():
+    text = (EVENTS / "seaweedfs/meta_tail_versioned_put_put_delete.txt").read_text()
+    records = [r for e in iter_json_objects([text]) if (r := record_from_event(e, "bucketbrush"))]
+    # Two uploads of the same key: two versions. Directory updates, old-version metadata
+    # updates and the delete marker are not uploads.
+    assert [(r.key, r.ref.version_id, r.ref.etag) for r in records] == [
+        ("inbox/filter/v.png", "6715ca45ae34d8e85f22e70fadecf411", "5d41402abc4b2a76b9719d911017c592"),
+        ("inbox/filter/v.png", "6715ca45a0aaf42c82665650f5343f5d", "6e809cbda0732ac4845916a59016f954"),
+    ]

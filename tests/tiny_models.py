@@ -93,7 +93,7 @@ def build_tiny_controlnet(base: Path, folder: Path, *, seed: int = 1) -> Path:
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel.from_pretrained(base / "unet")
-    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 16))
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(8, 8, 16, 16))
     # from_unet copies the UNet's weights and zeroes the output convolutions, so the control
     # image would have no effect; random outputs make the guidance path observable.
     with torch.no_grad():
@@ -119,6 +119,10 @@ def write_tiny_models(root: Path) -> Path:
         "[models.tiny.controlnets]\n"
         f'canny = "{canny}"\n'
         f'scribble = "{scribble}"\n\n'
+        "[models.tiny-alias]\n"
+        'family = "sd15"\n'
+        f'path = "{base}"\n'
+        f"width = {TINY_SIZE}\nheight = {TINY_SIZE}\n\n"
         "[models.gone]\n"
         'family = "sd15"\n'
         f'path = "{root / "not-downloaded"}"\n'

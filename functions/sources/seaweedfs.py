@@ -53,27 +53,46 @@ def record_from_event(event: dict[str, Any], bucket: str) -> S3Record | None:
     root = f"/buckets/{bucket}"
     if directory != root and not directory.startswith(root + "/"):
         return None
-    key = f"{directory[len(root) + 1:]}/{entry['name']}".lstrip("/")
+    relative = directory[len(root) + 1:]
+    version_id = None
+    if relative.endswith(".versions"):
+        # Versioned bucket: each version is a file <key>.versions/v_<id>. Only a new version
+        # file with an ETag is an upload; old versions get metadata updates and delete
+        # markers are version files without an ETag.
+        if note.get("oldEntry") or _etag(entry) is None:
+            return None
+        key = relative.removesuffix(".versions")
+        version_id = _decoded(entry, "Seaweed-X-Amz-Version-Id")
+    else:
+        key = f"{relative}/{entry['name']}".lstrip("/")
     first = key.split("/", 1)[0]
     if first.startswith(".") or "/.uploads/" in f"/{key}" or ".versions/" in key:
         return None
     attributes = entry.get("attributes") or {}
     ts_ns = int(event.get("tsNs") or 0)
-    ref = ObjectRef(bucket=bucket, key=key, etag=_etag(entry), size=int(attributes.get("fileSize") or 0))
+    ref = ObjectRef(bucket=bucket, key=key, etag=_etag(entry), version_id=version_id,
+                    size=int(attributes.get("fileSize") or 0))
     when = datetime.fromtimestamp(ts_ns / 1e9, tz=UTC).isoformat() if ts_ns else None
     return S3Record.created(SOURCE, ref, sequencer=f"{ts_ns:020d}", event_time=when)
 
 
-def _etag(entry: dict[str, Any]) -> str | None:
-    extended = entry.get("extended") or {}
+def _decoded(entry: dict[str, Any], name: str) -> str | None:
+    """An extended attribute (SeaweedFS base64-encodes them), or None."""
+    raw = (entry.get("extended") or {}).get(name)
     try:
-        if raw := extended.get("Seaweed-X-Amz-ETag"):
-            return base64.b64decode(raw).decode().strip('"')
-        if md5 := (entry.get("attributes") or {}).get("md5"):
-            return base64.b64decode(md5).hex()
+        return base64.b64decode(raw).decode().strip('"') if raw else None
     except (binascii.Error, UnicodeDecodeError):
-        pass
-    return None
+        return None
+
+
+def _etag(entry: dict[str, Any]) -> str | None:
+    if etag := _decoded(entry, "Seaweed-X-Amz-ETag"):
+        return etag
+    md5 = (entry.get("attributes") or {}).get("md5")
+    try:
+        return base64.b64decode(md5).hex() if md5 else None
+    except binascii.Error:
+        return None
 
 
 def iter_json_objects(chunks: Iterable[str]) -> Iterator[dict[str, Any]]:

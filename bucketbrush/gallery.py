@@ -1,0 +1,96 @@
+"""The gallery: soft delete and restore of job outputs with S3 versioning.
+
+With versioning on, deleting a key only adds a delete marker; the data stays as a
+non-current version. Each function below is a few plain S3 calls an app can make itself:
+
+- soft delete: ``DeleteObject(key)`` for each output (adds delete markers)
+- list deleted: ``ListObjectVersions(prefix=outputs/)``, keys whose latest entry is a delete marker
+- restore: ``DeleteObject(key, VersionId=<the delete marker's id>)``
+- permanent delete: ``DeleteObject(key, VersionId=v)`` for every version and marker
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from bucketbrush.management import InvalidState, JobNotFound, get_job
+from bucketbrush.store import Bucket
+
+
+def enable_versioning(bucket: Bucket) -> None:
+    bucket.s3.put_bucket_versioning(Bucket=bucket.name, VersioningConfiguration={"Status": "Enabled"})
+
+
+def versioning_enabled(bucket: Bucket) -> bool:
+    return bucket.s3.get_bucket_versioning(Bucket=bucket.name).get("Status") == "Enabled"
+
+
+def _versions(bucket: Bucket, prefix: str) -> dict[str, list[dict[str, Any]]]:
+    """Key -> its versions and delete markers, newest first."""
+    by_key: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    paginator = bucket.s3.get_paginator("list_object_versions")
+    for page in paginator.paginate(Bucket=bucket.name, Prefix=prefix):
+        for v in page.get("Versions", []):
+            by_key[v["Key"]].append({**v, "marker": False})
+        for m in page.get("DeleteMarkers", []):
+            by_key[m["Key"]].append({**m, "marker": True})
+    for entries in by_key.values():
+        entries.sort(key=lambda e: (e["IsLatest"], e["LastModified"]), reverse=True)
+    return by_key
+
+
+def _require_versioning(bucket: Bucket) -> None:
+    if not versioning_enabled(bucket):
+        raise InvalidState("bucket versioning is off: `bucketbrush gallery enable` turns it on "
+                           "(soft delete needs it)")
+
+
+def soft_delete(bucket: Bucket, job_id: str) -> list[str]:
+    """Hide a job's outputs and manifest behind delete markers (restorable)."""
+    _require_versioning(bucket)
+    manifest = get_job(bucket, job_id)
+    if not manifest.is_final:
+        raise InvalidState(f"job {job_id} is {manifest.status}: cancel it first")
+    keys = [o.key for o in manifest.outputs] + [bucket.manifest_key(job_id)]
+    for key in keys:
+        bucket.s3.delete_object(Bucket=bucket.name, Key=key)
+    return keys
+
+
+def list_deleted(bucket: Bucket) -> list[str]:
+    """Job ids whose manifest is soft-deleted (latest entry is a delete marker)."""
+    _require_versioning(bucket)
+    prefix = bucket.settings.manifests_prefix
+    return sorted(
+        key[len(prefix):].removesuffix(".json")
+        for key, entries in _versions(bucket, prefix).items()
+        if entries and entries[0]["marker"]
+    )
+
+
+def restore(bucket: Bucket, job_id: str) -> list[str]:
+    """Remove the delete markers that hide a job's manifest and outputs."""
+    _require_versioning(bucket)
+    restored = []
+    for prefix in (bucket.manifest_key(job_id), bucket.output_key(job_id, "")):
+        for key, entries in _versions(bucket, prefix).items():
+            if entries and entries[0]["marker"]:
+                bucket.s3.delete_object(Bucket=bucket.name, Key=key, VersionId=entries[0]["VersionId"])
+                restored.append(key)
+    if not restored:
+        raise JobNotFound(f"job {job_id} is not in the deleted list")
+    return restored
+
+
+def purge(bucket: Bucket, job_id: str) -> int:
+    """Permanently delete every version of a job's outputs and manifest."""
+    count = 0
+    for prefix in (bucket.output_key(job_id, ""), bucket.manifest_key(job_id)):
+        for key, entries in _versions(bucket, prefix).items():
+            for entry in entries:
+                bucket.s3.delete_object(Bucket=bucket.name, Key=key, VersionId=entry["VersionId"])
+                count += 1
+    if not count:
+        raise JobNotFound(f"no job {job_id!r}")
+    return count

@@ -1,0 +1,161 @@
+"""Job management on plain S3 objects: list, show, download, delete, retry, cancel.
+
+Everything here is what an app could do itself with S3 calls; the CLI is a convenience.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import dramatiq
+
+from bucketbrush.broker import enqueue_job
+from bucketbrush.errors import BucketbrushError
+from bucketbrush.jobs import JobSpec
+from bucketbrush.manifest import Manifest
+from bucketbrush.store import Bucket
+
+
+class JobNotFound(BucketbrushError):
+    code = "job_not_found"
+
+
+class InvalidState(BucketbrushError):
+    """The job's status does not allow the operation (e.g. cancelling a finished job)."""
+
+    code = "invalid_state"
+
+
+class InvalidCursor(BucketbrushError):
+    code = "invalid_cursor"
+
+
+@dataclass
+class Page:
+    jobs: list[Manifest]
+    next_cursor: str | None
+
+
+def _encode_cursor(key: str) -> str:
+    return base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str, prefix: str) -> str:
+    try:
+        key = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        key = ""
+    if not key.startswith(prefix):
+        raise InvalidCursor(f"the cursor {cursor!r} did not come from a job listing")
+    return key
+
+
+def list_jobs(bucket: Bucket, *, status: str | None = None, recipe: str | None = None,
+              since: float | None = None, limit: int = 50, cursor: str | None = None) -> Page:
+    """One page of manifests in job-id order, filtered; ``next_cursor`` continues the listing.
+
+    The cursor is the last manifest key seen (base64), used as S3's ``StartAfter``: stable,
+    portable across S3 servers, and checkable.
+    """
+    prefix = bucket.settings.manifests_prefix
+    kwargs: dict[str, Any] = {"Bucket": bucket.name, "Prefix": prefix, "MaxKeys": max(1, min(limit, 1000))}
+    if cursor:
+        kwargs["StartAfter"] = _decode_cursor(cursor, prefix)
+    listing = bucket.s3.list_objects_v2(**kwargs)
+    contents = listing.get("Contents", [])
+    jobs = []
+    for obj in contents:
+        manifest = bucket.read_manifest(obj["Key"][len(prefix):].removesuffix(".json"))
+        if manifest is None:
+            continue
+        if (status and manifest.status != status) or (recipe and manifest.recipe != recipe):
+            continue
+        if since and manifest.updated_at < since:
+            continue
+        jobs.append(manifest)
+    more = listing.get("IsTruncated") and contents
+    return Page(jobs, _encode_cursor(contents[-1]["Key"]) if more else None)
+
+
+def get_job(bucket: Bucket, job_id: str) -> Manifest:
+    manifest = bucket.read_manifest(job_id)
+    if manifest is None:
+        raise JobNotFound(f"no job {job_id!r} (no {bucket.manifest_key(job_id)})")
+    return manifest
+
+
+def download_outputs(bucket: Bucket, job_id: str, dest: Path) -> list[Path]:
+    manifest = get_job(bucket, job_id)
+    if manifest.status != "succeeded":
+        raise InvalidState(f"job {job_id} is {manifest.status}: it has no outputs to download")
+    dest.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for out in manifest.outputs:
+        path = dest / out.key.rsplit("/", 1)[-1]
+        bucket.s3.download_file(bucket.name, out.key, str(path))
+        paths.append(path)
+    return paths
+
+
+def job_objects(bucket: Bucket, manifest: Manifest) -> list[str]:
+    """Every key that belongs to the job: its inputs, outputs, cancel marker, and the manifest
+    last, so the manifest is the last thing to go if a delete is interrupted."""
+    keys = [ref.key for ref in manifest.inputs]
+    paginator = bucket.s3.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=bucket.name, Prefix=bucket.output_key(manifest.job_id, "")):
+        keys += [obj["Key"] for obj in page.get("Contents", [])]
+    return keys + [bucket.cancel_key(manifest.job_id), bucket.manifest_key(manifest.job_id)]
+
+
+def delete_job(bucket: Bucket, broker: dramatiq.Broker, job_id: str) -> list[str]:
+    """Delete a finished job with all its objects; its input can then be uploaded again."""
+    manifest = get_job(bucket, job_id)
+    if not manifest.is_final:
+        raise InvalidState(f"job {job_id} is {manifest.status}: cancel it first")
+    keys = job_objects(bucket, manifest)
+    # Inputs may be shared with other jobs (jobs/<id>.json specs pointing at one upload):
+    # only the job's own source object goes, plus what lives under its id.
+    own = [k for k in keys if k not in {ref.key for ref in manifest.inputs[1:]}]
+    for i in range(0, len(own), 1000):
+        bucket.s3.delete_objects(Bucket=bucket.name, Delete={
+            "Objects": [{"Key": k} for k in own[i:i + 1000]], "Quiet": True})
+    broker.client.delete(f"{bucket.settings.broker_namespace}:claim:{job_id}")
+    return own
+
+
+def retry_job(bucket: Bucket, broker: dramatiq.Broker, job_id: str) -> Manifest:
+    """Run a failed or cancelled job again with the params it resolved to."""
+    manifest = get_job(bucket, job_id)
+    if manifest.status not in ("failed", "cancelled"):
+        raise InvalidState(f"job {job_id} is {manifest.status}: only failed or cancelled jobs can be retried")
+    if not manifest.inputs:
+        raise InvalidState(f"job {job_id} records no input to retry from")
+    source = manifest.inputs[0]
+    settings = bucket.settings
+    if source.key.startswith(settings.inbox_prefix):
+        input_ref = source
+    else:
+        input_ref = manifest.inputs[1] if len(manifest.inputs) > 1 else None
+    bucket.s3.delete_object(Bucket=bucket.name, Key=bucket.cancel_key(job_id))
+    queued = Manifest(job_id=job_id, status="queued", recipe=manifest.recipe, params=manifest.params,
+                      inputs=manifest.inputs, timings={"queued_at": time.time()},
+                      attempts=manifest.attempts)
+    bucket.write_manifest(queued)
+    enqueue_job(broker, settings, JobSpec(job_id=job_id, recipe=manifest.recipe, source=source,
+                                          input=input_ref, params=manifest.params))
+    return queued
+
+
+def cancel_job(bucket: Bucket, job_id: str) -> Manifest:
+    """Ask the runner to stop a queued or running job (an object at cancel/<job_id>)."""
+    manifest = get_job(bucket, job_id)
+    if manifest.is_final:
+        raise InvalidState(f"job {job_id} already {manifest.status}")
+    bucket.s3.put_object(Bucket=bucket.name, Key=bucket.cancel_key(job_id), Body=b"",
+                         Metadata={"requested-at": f"{time.time():.3f}"})
+    return manifest

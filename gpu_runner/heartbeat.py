@@ -1,0 +1,78 @@
+"""Each runner publishes its state at ``status/runners/<runner_id>.json`` in the bucket, so any
+app can see who is working on what with a plain GET; ``bucketbrush status`` reads them."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import sys
+import threading
+import time
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from bucketbrush.store import Bucket
+
+log = logging.getLogger(__name__)
+
+
+def gpu_info() -> dict[str, Any] | None:
+    """GPU name and memory, when torch is already loaded and sees one (never imports torch)."""
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_available():
+        return None
+    index = torch.cuda.current_device()
+    props = torch.cuda.get_device_properties(index)
+    free, total = torch.cuda.mem_get_info(index)
+    return {"name": props.name, "memory_total": total, "memory_free": free}
+
+
+class Heartbeat:
+    def __init__(self, bucket: Bucket, state: dict[str, Any], *, interval_s: float,
+                 loaded_models: Any = lambda: []) -> None:
+        self.bucket = bucket
+        self.state = state
+        self.interval_s = interval_s
+        self.loaded_models = loaded_models
+        self.runner_id = f"{socket.gethostname()}-{os.getpid()}"
+        self.key = f"{bucket.settings.status_prefix}runners/{self.runner_id}.json"
+        self.started_at = time.time()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "runner_id": self.runner_id, "host": socket.gethostname(), "pid": os.getpid(),
+            "queue": self.bucket.settings.queue_name, "device": self.state.get("device", "cpu"),
+            "gpu": gpu_info(), "loaded_models": list(self.loaded_models()),
+            "jobs_done": self.state["jobs_done"], "jobs_failed": self.state["jobs_failed"],
+            "current_job": self.state["current_job"], "started_at": self.started_at,
+            "updated_at": time.time(), "interval_s": self.interval_s,
+        }
+
+    def beat(self) -> None:
+        self.bucket.s3.put_object(Bucket=self.bucket.name, Key=self.key, ContentType="application/json",
+                                  Body=json.dumps(self.document(), indent=2).encode())
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                self.beat()
+            except (ClientError, BotoCoreError) as exc:
+                log.warning("heartbeat failed: %s", exc)
+            if self._stop.wait(self.interval_s):
+                return
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        try:
+            self.bucket.s3.delete_object(Bucket=self.bucket.name, Key=self.key)
+        except (ClientError, BotoCoreError):
+            pass

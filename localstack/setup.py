@@ -1,0 +1,143 @@
+"""The AWS event route: bucket -> S3 event notifications -> SQS (directly or through SNS).
+
+    python -m localstack.setup [--queue bucketbrush-events] [--via sqs|sns]
+
+Works on LocalStack and on AWS alike: the bucket (CORS, lifecycle rules via
+``infra.bucket.apply_bucket``), a queue with a dead-letter queue and a policy that lets this
+bucket (or topic) send to it, and one notification per prefix the handler reacts to
+(``inbox/`` and ``jobs/``: never the outputs and manifests the runner writes). Idempotent.
+Prints the queue URL for ``SqsPoller``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import boto3
+
+from bucketbrush.settings import Settings
+from bucketbrush.store import s3_client
+from functions.sources.sqs import sqs_client
+from infra.bucket import apply_bucket
+
+EVENTS = ["s3:ObjectCreated:*"]
+# After this many failed receives a message goes to the dead-letter queue.
+MAX_RECEIVES = 10
+
+
+@dataclass(frozen=True)
+class EventRoute:
+    queue_url: str
+    queue_arn: str
+    dlq_url: str
+    topic_arn: str | None = None
+
+
+def notification_prefixes(settings: Settings) -> dict[str, str]:
+    """Notification id -> key prefix: the only folders whose uploads become jobs."""
+    return {"bucketbrush-inbox": settings.inbox_prefix, "bucketbrush-jobs": settings.jobs_prefix}
+
+
+def _queue(sqs: Any, name: str, attributes: dict[str, str] | None = None) -> tuple[str, str]:
+    url = sqs.create_queue(QueueName=name)["QueueUrl"]  # returns the existing queue when present
+    if attributes:
+        sqs.set_queue_attributes(QueueUrl=url, Attributes=attributes)
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    return url, arn
+
+
+def _allow(queue_arn: str, service: str, source_arn: str) -> str:
+    return json.dumps({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Sid": "bucketbrush-events",
+            "Effect": "Allow",
+            "Principal": {"Service": service},
+            "Action": "sqs:SendMessage",
+            "Resource": queue_arn,
+            "Condition": {"ArnLike": {"aws:SourceArn": source_arn}},
+        }],
+    })
+
+
+def setup_event_route(settings: Settings, s3: Any, sqs: Any, *, queue_name: str = "bucketbrush-events",
+                      sns: Any = None, report=print) -> EventRoute:
+    """Converge the bucket and its notifications; ``sns`` given routes through a topic."""
+    for line in apply_bucket(s3, settings):
+        report(line)
+    dlq_url, dlq_arn = _queue(sqs, f"{queue_name}-dlq", {"MessageRetentionPeriod": str(14 * 24 * 3600)})
+    queue_url, queue_arn = _queue(sqs, queue_name, {
+        "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(MAX_RECEIVES)}),
+        # Longer than the handler ever takes; a failed message comes back after this.
+        "VisibilityTimeout": "60",
+    })
+    bucket_arn = f"arn:aws:s3:::{settings.bucket}"
+    filters = notification_prefixes(settings)
+    topic_arn = None
+    if sns is None:
+        sqs.set_queue_attributes(QueueUrl=queue_url, Attributes={
+            "Policy": _allow(queue_arn, "s3.amazonaws.com", bucket_arn)})
+        config: dict[str, Any] = {"QueueConfigurations": [
+            {"Id": cid, "QueueArn": queue_arn, "Events": EVENTS,
+             "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": prefix}]}}}
+            for cid, prefix in filters.items()
+        ]}
+        report(f"notifications: {', '.join(filters.values())} -> {queue_arn}")
+    else:
+        topic_arn = sns.create_topic(Name=f"{queue_name}-topic")["TopicArn"]
+        sns.set_topic_attributes(TopicArn=topic_arn, AttributeName="Policy", AttributeValue=json.dumps({
+            "Version": "2012-10-17",
+            "Statement": [{"Sid": "bucketbrush-s3", "Effect": "Allow",
+                           "Principal": {"Service": "s3.amazonaws.com"}, "Action": "sns:Publish",
+                           "Resource": topic_arn, "Condition": {"ArnLike": {"aws:SourceArn": bucket_arn}}}],
+        }))
+        sqs.set_queue_attributes(QueueUrl=queue_url, Attributes={
+            "Policy": json.dumps({
+                "Version": "2012-10-17",
+                "Statement": [{"Sid": "bucketbrush-sns", "Effect": "Allow",
+                               "Principal": {"Service": "sns.amazonaws.com"}, "Action": "sqs:SendMessage",
+                               "Resource": queue_arn, "Condition": {"ArnEquals": {"aws:SourceArn": topic_arn}}}],
+            })})
+        # The envelope is kept (no raw delivery): the poller unwraps both forms.
+        sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn)
+        config = {"TopicConfigurations": [
+            {"Id": cid, "TopicArn": topic_arn, "Events": EVENTS,
+             "Filter": {"Key": {"FilterRules": [{"Name": "prefix", "Value": prefix}]}}}
+            for cid, prefix in filters.items()
+        ]}
+        report(f"notifications: {', '.join(filters.values())} -> {topic_arn} -> {queue_arn}")
+    s3.put_bucket_notification_configuration(Bucket=settings.bucket, NotificationConfiguration=config)
+    return EventRoute(queue_url=queue_url, queue_arn=queue_arn, dlq_url=dlq_url, topic_arn=topic_arn)
+
+
+def sns_client(settings: Settings, endpoint_url: str | None = None) -> Any:
+    kwargs = settings.s3_client_kwargs()
+    kwargs.pop("endpoint_url", None)
+    if endpoint_url:
+        kwargs["endpoint_url"] = endpoint_url
+    return boto3.client("sns", **kwargs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m localstack.setup", description=__doc__.split("\n")[0])
+    p.add_argument("--queue", default="bucketbrush-events", help="queue name")
+    p.add_argument("--via", choices=["sqs", "sns"], default="sqs", help="S3 -> SQS, or S3 -> SNS -> SQS")
+    p.add_argument("--endpoint-url", help="SQS/SNS endpoint (default: the S3 endpoint; unset on AWS)")
+    args = p.parse_args(argv)
+    settings = Settings()
+    endpoint = args.endpoint_url or settings.s3_endpoint_url
+    route = setup_event_route(
+        settings, s3_client(settings), sqs_client(settings, endpoint), queue_name=args.queue,
+        sns=sns_client(settings, endpoint) if args.via == "sns" else None,
+        report=lambda line: print(line, file=sys.stderr),
+    )
+    print(f"export BUCKETBRUSH_SQS_QUEUE_URL={route.queue_url}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,151 @@
+"""Job lifecycle end to end on SeaweedFS + Redis: management, cancel, timeouts, gallery, status."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from bucketbrush import gallery
+from bucketbrush.broker import build_broker
+from bucketbrush.management import (
+    InvalidCursor,
+    InvalidState,
+    JobNotFound,
+    cancel_job,
+    delete_job,
+    download_outputs,
+    get_job,
+    list_jobs,
+    retry_job,
+)
+from bucketbrush.samples import landscape
+from bucketbrush.status import status_report
+from tests.conftest import png_bytes, wait_final
+from tests.test_e2e import drop
+
+pytestmark = pytest.mark.e2e
+
+SLOW = {"style": "watercolor"}  # watercolor on ~2.4 MP takes seconds on this CPU
+
+
+@pytest.fixture(scope="module")
+def broker(settings):
+    return build_broker(settings)
+
+
+def test_list_filters_and_pages(bucket):
+    ok = [drop(bucket, f"inbox/filter/list/{i}.png", png_bytes(), Metadata={"style": "sepia"}) for i in range(3)]
+    bad = drop(bucket, "inbox/filter/list/bad.png", b"nope")
+    for job_id in [*ok, bad]:
+        wait_final(bucket, job_id)
+    failed = list_jobs(bucket, status="failed", limit=1000).jobs
+    assert bad in {m.job_id for m in failed} and not set(ok) & {m.job_id for m in failed}
+    seen, cursor, pages = [], None, 0
+    while True:
+        page = list_jobs(bucket, limit=2, cursor=cursor)
+        seen += [m.job_id for m in page.jobs]
+        pages += 1
+        if not (cursor := page.next_cursor):
+            break
+    assert set(ok) | {bad} <= set(seen) and len(seen) == len(set(seen)) and pages >= 2
+    assert list_jobs(bucket, recipe="nosuch").jobs == []
+    with pytest.raises(InvalidCursor):
+        list_jobs(bucket, cursor="not-a-cursor")
+
+
+def test_show_download_delete(bucket, broker, tmp_path):
+    key = "inbox/filter/del/scene.png"
+    job_id = drop(bucket, key, png_bytes(), Metadata={"style": "noir"})
+    manifest = wait_final(bucket, job_id)
+    assert get_job(bucket, job_id).job_id == job_id
+    [path] = download_outputs(bucket, job_id, tmp_path)
+    assert path.read_bytes()[:4] == b"\x89PNG"
+    deleted = delete_job(bucket, broker, job_id)
+    assert key in deleted and manifest.outputs[0].key in deleted
+    for k in deleted:
+        assert not bucket.exists(k)
+    with pytest.raises(JobNotFound):
+        delete_job(bucket, broker, job_id)
+    # The same content uploaded again after a delete is processed again.
+    assert drop(bucket, key, png_bytes(), Metadata={"style": "noir"}) == job_id
+    assert wait_final(bucket, job_id).status == "succeeded"
+
+
+def test_retry_only_failed_or_cancelled(bucket, broker):
+    job_id = drop(bucket, "inbox/filter/retry/x.png", png_bytes(), Metadata={"params": '{"style": "nope"}'})
+    failed = wait_final(bucket, job_id)
+    assert failed.error.code == "invalid_params"
+    with pytest.raises(InvalidState):
+        cancel_job(bucket, job_id)
+    # Fix the input's metadata by copying it over itself, then retry the same job id.
+    bucket.s3.copy_object(Bucket=bucket.name, Key="inbox/filter/retry/x.png",
+                          CopySource={"Bucket": bucket.name, "Key": "inbox/filter/retry/x.png"},
+                          Metadata={"style": "sepia"}, MetadataDirective="REPLACE")
+    retried = retry_job(bucket, broker, job_id)
+    assert retried.status == "queued"
+    done = wait_final(bucket, job_id)
+    assert done.status == "succeeded" and done.params["style"] == "sepia"
+    with pytest.raises(InvalidState, match="succeeded"):
+        retry_job(bucket, broker, job_id)
+    with pytest.raises(JobNotFound):
+        retry_job(bucket, broker, "0" * 24)
+
+
+def test_cancel_a_queued_job(bucket):
+    big = png_bytes(landscape(1800, 1350), "JPEG")
+    busy = drop(bucket, "inbox/filter/cancel/busy.jpg", big, Metadata=SLOW)
+    victim = drop(bucket, "inbox/filter/cancel/victim.png", png_bytes(), Metadata={"style": "sepia"})
+    deadline = time.monotonic() + 20
+    while (m := bucket.read_manifest(victim)) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert m is not None and m.status == "queued"  # the runner is busy with the big one
+    cancel_job(bucket, victim)
+    cancelled = wait_final(bucket, victim)
+    assert cancelled.status == "cancelled" and cancelled.error.code == "cancelled"
+    assert cancelled.outputs == []
+    assert wait_final(bucket, busy).status == "succeeded"
+
+
+def test_time_limit_ends_job_as_timed_out(bucket):
+    drop(bucket, "inbox/filter/slow/big.jpg", png_bytes(landscape(1800, 1350), "JPEG"), Metadata={"style": "nope"})
+    bucket.s3.put_object(Bucket=bucket.name, Key="jobs/too-slow.json", Body=json.dumps({
+        "recipe": "filter", "input": "inbox/filter/slow/big.jpg", "params": SLOW, "time_limit_s": 1}))
+    manifest = wait_final(bucket, "too-slow", timeout=90)
+    assert manifest.status == "failed" and manifest.error.code == "timed_out"
+    assert manifest.outputs == [] and manifest.error.retryable is False
+    # The worker is free again.
+    job_id = drop(bucket, "inbox/filter/slow/after.png", png_bytes(), Metadata={"style": "sepia"})
+    assert wait_final(bucket, job_id).status == "succeeded"
+    assert get_job(bucket, "too-slow").attempts == 1
+
+
+def test_gallery_soft_delete_restore_purge(bucket):
+    gallery.enable_versioning(bucket)
+    job_id = drop(bucket, "inbox/filter/gallery/x.png", png_bytes(), Metadata={"style": "hdr"})
+    manifest = wait_final(bucket, job_id)
+    out = manifest.outputs[0].key
+    gallery.soft_delete(bucket, job_id)
+    assert not bucket.exists(out) and bucket.read_manifest(job_id) is None
+    assert job_id in gallery.list_deleted(bucket)
+    restored = gallery.restore(bucket, job_id)
+    assert out in restored and bucket.exists(out)
+    assert get_job(bucket, job_id).status == "succeeded"
+    assert job_id not in gallery.list_deleted(bucket)
+    with pytest.raises(JobNotFound):
+        gallery.restore(bucket, job_id)
+    assert gallery.purge(bucket, job_id) >= 2
+    assert bucket.read_manifest(job_id) is None and job_id not in gallery.list_deleted(bucket)
+    versions = bucket.s3.list_object_versions(Bucket=bucket.name, Prefix=f"outputs/{job_id}/")
+    assert not versions.get("Versions") and not versions.get("DeleteMarkers")
+
+
+def test_status_shows_runner_heartbeat_and_queue(bucket, broker):
+    job_id = drop(bucket, "inbox/filter/status/x.png", png_bytes(), Metadata={"style": "sepia"})
+    wait_final(bucket, job_id)
+    report = status_report(bucket, broker)
+    [runner] = report["runners"]
+    assert runner["stale"] is False and runner["jobs_done"] >= 1 and runner["device"] == "cpu"
+    assert set(report["queue"]) >= {"ready", "delayed", "dead_lettered"}
+    assert report["queue"]["dead_lettered"] >= 1  # the bad inputs failed (not retried) earlier

@@ -1,0 +1,319 @@
+"""The AWS flavour on real LocalStack (S3, SQS, SNS) and a private Redis: the SQS poller, the
+Lambda entry points, recorded LocalStack payloads, and S3 -> SQS -> runner end to end.
+
+The session fixture installs LocalStack into .venv-localstack/ when it is missing (about
+three minutes, once) and starts it on a free loopback port (5-15 s).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from bucketbrush.broker import build_broker
+from bucketbrush.jobs import ObjectRef, job_id_for
+from bucketbrush.samples import landscape
+from bucketbrush.settings import Settings
+from bucketbrush.store import Bucket, s3_client
+from functions import aws_lambda
+from functions.events import InvalidEvent, S3Record, parse_records
+from functions.handler import Handler
+from functions.sources.sqs import SqsPoller, records_from_body, sqs_client
+from infra.bucket import apply_bucket
+from infra.local import _free_port, _wait, redis_server_binary
+from localstack.server import LocalStackServer, ensure_venv
+from localstack.setup import setup_event_route
+from tests.conftest import EVENTS, png_bytes, wait_final
+
+RECORDED = EVENTS / "localstack"
+
+
+def recorded(name: str) -> str:
+    return (RECORDED / name).read_text()
+
+
+# -- servers ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def localstack_endpoint(tmp_path_factory: pytest.TempPathFactory):
+    server = LocalStackServer(ensure_venv(), tmp_path_factory.mktemp("localstack"))
+    server.start()
+    try:
+        yield server.endpoint
+    finally:
+        server.stop(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def private_redis(tmp_path_factory: pytest.TempPathFactory):
+    import redis
+
+    port, data = _free_port(), tmp_path_factory.mktemp("redis")
+    log = data / "redis.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(
+            [redis_server_binary(), "--bind", "127.0.0.1", "--port", str(port), "--save", "",
+             "--appendonly", "no", "--dir", str(data)],
+            stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    url = f"redis://127.0.0.1:{port}/0"
+    try:
+        _wait("redis", lambda: redis.Redis.from_url(url).ping(), 15, proc, log)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def make_settings(endpoint: str, redis_url: str, bucket: str, state_dir: Path) -> Settings:
+    return Settings(s3_endpoint_url=endpoint, s3_access_key="test", s3_secret_key="test", redis_url=redis_url,
+                    bucket=bucket, state_dir=state_dir)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    return {
+        "BUCKETBRUSH_S3_ENDPOINT_URL": settings.s3_endpoint_url,
+        "BUCKETBRUSH_S3_ACCESS_KEY": "test",
+        "BUCKETBRUSH_S3_SECRET_KEY": "test",
+        "BUCKETBRUSH_REDIS_URL": settings.redis_url,
+        "BUCKETBRUSH_BUCKET": settings.bucket,
+        "BUCKETBRUSH_STATE_DIR": str(settings.state_dir),
+    }
+
+
+@pytest.fixture
+def env(localstack_endpoint, private_redis, tmp_path):
+    """A fresh bucket with an object, a fresh queue, and settings for both."""
+    settings = make_settings(localstack_endpoint, private_redis, f"bb-{uuid.uuid4().hex[:10]}", tmp_path)
+    s3 = s3_client(settings)
+    apply_bucket(s3, settings)
+    sqs = sqs_client(settings, localstack_endpoint)
+    queue_url = sqs.create_queue(QueueName=f"q-{uuid.uuid4().hex[:10]}")["QueueUrl"]
+    return settings, s3, sqs, queue_url
+
+
+def dead_redis_url() -> str:
+    return f"redis://127.0.0.1:{_free_port()}/0"  # nothing listens there
+
+
+def s3_event(settings: Settings, s3, key: str, body: bytes = b"\x89PNG fake") -> str:
+    """Put ``key`` and return the S3 event JSON for it, as S3 -> SQS would deliver it."""
+    etag = s3.put_object(Bucket=settings.bucket, Key=key, Body=body)["ETag"]
+    record = S3Record.created("aws:s3", ObjectRef(bucket=settings.bucket, key=key, etag=etag, size=len(body)))
+    return json.dumps({"Records": [record.model_dump(mode="json", by_alias=True)]})
+
+
+def sns_envelope(message: str) -> str:
+    envelope = json.loads(recorded("sns_envelope_put.json"))
+    return json.dumps({**envelope, "Message": message})
+
+
+def queue_depth(sqs, queue_url: str) -> tuple[int, int]:
+    attrs = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=[
+        "ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"])["Attributes"]
+    return int(attrs["ApproximateNumberOfMessages"]), int(attrs["ApproximateNumberOfMessagesNotVisible"])
+
+
+def handler_for(settings: Settings, redis_url: str | None = None) -> Handler:
+    if redis_url:
+        settings = settings.model_copy(update={"redis_url": redis_url})
+    return Handler(settings, Bucket(settings), build_broker(settings))
+
+
+# -- recorded LocalStack payloads ---------------------------------------------------------
+
+def test_recorded_localstack_keys_decode_once():
+    [space] = parse_records(recorded("put_space.json"))
+    assert space.key == "inbox/filter/my photo (1).png"  # sent as my%20photo%20%281%29.png
+    [nested] = parse_records(recorded("put_nested.json"))
+    assert nested.key == "inbox/filter/2026/11/21/a+b.png"  # a literal '+' arrives as %2B
+    [multipart] = parse_records(recorded("multipart_complete.json"))
+    assert multipart.event_name == "ObjectCreated:CompleteMultipartUpload" and multipart.is_created
+    assert multipart.key == "inbox/filter/big upload.png"
+    assert multipart.ref.etag.endswith("-2") and multipart.ref.size == 5 * 1024 * 1024 + 1024
+    assert parse_records(recorded("test_event.json")) == []
+
+
+def test_message_bodies_raw_envelope_and_garbage():
+    raw = recorded("put_nested.json")
+    assert records_from_body(raw) == parse_records(raw)
+    [via_sns] = records_from_body(recorded("sns_envelope_put.json"))
+    assert via_sns.key == "jobs/sns-job.json"
+    assert records_from_body(sns_envelope(recorded("test_event.json"))) == []
+    for body in ["not json", "[]", json.dumps({"Type": "SubscriptionConfirmation", "Message": "hi"}),
+                 sns_envelope("not an event"), json.dumps({"Type": "Notification", "Message": {"Records": []}})]:
+        with pytest.raises(InvalidEvent):
+            records_from_body(body)
+
+
+# -- the SQS poller on real LocalStack SQS ------------------------------------------------
+
+def test_poller_handles_then_batch_deletes(env):
+    settings, s3, sqs, queue_url = env
+    event = s3_event(settings, s3, "inbox/filter/a.png")
+    for body in [recorded("test_event.json"), "garbage", sns_envelope(event), event]:
+        sqs.send_message(QueueUrl=queue_url, MessageBody=body)
+    poller = SqsPoller(sqs, queue_url, handler_for(settings).handle, wait_time_s=1)
+    result = poller.poll_once()
+    while result.received < 4:  # SQS may split a small queue over receives
+        more = poller.poll_once()
+        assert more.received, "messages went missing"
+        for name in ("received", "handled", "dropped", "failed"):
+            setattr(result, name, getattr(result, name) + getattr(more, name))
+        result.outcomes += more.outcomes
+    assert (result.handled, result.dropped, result.failed) == (2, 2, 0)
+    assert sorted(o.action for o in result.outcomes) == ["duplicate", "enqueued"]
+    assert queue_depth(sqs, queue_url) == (0, 0)
+    manifest = Bucket(settings).read_manifest(result.outcomes[0].job_id)
+    assert manifest is not None and manifest.status == "queued"
+
+
+def test_poller_leaves_messages_it_could_not_enqueue(env):
+    settings, s3, sqs, queue_url = env
+    sqs.send_message(QueueUrl=queue_url, MessageBody=s3_event(settings, s3, "inbox/filter/b.png"))
+    down = SqsPoller(sqs, queue_url, handler_for(settings, dead_redis_url()).handle,
+                     wait_time_s=1, visibility_timeout_s=1)
+    result = down.poll_once()
+    assert (result.received, result.failed, result.handled) == (1, 1, 0)
+    assert queue_depth(sqs, queue_url) == (0, 1)  # in flight, not deleted
+    up = SqsPoller(sqs, queue_url, handler_for(settings).handle, wait_time_s=5)
+    result = up.poll_once()  # redelivered once the 1 s visibility timeout ran out
+    assert result.handled == 1 and [o.action for o in result.outcomes] == ["enqueued"]
+    assert queue_depth(sqs, queue_url) == (0, 0)
+
+
+def test_run_loop_backs_off_and_stops(env):
+    settings, s3, sqs, queue_url = env
+    sqs.send_message(QueueUrl=queue_url, MessageBody=s3_event(settings, s3, "inbox/filter/c.png"))
+    calls: list[float] = []
+
+    def failing(records):
+        calls.append(time.monotonic())
+        raise ConnectionError("broker down")
+
+    stop = threading.Event()
+    poller = SqsPoller(sqs, queue_url, failing, wait_time_s=1, visibility_timeout_s=0)
+    thread = threading.Thread(target=poller.run, args=(stop,), kwargs={"max_backoff_s": 1})
+    thread.start()
+    time.sleep(3)
+    stop.set()
+    thread.join(5)
+    assert not thread.is_alive()
+    assert 2 <= len(calls) <= 6  # retried, but with backoff rather than in a tight loop
+    assert sum(queue_depth(sqs, queue_url)) == 1  # never deleted
+
+
+# -- the Lambda entry points --------------------------------------------------------------
+
+@pytest.fixture
+def lambda_env(env, monkeypatch):
+    settings = env[0]
+    for name, value in settings_env(settings).items():
+        monkeypatch.setenv(name, value)
+    aws_lambda.get_handler.cache_clear()
+    yield env
+    aws_lambda.get_handler.cache_clear()
+
+
+def lambda_sqs_event(sqs, queue_url: str, want: int) -> dict:
+    """Real SQS messages in the shape Lambda's event source mapping delivers them."""
+    records = []
+    while len(records) < want:
+        for m in sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1).get("Messages", []):
+            records.append({"messageId": m["MessageId"], "receiptHandle": m["ReceiptHandle"], "body": m["Body"],
+                            "attributes": {}, "messageAttributes": {}, "eventSource": "aws:sqs"})
+    return {"Records": records}
+
+
+def test_lambda_sqs_partial_batch_response(lambda_env, monkeypatch):
+    settings, s3, sqs, queue_url = lambda_env
+    for body in [s3_event(settings, s3, "inbox/filter/d.png"), "garbage", recorded("test_event.json")]:
+        sqs.send_message(QueueUrl=queue_url, MessageBody=body)
+    assert aws_lambda.sqs_handler(lambda_sqs_event(sqs, queue_url, 3), None) == {"batchItemFailures": []}
+    handler = aws_lambda.get_handler()
+    assert aws_lambda.get_handler() is handler  # built once per container
+
+    monkeypatch.setenv("BUCKETBRUSH_REDIS_URL", dead_redis_url())
+    aws_lambda.get_handler.cache_clear()
+    sqs.send_message(QueueUrl=queue_url, MessageBody=s3_event(settings, s3, "inbox/filter/e.png"))
+    sqs.send_message(QueueUrl=queue_url, MessageBody="garbage")
+    event = lambda_sqs_event(sqs, queue_url, 2)
+    [good] = [r["messageId"] for r in event["Records"] if r["body"] != "garbage"]
+    assert aws_lambda.sqs_handler(event, None) == {"batchItemFailures": [{"itemIdentifier": good}]}
+
+
+def test_lambda_s3_direct_and_via_sns(lambda_env, monkeypatch):
+    settings, s3, *_ = lambda_env
+    event = json.loads(recorded("put_nested.json"))
+    event["Records"][0]["s3"]["bucket"]["name"] = settings.bucket
+    first = aws_lambda.s3_handler(event, None)["outcomes"]
+    assert [o["action"] for o in first] == ["enqueued"]
+    assert first[0]["key"] == "inbox/filter/2026/11/21/a+b.png"
+    sns_event = {"Records": [{"EventSource": "aws:sns", "Sns": {"Message": json.dumps(event)}}]}
+    assert [o["action"] for o in aws_lambda.s3_handler(sns_event, None)["outcomes"]] == ["duplicate"]
+    assert aws_lambda.s3_handler({"not": "an event"}, None)["outcomes"] == []
+    # Broker down: raise, so that Lambda retries the asynchronous invocation.
+    monkeypatch.setenv("BUCKETBRUSH_REDIS_URL", dead_redis_url())
+    aws_lambda.get_handler.cache_clear()
+    event["Records"][0]["s3"]["object"]["key"] = "inbox/filter/other.png"
+    with pytest.raises(Exception, match="(?i)connect"):
+        aws_lambda.s3_handler(event, None)
+
+
+# -- end to end ---------------------------------------------------------------------------
+
+@pytest.mark.e2e
+def test_s3_to_sqs_to_runner_end_to_end(localstack_endpoint, private_redis, tmp_path):
+    # Unique names: every LocalStack on a machine keeps S3 data in /tmp/localstack-s3-storage/<bucket>.
+    name = f"bb-e2e-{uuid.uuid4().hex[:8]}"
+    settings = make_settings(localstack_endpoint, private_redis, name, tmp_path)
+    s3, sqs = s3_client(settings), sqs_client(settings, localstack_endpoint)
+    route = setup_event_route(settings, s3, sqs, queue_name=f"{name}-events", report=lambda _: None)
+
+    ready = tmp_path / "runner.ready"
+    with open(tmp_path / "runner.log", "wb") as log:
+        runner = subprocess.Popen(
+            [sys.executable, "-m", "bucketbrush.cli", "runner", "--ready-file", str(ready)],
+            env={**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"},
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    outcomes = []
+    handler = handler_for(settings)
+    poller = SqsPoller(sqs, route.queue_url, lambda records: outcomes.extend(handler.handle(records)) or [],
+                       wait_time_s=1)
+    stop = threading.Event()
+    thread = threading.Thread(target=poller.run, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        _wait("runner", ready.exists, 60, runner, tmp_path / "runner.log")
+        etag = s3.put_object(Bucket=settings.bucket, Key="inbox/filter/x.png", Body=png_bytes(landscape(96, 64)),
+                             ContentType="image/png", Metadata={"style": "sepia"})["ETag"]
+        job_id = job_id_for(ObjectRef(bucket=settings.bucket, key="inbox/filter/x.png", etag=etag))
+        bucket = Bucket(settings)
+        manifest = wait_final(bucket, job_id, timeout=60)
+        assert manifest.status == "succeeded", manifest.error
+        assert manifest.params["style"] == "sepia"
+        [out] = manifest.outputs
+        data = s3.get_object(Bucket=settings.bucket, Key=out.key)["Body"].read()
+        image = Image.open(io.BytesIO(data)).convert("RGB")
+        r, g, b = (int(np.asarray(c, dtype=np.int64).sum()) for c in image.split())
+        assert image.size == (96, 64) and r > g > b
+        time.sleep(1.5)  # let any event for the runner's own writes arrive
+        assert [o.key for o in outcomes] == ["inbox/filter/x.png"]  # outputs/ and manifests/ never notify
+        assert queue_depth(sqs, route.queue_url) == (0, 0)
+    finally:
+        stop.set()
+        thread.join(5)
+        runner.terminate()
+        runner.wait(30)
