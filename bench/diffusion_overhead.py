@@ -49,11 +49,11 @@ def main() -> None:
             ctx = JobContext("bench", models=cache)
             pipe, _ = cache.pipeline("tiny", "txt2img")
 
-            def bare() -> None:
+            def bare(pipe: object = pipe) -> None:
                 pipe(prompt, num_inference_steps=args.steps, width=args.size, height=args.size,
                      generator=torch.Generator("cpu").manual_seed(seed))
 
-            def ours() -> None:
+            def ours(ctx: JobContext = ctx) -> None:
                 recipe.run(ctx, None, params)
 
             timings: dict[str, list[float]] = {"bare": [], "recipe": []}

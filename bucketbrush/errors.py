@@ -57,6 +57,35 @@ class InvalidSpec(JobError):
     code = "invalid_spec"
 
 
+class InvalidKeypoints(JobError):
+    code = "invalid_keypoints"
+
+
+class OutputTooLarge(JobError):
+    code = "output_too_large"
+
+
+class ImageTooSmall(JobError):
+    code = "image_too_small"
+
+
+class UnknownModel(JobError):
+    code = "unknown_model"
+
+
+class ModelUnavailable(JobError):
+    """The model (or its weights) is not available on this runner; the message says what to
+    configure. Not retried: another delivery to the same runner would fail the same way."""
+
+    code = "model_unavailable"
+
+
+class OutOfMemory(JobError):
+    """The device ran out of memory; the runner freed its model cache and survives."""
+
+    code = "out_of_memory"
+
+
 class TimedOut(JobError):
     code = "timed_out"
 

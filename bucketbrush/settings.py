@@ -74,6 +74,18 @@ class Settings(BaseSettings):
     manifests_retention_days: int = 30
     cors_allowed_origins: list[str] = ["*"]
 
+    # Diffusion models (runner only; needs the `diffusion` extra).
+    models_file: Path | None = Field(default=None, description="models TOML (gpu_runner/models.py)")
+    preload_models: list[str] = Field(default_factory=list, description="model ids loaded at worker start")
+    model_cache_bytes: int = Field(default=0, ge=0, description="budget for cached models; 0: no limit")
+    diffusion_device: str = Field(default="auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
+    diffusion_dtype: str = Field(default="auto", pattern="^(auto|float32|bfloat16|float16)$")
+    diffusion_attention_slicing: bool = False
+    diffusion_vae_tiling: bool = False
+    diffusion_vae_slicing: bool = False
+    diffusion_cpu_offload: bool = False
+    diffusion_max_side: int = Field(default=1024, ge=64, multiple_of=8)
+
     # Local stack.
     state_dir: Path = Field(default_factory=default_state_dir)
     local_redis: str = Field(

@@ -18,12 +18,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from bucketbrush.errors import JobError
-
-
-class InvalidKeypoints(JobError):
-    # Belongs in bucketbrush/errors.py; kept here until the error tree is edited.
-    code = "invalid_keypoints"
+from bucketbrush.errors import InvalidKeypoints
 
 
 def _rgb(image: Image.Image) -> np.ndarray:

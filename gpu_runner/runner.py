@@ -8,7 +8,7 @@ import logging
 import platform
 import socket
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 from dramatiq.middleware import TimeLimitExceeded
@@ -32,6 +32,9 @@ from bucketbrush.store import Bucket, is_not_found
 from gpu_runner.images import decode_image, encode_image
 from gpu_runner.recipes import get_recipe
 from gpu_runner.recipes.base import JobContext, Recipe, RecipeParams, RecipeResult
+
+if TYPE_CHECKING:
+    from gpu_runner.pipelines import ModelCache
 
 log = logging.getLogger(__name__)
 
@@ -60,9 +63,11 @@ def runner_info() -> dict[str, Any]:
 class JobRunner:
     """Executes job specs against the bucket. One instance per worker process."""
 
-    def __init__(self, bucket: Bucket) -> None:
+    def __init__(self, bucket: Bucket, models: ModelCache | None = None) -> None:
         self.bucket = bucket
         self.settings = bucket.settings
+        # Diffusion pipelines, loaded once per process (None: no models file configured).
+        self.models = models
         self.info = runner_info()
         # Read by the heartbeat thread.
         self.stats: dict[str, Any] = {"jobs_done": 0, "jobs_failed": 0, "current_job": None}
@@ -185,7 +190,7 @@ class JobRunner:
             return decode_image(data, max_pixels=self.settings.max_image_pixels)
 
         return JobContext(manifest.job_id, on_progress, load_image=load_image, load_bytes=load_bytes,
-                          cancelled=cancelled)
+                          cancelled=cancelled, models=self.models)
 
     def _write_outputs(self, job_id: str, result: RecipeResult, params: RecipeParams,
                        written: list[str]) -> list[Output]:

@@ -23,7 +23,13 @@ def run_worker(settings: Settings, *, ready_file: Path | None = None) -> None:
     """Consume jobs until SIGTERM or SIGINT; finishes the current job before exiting."""
     broker = build_broker(settings)
     bucket = Bucket(settings)
-    runner = JobRunner(bucket)
+    models = None
+    if settings.models_file:
+        from gpu_runner.pipelines import ModelCache
+
+        models = ModelCache.from_settings(settings)
+        models.preload(settings.preload_models)
+    runner = JobRunner(bucket, models)
     declare_actors(broker, settings, runner)
     heartbeat = Heartbeat(bucket, runner.stats, interval_s=settings.heartbeat_interval_s)
     stop = threading.Event()

@@ -81,8 +81,8 @@ def ensure_venv(venv: Path = DEFAULT_VENV, *, report=print) -> Path:
     return python
 
 
-def _health(endpoint: str) -> dict[str, Any]:
-    with urllib.request.urlopen(f"{endpoint}/_localstack/health", timeout=2) as response:
+def _get_json(url: str) -> dict[str, Any]:
+    with urllib.request.urlopen(url, timeout=2) as response:
         return json.loads(response.read())
 
 
@@ -121,9 +121,9 @@ class LocalStackServer:
             # and writes to /var/lib/localstack; host mode keeps its files under our work dir.
             "OVERRIDE_IN_DOCKER": "0",
             "FILESYSTEM_ROOT": str(self.workdir / "fs"),
-            "TMPDIR": str(self.workdir / "tmp"),
         }
-        (self.workdir / "tmp").mkdir(exist_ok=True)
+        # A PYTHONPATH holding the repository would let its localstack/ shadow LocalStack.
+        env.pop("PYTHONPATH", None)
         cache = self.workdir / "fs" / "var" / "lib" / "localstack" / "cache"
         if self.shared_cache.is_dir():
             # Its service catalog takes ~9 s to build; reuse the one an earlier start left.
@@ -139,8 +139,11 @@ class LocalStackServer:
         wanted = set(self.services.split(","))
 
         def ready() -> bool:
-            states = _health(self.endpoint).get("services", {})
-            return all(states.get(s) in ("running", "available") for s in wanted)
+            # Services answer before the runtime finishes starting; a SIGTERM in between hangs
+            # its shutdown, so wait for its own READY stage too.
+            states = _get_json(f"{self.endpoint}/_localstack/health").get("services", {})
+            return (all(states.get(s) in ("running", "available") for s in wanted)
+                    and _get_json(f"{self.endpoint}/_localstack/init/ready").get("completed") is True)
 
         try:
             _wait("localstack", ready, timeout, self.proc, self.log)
@@ -166,8 +169,9 @@ class LocalStackServer:
         except OSError:
             pass  # only slower next time
 
-    def stop(self, timeout: float = 20) -> bool:
-        """SIGTERM the process this object started (SIGKILL after ``timeout``)."""
+    def stop(self, timeout: float = 5) -> bool:
+        """SIGTERM the process this object started; SIGKILL after ``timeout`` (its shutdown
+        sometimes hangs, and nothing it holds outlives it)."""
         if self.pid is None:
             return False
         stopped = _terminate({"pid": self.pid, "started": self.started}, timeout)
@@ -220,7 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, value in exports(state["endpoint"]).items():
             print(f"export {name}={value}")
     elif args.action == "stop":
-        if state and _terminate(state, 20):
+        if state and _terminate(state, 5):
             print(f"stopped pid {state['pid']}")
         else:
             print("not running")

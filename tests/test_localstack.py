@@ -52,7 +52,7 @@ def localstack_endpoint(tmp_path_factory: pytest.TempPathFactory):
     try:
         yield server.endpoint
     finally:
-        server.stop(timeout=10)
+        server.stop()
 
 
 @pytest.fixture(scope="session")

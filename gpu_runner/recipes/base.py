@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:
+    from gpu_runner.pipelines import ModelCache
 
 
 class RecipeParams(BaseModel):
@@ -45,7 +48,8 @@ class JobContext:
     ``load_image(key)`` reads another image from the bucket (a mask, a pose file's image) with
     the same size and pixel guards as the main input; ``load_bytes(key)`` reads a small
     non-image input (e.g. keypoints JSON); ``cancelled()`` says whether the user asked to
-    cancel (recipes with many steps check it between steps and raise JobCancelled).
+    cancel (recipes with many steps check it between steps and raise JobCancelled);
+    ``models`` is the runner's model cache (None when no models file is configured).
     """
 
     def __init__(
@@ -55,8 +59,10 @@ class JobContext:
         load_image: Callable[[str], Image.Image] | None = None,
         load_bytes: Callable[[str], bytes] | None = None,
         cancelled: Callable[[], bool] | None = None,
+        models: ModelCache | None = None,
     ) -> None:
         self.job_id = job_id
+        self.models = models
         self._on_progress = on_progress
         self._load_image = load_image
         self._load_bytes = load_bytes

