@@ -15,18 +15,29 @@ from bucketbrush.samples import landscape
 from bucketbrush.settings import Settings
 from bucketbrush.store import Bucket
 from infra.local import LocalStack
+from tests.tiny_models import write_tiny_models
 
 EVENTS = Path(__file__).parent / "events"
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory):
-    """A whole local stack (private Redis, SeaweedFS, event source, runner) for the session."""
+def models_toml(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny random diffusion models saved like real ones, and a models file naming them."""
+    return write_tiny_models(tmp_path_factory.mktemp("models"))
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, models_toml: Path):
+    """A whole local stack (private Redis, SeaweedFS, event source, runner) for the session.
+
+    The runner loads the tiny models through its normal registry and ``from_pretrained`` path.
+    """
     state_dir = tmp_path_factory.mktemp("stack")
     # Commands in this process must not find a developer's own stack.
     os.environ["BUCKETBRUSH_STATE_DIR"] = str(state_dir)
     settings = Settings(state_dir=state_dir, local_redis="always", bucket="bbtest",
-                        max_image_pixels=4_000_000, max_upload_bytes=2 * 1024 * 1024)
+                        max_image_pixels=4_000_000, max_upload_bytes=2 * 1024 * 1024,
+                        models_file=models_toml, diffusion_dtype="float32")
     local = LocalStack(settings)
     local.up()
     try:

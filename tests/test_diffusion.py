@@ -24,15 +24,10 @@ from gpu_runner.presets import PRESETS, auto_strength
 from gpu_runner.recipes import RECIPES, get_recipe
 from gpu_runner.recipes.base import JobContext, RecipeResult
 from gpu_runner.runner import resolve_params
-from tests.tiny_models import TINY_SIZE, write_tiny_models
+from tests.tiny_models import TINY_SIZE
 
 DIFFUSION_RECIPES = ("txt2img", "img2img", "sketch", "stylize", "inpaint")
 FAST = {"steps": 2, "seed": 1234}
-
-
-@pytest.fixture(scope="session")
-def models_toml(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_models(tmp_path_factory.mktemp("models"))
 
 
 def new_cache(models_toml: Path, **options: object) -> ModelCache:
