@@ -7,7 +7,7 @@ EXTRAS ?= dev
 # TORCH_SPEC to the build you want (or install torch first and set TORCH_SPEC=torch).
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: demo test install lint bench clean
+.PHONY: demo test install lint bench clean localstack localstack-stop
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
@@ -37,5 +37,12 @@ lint: install
 bench: install
 	$(BIN)/python -m bench.latency
 
+# The AWS flavour on LocalStack (host mode, its own Python 3.13 venv in .venv-localstack/).
+localstack: install
+	$(BIN)/python -m localstack.server start
+
+localstack-stop: install
+	$(BIN)/python -m localstack.server stop
+
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) .venv-localstack .pytest_cache

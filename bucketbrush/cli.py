@@ -238,6 +238,29 @@ def cmd_events_seaweedfs(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_events_sqs(settings: Settings, args: argparse.Namespace) -> int:
+    import signal
+
+    from bucketbrush.broker import build_broker
+    from bucketbrush.store import Bucket
+    from functions.handler import Handler
+    from functions.sources.sqs import SqsPoller, sqs_client
+
+    queue_url = args.queue_url or settings.sqs_queue_url
+    if not queue_url:
+        raise SystemExit("no queue: pass --queue-url or set BUCKETBRUSH_SQS_QUEUE_URL")
+    handler = Handler(settings, Bucket(settings), build_broker(settings))
+    sqs = sqs_client(settings, args.endpoint_url or settings.sqs_endpoint_url)
+    poller = SqsPoller(sqs, queue_url, handler.handle, wait_time_s=settings.sqs_wait_time_s,
+                       visibility_timeout_s=settings.sqs_visibility_timeout_s)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    ready = args.ready_file
+    poller.run(stop, on_ready=(lambda: ready.write_text("ready\n")) if ready else None)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bucketbrush", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true")
@@ -313,6 +336,11 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--cursor", type=Path, help="cursor file (default: in the state dir)")
     sw.add_argument("--ready-file", type=Path)
     sw.set_defaults(func=cmd_events_seaweedfs)
+    sq = ev.add_parser("sqs", help="long-poll an SQS queue fed by S3 (or SNS) notifications")
+    sq.add_argument("--queue-url", help="default: BUCKETBRUSH_SQS_QUEUE_URL")
+    sq.add_argument("--endpoint-url", help="SQS endpoint (LocalStack); default: BUCKETBRUSH_SQS_ENDPOINT_URL, else AWS")
+    sq.add_argument("--ready-file", type=Path)
+    sq.set_defaults(func=cmd_events_sqs)
     return p
 
 

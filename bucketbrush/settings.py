@@ -44,6 +44,12 @@ class Settings(BaseSettings):
     # the store on an internal address).
     s3_public_endpoint_url: str | None = None
 
+    # SQS event source (S3 -> SQS, or S3 -> SNS -> SQS): `bucketbrush events sqs`.
+    sqs_queue_url: str | None = None
+    sqs_endpoint_url: str | None = None  # unset: AWS; LocalStack serves SQS on its S3 endpoint
+    sqs_wait_time_s: int = Field(default=20, ge=0, le=20)
+    sqs_visibility_timeout_s: int | None = Field(default=60, ge=0, le=43200)
+
     # Queue.
     redis_url: str = "redis://127.0.0.1:6379/0"
     broker_namespace: str = "bucketbrush"

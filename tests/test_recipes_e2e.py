@@ -83,7 +83,8 @@ def test_inpaint_with_mask_from_the_bucket(bucket):
     ({"prompt": "x", "steps": 500}, "invalid_params"),
 ])
 def test_diffusion_bad_params(bucket, params, code):
-    job = spec(bucket, f"bad-{code}-{params.get('width', params.get('steps'))}", {"recipe": "txt2img", "params": params})
+    name = f"bad-{code}-{params.get('width', params.get('steps'))}"
+    job = spec(bucket, name, {"recipe": "txt2img", "params": params})
     manifest = wait_final(bucket, job, timeout=60)
     assert manifest.status == "failed" and manifest.error.code == code, manifest.error
 
