@@ -1,0 +1,260 @@
+"""The functions as an HTTP service: webhook targets, presign and health, on Starlette.
+
+Routes (``bucketbrush serve-functions``, port 8080 in the compose file):
+
+- ``POST /events/minio``: MinIO / RustFS webhook targets (``Authorization: Bearer <token>``).
+- ``POST /events/s3``: a plain S3 event notification from anything else (same token).
+- ``POST /events/sns``: an SNS HTTP(S) subscription; trusted by topic allow-list and message
+  signature instead of the token (see ``functions.sns``). Raw message delivery is refused.
+- ``POST /presign``: ``{recipe, filename, content_type, params}`` -> a presigned POST (token).
+- ``GET /health``: broker and bucket reachability, runner heartbeats, queue depths.
+
+A 2xx means every record was handled (enqueued, or a duplicate/ignored/rejected outcome) and
+the body lists the outcomes. The broker or the store failing answers 503, so the sender
+retries; the handler de-duplicates the retry. Input that can never succeed (not JSON, not an
+S3 event, a key with control characters or ``..`` segments) answers 400 and enqueues nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hmac
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from bucketbrush.broker import build_broker
+from bucketbrush.settings import Settings
+from bucketbrush.status import queue_depths, runner_heartbeats
+from bucketbrush.store import Bucket
+from functions.events import InvalidEvent, S3Record, parse_records
+from functions.handler import Handler, unsafe_key
+from functions.presign import presign_upload
+from functions.sns import MESSAGE_TYPES, Fetch, SnsMalformed, SnsRejected, SnsUnavailable, SnsVerifier, fetch_url
+
+log = logging.getLogger(__name__)
+
+HEALTH_PROBE_TIMEOUT_S = 5.0
+
+
+class HttpError(Exception):
+    """Answer ``status`` with ``{"error": message}``; logged as a warning."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def _error(request: Request, exc: HttpError) -> JSONResponse:
+    client = request.client.host if request.client else "?"
+    log.warning("%s %s from %s: %d %s", request.method, request.url.path, client, exc.status, exc.message)
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    return JSONResponse({"error": exc.message}, status_code=exc.status, headers=headers)
+
+
+class FunctionsApp:
+    """The endpoints, bound to one Handler (broker + bucket) and one SNS verifier."""
+
+    def __init__(self, settings: Settings, handler: Handler, bucket: Bucket, fetch: Fetch) -> None:
+        self.settings = settings
+        self.handler = handler
+        self.bucket = bucket
+        token = settings.functions_token
+        self.token = token.get_secret_value().encode() if token else None
+        self.max_body = settings.functions_max_body_bytes
+        self.sns = SnsVerifier(settings.sns_topic_arns, fetch=fetch)
+        if self.token is None:
+            log.warning("no functions_token configured: /events/minio, /events/s3 and /presign refuse every request")
+
+    # -- request plumbing -----------------------------------------------------------------
+
+    def _check_token(self, request: Request) -> None:
+        scheme, _, value = request.headers.get("authorization", "").partition(" ")
+        if self.token is None:
+            raise HttpError(401, "no token is configured on this server")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), self.token):
+            raise HttpError(401, "missing or wrong bearer token")
+
+    async def _body(self, request: Request) -> bytes:
+        """The body, refused before reading when Content-Length is over the limit and while
+        streaming when a chunked body grows past it."""
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.isdigit():
+                raise HttpError(400, "bad Content-Length")
+            if int(declared) > self.max_body:
+                raise HttpError(413, f"body over {self.max_body} bytes")
+        chunks, size = [], 0
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > self.max_body:
+                    raise HttpError(413, f"body over {self.max_body} bytes")
+                chunks.append(chunk)
+        except ClientDisconnect as exc:
+            raise HttpError(400, "client disconnected mid-body") from exc
+        return b"".join(chunks)
+
+    async def _enqueue(self, records: list[S3Record]) -> JSONResponse:
+        for record in records:
+            if problem := unsafe_key(record.key):
+                raise HttpError(400, f"unsafe key {record.key!r}: {problem}")
+        try:
+            outcomes = await run_in_threadpool(self.handler.handle, records)
+        except Exception as exc:
+            # Broker or store down: nothing is lost if the sender retries.
+            log.exception("could not enqueue %d record(s); answering 503", len(records))
+            raise HttpError(503, f"could not enqueue: {type(exc).__name__}") from exc
+        return JSONResponse({"outcomes": [dataclasses.asdict(o) for o in outcomes]})
+
+    def _records(self, payload: bytes | str) -> list[S3Record]:
+        try:
+            return parse_records(payload)
+        except InvalidEvent as exc:
+            raise HttpError(400, f"not an S3 event notification: {exc}") from exc
+
+    # -- endpoints ------------------------------------------------------------------------
+
+    async def s3_event(self, request: Request) -> JSONResponse:
+        """MinIO/RustFS webhook targets and any other sender of plain S3 event JSON."""
+        try:
+            self._check_token(request)
+            return await self._enqueue(self._records(await self._body(request)))
+        except HttpError as exc:
+            return _error(request, exc)
+
+    async def sns_event(self, request: Request) -> JSONResponse:
+        try:
+            return await self._sns(request)
+        except HttpError as exc:
+            return _error(request, exc)
+
+    async def _sns(self, request: Request) -> JSONResponse:
+        body = await self._body(request)
+        if request.headers.get("x-amz-sns-rawdelivery", "").lower() == "true":
+            raise HttpError(403, "raw message delivery is unsigned: disable it, or POST to /events/s3 with the token")
+        try:
+            doc = json.loads(body)
+        except (ValueError, RecursionError) as exc:
+            raise HttpError(400, f"body is not JSON: {exc}") from exc
+        if not isinstance(doc, dict):
+            raise HttpError(400, "body is not a JSON object")
+        if "Type" not in doc and "Records" in doc:
+            raise HttpError(403, "raw message delivery is unsigned: disable it, or POST to /events/s3 with the token")
+        if doc.get("Type") not in MESSAGE_TYPES:
+            raise HttpError(400, f"unknown SNS message type {doc.get('Type')!r}")
+        declared = request.headers.get("x-amz-sns-message-type")
+        if declared is not None and declared != doc.get("Type"):
+            raise HttpError(400, f"x-amz-sns-message-type {declared!r} does not match Type {doc.get('Type')!r}")
+        try:
+            await run_in_threadpool(self.sns.verify, doc)  # may fetch the signing certificate
+            if doc["Type"] == "SubscriptionConfirmation":
+                await run_in_threadpool(self.sns.confirm, doc)
+                return JSONResponse({"confirmed": doc["TopicArn"]})
+        except SnsRejected as exc:
+            raise HttpError(403, str(exc)) from exc
+        except SnsMalformed as exc:
+            raise HttpError(400, str(exc)) from exc
+        except SnsUnavailable as exc:
+            raise HttpError(503, str(exc)) from exc
+        if doc["Type"] == "UnsubscribeConfirmation":
+            log.info("SNS topic %s unsubscribed this endpoint", doc["TopicArn"])
+            return JSONResponse({"unsubscribed": doc["TopicArn"]})
+        return await self._enqueue(self._records(doc["Message"]))
+
+    async def presign(self, request: Request) -> JSONResponse:
+        try:
+            self._check_token(request)
+            body = await self._body(request)
+            try:
+                doc = json.loads(body)
+            except (ValueError, RecursionError) as exc:
+                raise HttpError(400, f"body is not JSON: {exc}") from exc
+            if not isinstance(doc, dict) or not isinstance(doc.get("recipe"), str):
+                raise HttpError(400, 'body must be a JSON object with "recipe"')
+            filename = doc.get("filename", "upload.png")
+            content_type = doc.get("content_type")
+            params = doc.get("params") or {}
+            if not isinstance(filename, str) or not isinstance(content_type, (str, type(None))):
+                raise HttpError(400, '"filename" and "content_type" must be strings')
+            if not isinstance(params, dict):
+                raise HttpError(400, '"params" must be a JSON object')
+            try:
+                upload = await run_in_threadpool(
+                    lambda: presign_upload(self.bucket.public_s3, self.settings, recipe=doc["recipe"],
+                                           filename=filename, content_type=content_type, params=params))
+            except ValueError as exc:
+                raise HttpError(400, str(exc)) from exc
+            except Exception as exc:
+                log.exception("presign failed")
+                raise HttpError(503, f"could not presign: {type(exc).__name__}") from exc
+            return JSONResponse(upload.model_dump(mode="json"))
+        except HttpError as exc:
+            return _error(request, exc)
+
+    async def health(self, request: Request) -> JSONResponse:
+        """200 when both the broker and the bucket answer, 503 otherwise (no token needed)."""
+        s = self.settings
+        broker_ok, broker_error, _ = await _probe(self.handler.redis.ping)
+        bucket_ok, bucket_error, _ = await _probe(lambda: self.bucket.s3.head_bucket(Bucket=self.bucket.name))
+        report: dict[str, Any] = {
+            "ok": broker_ok and bucket_ok,
+            "broker": {"reachable": broker_ok, "error": broker_error},
+            "bucket": {"name": s.bucket, "reachable": bucket_ok, "error": bucket_error},
+            "queue": None,
+            "runners": [],
+        }
+        if broker_ok:
+            ok, _, depths = await _probe(lambda: queue_depths(self.handler.broker, s.queue_name, s.broker_namespace))
+            report["queue"] = {"name": s.queue_name, **depths} if ok else None
+        if bucket_ok:
+            ok, _, runners = await _probe(lambda: runner_heartbeats(self.bucket))
+            report["runners"] = runners if ok else []
+        return JSONResponse(report, status_code=200 if report["ok"] else 503)
+
+
+async def _probe(call: Callable[[], Any]) -> tuple[bool, str | None, Any]:
+    """Run a blocking check with a deadline: (ok, error text, result)."""
+    try:
+        result = await asyncio.wait_for(run_in_threadpool(call), HEALTH_PROBE_TIMEOUT_S)
+    except TimeoutError:
+        return False, f"no answer in {HEALTH_PROBE_TIMEOUT_S:.0f}s", None
+    except Exception as exc:
+        return False, f"{type(exc).__name__}: {exc}"[:300], None
+    return True, None, result
+
+
+def create_app(settings: Settings, handler: Handler | None = None, bucket: Bucket | None = None, *,
+               fetch: Fetch = fetch_url) -> Starlette:
+    """The ASGI app. ``handler`` defaults to one on the settings' broker and bucket; ``fetch``
+    (GET a URL, return its body) is how SNS certificates and SubscribeURLs are fetched."""
+    bucket = bucket or (handler.bucket if handler else Bucket(settings))
+    handler = handler or Handler(settings, bucket, build_broker(settings))
+    api = FunctionsApp(settings, handler, bucket, fetch)
+    app = Starlette(routes=[
+        Route("/events/minio", api.s3_event, methods=["POST"]),
+        Route("/events/s3", api.s3_event, methods=["POST"]),
+        Route("/events/sns", api.sns_event, methods=["POST"]),
+        Route("/presign", api.presign, methods=["POST"]),
+        Route("/health", api.health, methods=["GET"]),
+    ])
+    app.state.functions = api
+    return app
+
+
+def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080) -> None:
+    """Serve ``create_app(settings)`` with uvicorn until SIGINT/SIGTERM."""
+    import uvicorn
+
+    # log_config=None: uvicorn's loggers propagate to the CLI's logging setup.
+    uvicorn.run(create_app(settings), host=host, port=port, log_config=None,
+                server_header=False, timeout_graceful_shutdown=10)
