@@ -34,13 +34,13 @@ def main() -> None:
     from diffusers import StableDiffusionPipeline
 
     from bucketbrush.settings import Settings
+    from bucketbrush.store import Bucket
     from gpu_runner.devices import RuntimeOptions
     from gpu_runner.models import ModelRegistry
     from gpu_runner.pipelines import ModelCache
     from gpu_runner.recipes import get_recipe
     from gpu_runner.recipes.base import JobContext
     from gpu_runner.runner import resolve_params
-    from bucketbrush.store import Bucket
     from infra.local import LocalStack
     from tests.tiny_models import write_tiny_models
 

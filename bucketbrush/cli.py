@@ -231,6 +231,7 @@ def cmd_events_seaweedfs(settings: Settings, args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    _start_periodic_sweep(settings, stop)
     ready = args.ready_file
     FilerSubscription(filer=args.filer, bucket=settings.bucket, cursor=cursor, handle=handler.handle).run(
         stop, on_ready=(lambda: ready.write_text("ready\n")) if ready else None
@@ -256,6 +257,7 @@ def cmd_events_sqs(settings: Settings, args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    _start_periodic_sweep(settings, stop)
     ready = args.ready_file
     poller.run(stop, on_ready=(lambda: ready.write_text("ready\n")) if ready else None)
     return 0
@@ -297,6 +299,56 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(settings: Settings, args: argparse.Namespace) -> int:
+    from bucketbrush.broker import build_broker
+    from bucketbrush.store import Bucket
+    from functions.handler import Handler
+    from functions.sweep import RUNNING_LOOKBACK_S, sweep
+
+    bucket = Bucket(settings)
+    report = sweep(settings, bucket, Handler(settings, bucket, build_broker(settings)), grace_s=args.grace,
+                   running_lookback_s=None if args.full else RUNNING_LOOKBACK_S)
+    for o in report.outcomes:
+        if o.action == "enqueued":
+            print(f"enqueued {o.job_id}  {o.key}")
+    print(report.summary())
+    return 0
+
+
+def _start_periodic_sweep(settings: Settings, stop: threading.Event) -> None:
+    """The reconciling sweep in a thread of the event source process (0 s interval: off)."""
+    if settings.sweep_interval_s <= 0:
+        return
+    from bucketbrush.broker import build_broker
+    from bucketbrush.store import Bucket
+    from functions.handler import Handler
+    from functions.sweep import run_periodic
+
+    # Its own handler (broker, S3 client): the subscription thread keeps the other.
+    sweeper = Handler(settings, Bucket(settings), build_broker(settings))
+    threading.Thread(target=run_periodic, args=(settings, sweeper, stop), name="sweep", daemon=True,
+                     kwargs={"interval_s": settings.sweep_interval_s, "grace_s": settings.sweep_grace_s}).start()
+
+
+def cmd_serve_functions(settings: Settings, args: argparse.Namespace) -> int:
+    from functions.http import serve
+
+    serve(settings, host=args.host, port=args.port)
+    return 0
+
+
+def cmd_infra_minio(settings: Settings, args: argparse.Namespace) -> int:
+    from infra.minio import apply_minio, mc_commands, minio_client, webhook_arn
+
+    if args.print_mc:
+        print(mc_commands(settings, alias=args.alias, target_id=args.target_id,
+                          endpoint=args.webhook_endpoint, region=args.region), end="")
+        return 0
+    for line in apply_minio(minio_client(settings), settings, arn=webhook_arn(args.target_id, args.region)):
+        print(line)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bucketbrush", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true")
@@ -310,6 +362,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     infra = sub.add_parser("infra", help="bucket setup").add_subparsers(dest="infra", required=True)
     infra.add_parser("apply", help="bucket, CORS, lifecycle rules").set_defaults(func=cmd_infra_apply)
+    mi = infra.add_parser("minio", help="MinIO: bucket, event routes to the webhook target, ILM rules")
+    mi.add_argument("--target-id", default="bucketbrush", help="webhook target id (MINIO_NOTIFY_WEBHOOK_*_<ID>)")
+    mi.add_argument("--region", default="", help="the server's MINIO_SITE_REGION, if set")
+    mi.add_argument("--print-mc", action="store_true", help="print the equivalent mc commands instead")
+    mi.add_argument("--alias", default="minio", help="mc alias (with --print-mc)")
+    mi.add_argument("--webhook-endpoint", default="http://functions:8080/events/minio")
+    mi.set_defaults(func=cmd_infra_minio)
 
     pre = sub.add_parser("presign", help="a presigned POST for one upload into inbox/<recipe>/")
     pre.add_argument("recipe")
@@ -357,6 +416,16 @@ def build_parser() -> argparse.ArgumentParser:
     gal.add_argument("action", choices=["enable", "delete", "deleted", "restore", "purge"])
     gal.add_argument("job_id", nargs="?")
     gal.set_defaults(func=cmd_gallery)
+
+    sf = sub.add_parser("serve-functions", help="HTTP: MinIO/S3/SNS event targets, presign, health")
+    sf.add_argument("--host", default="127.0.0.1")
+    sf.add_argument("--port", type=int, default=8080)
+    sf.set_defaults(func=cmd_serve_functions)
+
+    swp = sub.add_parser("sweep", help="enqueue inputs no event announced; fail jobs whose runner died")
+    swp.add_argument("--grace", type=float, default=60, help="skip objects younger than this many seconds")
+    swp.add_argument("--full", action="store_true", help="check every running manifest, not only recent ones")
+    swp.set_defaults(func=cmd_sweep)
 
     mo = sub.add_parser("models", help="the diffusion models file: list, doctor, preload")
     mo.add_argument("action", choices=["list", "doctor", "preload"])

@@ -19,6 +19,7 @@ from bucketbrush.errors import BucketbrushError
 from bucketbrush.jobs import JobSpec
 from bucketbrush.manifest import Manifest
 from bucketbrush.store import Bucket
+from functions.handler import claim_key
 
 
 class JobNotFound(BucketbrushError):
@@ -124,7 +125,7 @@ def delete_job(bucket: Bucket, broker: dramatiq.Broker, job_id: str) -> list[str
     for i in range(0, len(own), 1000):
         bucket.s3.delete_objects(Bucket=bucket.name, Delete={
             "Objects": [{"Key": k} for k in own[i:i + 1000]], "Quiet": True})
-    broker.client.delete(f"{bucket.settings.broker_namespace}:claim:{job_id}")
+    broker.client.delete(claim_key(bucket.settings, job_id))
     return own
 
 

@@ -50,6 +50,12 @@ class Settings(BaseSettings):
     sqs_wait_time_s: int = Field(default=20, ge=0, le=20)
     sqs_visibility_timeout_s: int | None = Field(default=60, ge=0, le=43200)
 
+    # HTTP functions host (`bucketbrush serve-functions`): functions/http.py.
+    functions_token: SecretStr | None = Field(
+        default=None, description="bearer token for /events/minio, /events/s3 and /presign; unset: refuse them")
+    sns_topic_arns: list[str] = Field(default_factory=list, description="SNS topics /events/sns trusts; empty: none")
+    functions_max_body_bytes: int = Field(default=1 * MB, ge=1024)
+
     # Queue.
     redis_url: str = "redis://127.0.0.1:6379/0"
     broker_namespace: str = "bucketbrush"
@@ -73,6 +79,9 @@ class Settings(BaseSettings):
     job_time_limit_s: int = Field(default=600, ge=1)
     recipe_time_limits_s: dict[str, int] = Field(default_factory=dict)
     heartbeat_interval_s: float = Field(default=10, gt=0)
+    # Reconciling sweep (functions/sweep.py), run in the event source process; 0 disables it.
+    sweep_interval_s: float = Field(default=300, ge=0)
+    sweep_grace_s: float = Field(default=60, ge=0)
 
     # Retention, in days (0 disables the rule).
     inbox_retention_days: int = 1

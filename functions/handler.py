@@ -156,27 +156,36 @@ class Handler:
             enqueue_job(self.broker, self.settings, spec)
         except Exception:
             # Let the transport redeliver: the claim must not block the retry.
-            self.redis.delete(self._claim_key(job_id))
+            self.redis.delete(self.claim_key(job_id))
             raise
         log.info("enqueued job %s (%s) for %s", job_id, recipe, source.key)
         return Outcome(source.key, "enqueued", job_id)
 
-    def _claim_key(self, job_id: str) -> str:
-        return f"{self.settings.broker_namespace}:claim:{job_id}"
+    def claim_key(self, job_id: str) -> str:
+        return claim_key(self.settings, job_id)
 
     def _claim(self, job_id: str, source: ObjectRef) -> str | None:
         """Atomically take ``job_id`` for this content; None if something already holds it."""
-        ok = self.redis.set(self._claim_key(job_id), source.identity, nx=True, ex=self.settings.dedupe_ttl_s)
+        ok = self.redis.set(self.claim_key(job_id), source.identity, nx=True, ex=self.settings.dedupe_ttl_s)
         return job_id if ok else None
 
     def _claimed_by(self, job_id: str) -> str | None:
-        value = self.redis.get(self._claim_key(job_id))
+        value = self.redis.get(self.claim_key(job_id))
         return value.decode() if isinstance(value, bytes) else value
+
+
+def claim_key(settings: Settings, job_id: str) -> str:
+    """The Redis key that says which content a job id belongs to (see Handler._claim)."""
+    return f"{settings.broker_namespace}:claim:{job_id}"
 
 
 def unsafe_key(key: str) -> str | None:
     """Why a key must not become a job (None when it is fine)."""
-    if not key or len(key.encode()) > 1024:
+    try:
+        size = len(key.encode())
+    except UnicodeEncodeError:  # a lone surrogate, from a JSON "\ud800" escape
+        return "not valid UTF-8"
+    if not key or size > 1024:
         return "empty or over 1024 bytes"
     if _CONTROL.search(key):
         return "control characters in key"

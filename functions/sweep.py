@@ -94,17 +94,17 @@ def sweep(settings: Settings, bucket: Bucket, handler: Handler, *, grace_s: floa
 
 def run_periodic(settings: Settings, handler: Handler, stop: threading.Event, *, interval_s: float = 300,
                  grace_s: float = 60) -> None:
-    """Sweep now and then every ``interval_s`` until ``stop`` is set; errors are logged and
-    the next sweep tries again. Give it its own Handler (and broker) when other threads have one."""
-    while True:
+    """Sweep every ``interval_s`` until ``stop`` is set (the first after one interval: at start
+    the event source replays from its cursor anyway). Errors are logged and the next sweep
+    tries again. Give it its own Handler (and broker) when other threads have one."""
+    while not stop.wait(interval_s):
         try:
             report = sweep(settings, handler.bucket, handler, grace_s=grace_s)
-            level = logging.INFO if report.enqueued or report.timed_out else logging.DEBUG
-            log.log(level, "sweep: %s", report.summary())
         except (ClientError, BotoCoreError, RedisError, OSError):
             log.exception("sweep failed; next try in %.0fs", interval_s)
-        if stop.wait(interval_s):
-            return
+            continue
+        level = logging.INFO if report.enqueued or report.timed_out else logging.DEBUG
+        log.log(level, "sweep: %s", report.summary())
 
 
 # -- inputs -------------------------------------------------------------------------------
@@ -218,14 +218,14 @@ def _claim_holders(handler: Handler, job_ids: list[str]) -> dict[str, str | None
         return {}
     pipe = handler.redis.pipeline(transaction=False)
     for job_id in job_ids:
-        pipe.get(handler._claim_key(job_id))
+        pipe.get(handler.claim_key(job_id))
     values = pipe.execute()
     return {j: v.decode() if isinstance(v, bytes) else v for j, v in zip(job_ids, values, strict=True)}
 
 
 def _release_abandoned_claim(handler: Handler, job_id: str) -> bool:
     """Release ``job_id``'s claim if it has stood for ABANDONED_CLAIM_S with no manifest."""
-    key = handler._claim_key(job_id)
+    key = handler.claim_key(job_id)
     holder, ttl = handler.redis.get(key), handler.redis.ttl(key)
     if holder is None or ttl < 0 or handler.settings.dedupe_ttl_s - ttl < ABANDONED_CLAIM_S:
         return False

@@ -104,10 +104,10 @@ def apply_minio(client: Minio, settings: Settings, *, arn: str | None = None) ->
         client.set_bucket_notification(bucket, config)
     except S3Error as exc:
         if exc.code == "InvalidArgument" and "ARN" in (exc.message or ""):
-            target = arn.split(":")[-2]
+            target = arn.split(":")[-2]  # the ARN keeps the case of the variables' suffix
             raise BucketbrushError(
-                f"MinIO has no webhook target {arn}: set MINIO_NOTIFY_WEBHOOK_ENABLE_{target.upper()}=on and "
-                f"MINIO_NOTIFY_WEBHOOK_ENDPOINT_{target.upper()} (see infra/compose.yaml) and restart MinIO",
+                f"MinIO has no webhook target {arn}: set MINIO_NOTIFY_WEBHOOK_ENABLE_{target}=on and "
+                f"MINIO_NOTIFY_WEBHOOK_ENDPOINT_{target} (see infra/compose.yaml) and restart MinIO",
                 code="minio_webhook_missing") from exc
         raise
     done.append(f"events: s3:ObjectCreated:* under {settings.inbox_prefix}, {settings.jobs_prefix} -> {arn}")
@@ -129,7 +129,7 @@ def mc_commands(settings: Settings, *, alias: str = "minio", target_id: str = WE
     arn = webhook_arn(target_id, region)
     rules: dict[str, Any] = {"Rules": lifecycle_rules(settings)}
     lines = [
-        "# The webhook target (or MINIO_NOTIFY_WEBHOOK_*_" + target_id.upper() + " variables, as in infra/compose.yaml)",
+        f"# The webhook target (or MINIO_NOTIFY_WEBHOOK_*_{target_id} variables, as in infra/compose.yaml)",
         f'mc admin config set {alias} notify_webhook:{target_id} endpoint="{endpoint}" '
         f'auth_token="$BUCKETBRUSH_FUNCTIONS_TOKEN" queue_dir="/events" queue_limit="100000"',
         f"mc admin service restart {alias}",

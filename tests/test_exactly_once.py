@@ -173,7 +173,7 @@ def test_sweep_releases_a_claim_whose_handler_died(settings, bucket, handler):
     body = png_bytes(landscape(32, 33))  # content no other test uploads
     job_id = job_id_for(ObjectRef(bucket=bucket.name, key=key, etag=hashlib.md5(body).hexdigest()))
     # A handler claimed the job a while ago and died before writing the manifest.
-    claim = handler._claim_key(job_id)
+    claim = handler.claim_key(job_id)
     handler.redis.set(claim, "someone", ex=settings.dedupe_ttl_s - ABANDONED_CLAIM_S - 5)
     assert drop(bucket, key, body, Metadata=SEPIA) == job_id
     time.sleep(1)  # the real event arrives and finds the claim taken

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bucketbrush.jobs import ObjectRef
-from functions.events import S3Record
+from functions.events import InvalidEvent, S3Record
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,23 @@ def weed_binary() -> str:
 
 def record_from_event(event: dict[str, Any], bucket: str) -> S3Record | None:
     """The S3 record for a file created (or replaced) in ``bucket``; None for anything else:
-    deletions, directories, multipart parts and SeaweedFS's own system entries."""
+    deletions, directories, multipart parts and SeaweedFS's own system entries. Raises
+    InvalidEvent when the event is not shaped like filer metadata."""
+    try:
+        return _record_from_event(event, bucket)
+    except (AttributeError, KeyError, TypeError, ValueError, OverflowError, OSError) as exc:
+        raise InvalidEvent(f"malformed filer event: {exc!r}") from exc
+
+
+def event_ts_ns(event: dict[str, Any]) -> int | None:
+    """The event's ``tsNs`` (the cursor position), or None when it has none that parses."""
+    try:
+        return int(event.get("tsNs") or 0)
+    except (TypeError, ValueError):
+        return None
+
+
+def _record_from_event(event: dict[str, Any], bucket: str) -> S3Record | None:
     note = event.get("eventNotification") or {}
     entry = note.get("newEntry")
     if not entry or entry.get("isDirectory"):
@@ -115,8 +131,17 @@ def iter_json_objects(chunks: Iterable[str]) -> Iterator[dict[str, Any]]:
                 continue
             try:
                 obj, end = decoder.raw_decode(buf)
-            except json.JSONDecodeError:
-                break  # incomplete: wait for more
+            except (json.JSONDecodeError, RecursionError) as exc:
+                # Incomplete, or broken. Documents start at a line's first column and nothing
+                # inside a pretty-printed one does, so a document start after the error's line
+                # means this one will never complete: drop it rather than stall the stream.
+                line = buf.rfind("\n", 0, getattr(exc, "pos", 1))
+                nxt = buf.find("\n{", max(line, 0))
+                if nxt < 0:
+                    break  # incomplete: wait for more
+                log.warning("filer.meta.tail: skipping a malformed document: %.200r", buf[:nxt])
+                buf = buf[nxt + 1:]
+                continue
             buf = buf[end:]
             if isinstance(obj, dict):
                 yield obj
@@ -186,10 +211,15 @@ class FilerSubscription:
             on_ready()
         assert self._proc.stdout is not None
         for event in iter_json_objects(iter(lambda: self._proc.stdout.readline(), "")):
-            ts_ns = int(event.get("tsNs") or 0)
-            if last is not None and ts_ns <= last:
+            ts_ns = event_ts_ns(event)
+            if ts_ns is None or (last is not None and ts_ns <= last):
                 continue
-            record = record_from_event(event, self.bucket)
+            try:
+                record = record_from_event(event, self.bucket)
+            except InvalidEvent as exc:
+                # Skip it (and move the cursor past it): a retry would only fail the same way.
+                log.warning("skipping a filer event: %s", exc)
+                record = None
             if record is not None:
                 # Raises when the broker is down: the cursor stays, the event is replayed.
                 self.handle([record])
