@@ -52,7 +52,10 @@ def soft_delete(bucket: Bucket, job_id: str) -> list[str]:
     manifest = get_job(bucket, job_id)
     if not manifest.is_final:
         raise InvalidState(f"job {job_id} is {manifest.status}: cancel it first")
-    keys = [o.key for o in manifest.outputs] + [bucket.manifest_key(job_id)]
+    # The job's own input goes too: the reconciling sweep would otherwise see an input without
+    # a manifest and run the job again.
+    keys = [manifest.inputs[0].key] if manifest.inputs else []
+    keys += [o.key for o in manifest.outputs] + [bucket.manifest_key(job_id)]
     for key in keys:
         bucket.s3.delete_object(Bucket=bucket.name, Key=key)
     return keys
@@ -70,17 +73,25 @@ def list_deleted(bucket: Bucket) -> list[str]:
 
 
 def restore(bucket: Bucket, job_id: str) -> list[str]:
-    """Remove the delete markers that hide a job's manifest and outputs."""
+    """Remove the delete markers that hide a job's manifest, then its outputs and input."""
     _require_versioning(bucket)
-    restored = []
-    for prefix in (bucket.manifest_key(job_id), bucket.output_key(job_id, "")):
-        for key, entries in _versions(bucket, prefix).items():
-            if entries and entries[0]["marker"]:
-                bucket.s3.delete_object(Bucket=bucket.name, Key=key, VersionId=entries[0]["VersionId"])
-                restored.append(key)
+    restored = _unhide(bucket, bucket.manifest_key(job_id))
     if not restored:
         raise JobNotFound(f"job {job_id} is not in the deleted list")
+    manifest = get_job(bucket, job_id)
+    restored += _unhide(bucket, bucket.output_key(job_id, ""))
+    if manifest.inputs:
+        restored += _unhide(bucket, manifest.inputs[0].key, exact=True)
     return restored
+
+
+def _unhide(bucket: Bucket, prefix: str, *, exact: bool = False) -> list[str]:
+    unhidden = []
+    for key, entries in _versions(bucket, prefix).items():
+        if (not exact or key == prefix) and entries and entries[0]["marker"]:
+            bucket.s3.delete_object(Bucket=bucket.name, Key=key, VersionId=entries[0]["VersionId"])
+            unhidden.append(key)
+    return unhidden
 
 
 def purge(bucket: Bucket, job_id: str) -> int:

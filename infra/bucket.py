@@ -27,6 +27,9 @@ def lifecycle_rules(settings: Settings) -> list[dict[str, Any]]:
                 "Filter": {"Prefix": prefix},
                 "Status": "Enabled",
                 "Expiration": {"Days": days},
+                # With versioning on (the gallery), soft-deleted objects leave noncurrent
+                # versions: they expire on the same schedule.
+                "NoncurrentVersionExpiration": {"NoncurrentDays": days},
             }
             if prefix == settings.inbox_prefix:
                 rule["AbortIncompleteMultipartUpload"] = {"DaysAfterInitiation": 1}

@@ -128,9 +128,10 @@ def test_gallery_soft_delete_restore_purge(bucket):
     out = manifest.outputs[0].key
     gallery.soft_delete(bucket, job_id)
     assert not bucket.exists(out) and bucket.read_manifest(job_id) is None
+    assert not bucket.exists("inbox/filter/gallery/x.png")  # or the sweep would run it again
     assert job_id in gallery.list_deleted(bucket)
     restored = gallery.restore(bucket, job_id)
-    assert out in restored and bucket.exists(out)
+    assert out in restored and bucket.exists(out) and bucket.exists("inbox/filter/gallery/x.png")
     assert get_job(bucket, job_id).status == "succeeded"
     assert job_id not in gallery.list_deleted(bucket)
     with pytest.raises(JobNotFound):

@@ -103,6 +103,12 @@ def test_layers_bad_params_are_invalid_params(params):
     assert err.value.code == "invalid_params"
 
 
+def test_resolved_photo_params_validate_again():
+    # `jobs retry` resubmits the manifest's resolved params, painterly defaults included.
+    resolved = resolve_params(layers.RECIPE, {"count": 3}, {}).model_dump(mode="json")
+    assert resolve_params(layers.RECIPE, resolved, {}).count == 3
+
+
 def test_layers_params_from_metadata():
     metadata = {"params": json.dumps({"count": 5, "mode": "painterly", "style": "watercolor"})}
     params = resolve_params(layers.RECIPE, {}, metadata)

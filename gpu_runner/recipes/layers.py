@@ -49,7 +49,10 @@ class LayersParams(RecipeParams):
 
     @model_validator(mode="after")
     def _painterly_params_need_painterly(self) -> LayersParams:
-        stray = sorted(set(_PAINTERLY_ONLY) & self.model_fields_set)
+        # Defaults pass: a retry resubmits the resolved params, painterly fields included.
+        fields = type(self).model_fields
+        stray = [name for name in _PAINTERLY_ONLY
+                 if name in self.model_fields_set and getattr(self, name) != fields[name].default]
         if self.mode == "photo" and stray:
             raise ValueError(f"{', '.join(stray)} only apply to mode 'painterly'")
         return self
