@@ -19,7 +19,13 @@ import urllib3
 from minio import Minio
 from minio.commonconfig import DISABLED, ENABLED, Filter
 from minio.error import S3Error
-from minio.lifecycleconfig import AbortIncompleteMultipartUpload, Expiration, LifecycleConfig, Rule
+from minio.lifecycleconfig import (
+    AbortIncompleteMultipartUpload,
+    Expiration,
+    LifecycleConfig,
+    NoncurrentVersionExpiration,
+    Rule,
+)
 from minio.notificationconfig import NotificationConfig, PrefixFilterRule, QueueConfig
 
 from bucketbrush.errors import BucketbrushError
@@ -75,6 +81,7 @@ def lifecycle_config(settings: Settings) -> LifecycleConfig | None:
     rules = []
     for r in lifecycle_rules(settings):
         abort = r.get("AbortIncompleteMultipartUpload")
+        noncurrent = r.get("NoncurrentVersionExpiration")
         rules.append(Rule(
             ENABLED if r["Status"] == "Enabled" else DISABLED,
             rule_filter=Filter(prefix=r["Filter"]["Prefix"]),
@@ -82,6 +89,8 @@ def lifecycle_config(settings: Settings) -> LifecycleConfig | None:
             expiration=Expiration(days=r["Expiration"]["Days"]),
             abort_incomplete_multipart_upload=(
                 AbortIncompleteMultipartUpload(abort["DaysAfterInitiation"]) if abort else None),
+            noncurrent_version_expiration=(
+                NoncurrentVersionExpiration(noncurrent["NoncurrentDays"]) if noncurrent else None),
         ))
     return LifecycleConfig(rules) if rules else None
 

@@ -133,14 +133,16 @@ def test_apply_creates_bucket_routes_events_and_sets_ilm(settings):
             "status": rule.findtext("Status"), "prefix": rule.findtext("Filter/Prefix"),
             "days": int(rule.findtext("Expiration/Days")),
             "abort": rule.findtext("AbortIncompleteMultipartUpload/DaysAfterInitiation"),
+            "noncurrent": int(rule.findtext("NoncurrentVersionExpiration/NoncurrentDays")),
         }
         for rule in root.findall("Rule")
     }
     # manifests_retention_days=0: no rule for manifests.
     assert rules == {
-        "bucketbrush-inbox": {"status": "Enabled", "prefix": "inbox/", "days": 2, "abort": "1"},
-        "bucketbrush-jobs": {"status": "Enabled", "prefix": "jobs/", "days": 2, "abort": None},
-        "bucketbrush-outputs": {"status": "Enabled", "prefix": "outputs/", "days": 7, "abort": None},
+        "bucketbrush-inbox": {"status": "Enabled", "prefix": "inbox/", "days": 2, "abort": "1", "noncurrent": 2},
+        "bucketbrush-jobs": {"status": "Enabled", "prefix": "jobs/", "days": 2, "abort": None, "noncurrent": 2},
+        "bucketbrush-outputs": {"status": "Enabled", "prefix": "outputs/", "days": 7, "abort": None,
+                                "noncurrent": 7},
     }
     assert lines[0] == "bucket images: created"
     assert lines[-1] == "lifecycle: inbox/ 2d, jobs/ 2d, outputs/ 7d"
