@@ -100,6 +100,13 @@ class Settings(BaseSettings):
     diffusion_vae_slicing: bool = False
     diffusion_cpu_offload: bool = False
     diffusion_max_side: int = Field(default=1024, ge=64, multiple_of=8)
+    # Vision models (runner only): a transformers save_pretrained folder, or a repo id already
+    # in the local HF cache; never downloaded, never remote code (gpu_runner/vision.py).
+    depth_model: str | None = Field(default=None, description="depth estimation model for `layers`")
+    segmentation_model: str | None = Field(
+        default=None, description="semantic segmentation model for `remove-bg`; unset: GrabCut fallback")
+    segmentation_labels: list[str] = Field(
+        default_factory=list, description="labels of segmentation_model that are foreground; empty: automatic")
 
     # Local stack.
     state_dir: Path = Field(default_factory=default_state_dir)

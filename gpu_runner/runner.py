@@ -190,7 +190,7 @@ class JobRunner:
             return decode_image(data, max_pixels=self.settings.max_image_pixels)
 
         return JobContext(manifest.job_id, on_progress, load_image=load_image, load_bytes=load_bytes,
-                          cancelled=cancelled, models=self.models)
+                          cancelled=cancelled, models=self.models, settings=self.settings)
 
     def _write_outputs(self, job_id: str, result: RecipeResult, params: RecipeParams,
                        written: list[str]) -> list[Output]:

@@ -16,6 +16,7 @@ from bucketbrush.settings import Settings
 from bucketbrush.store import Bucket
 from infra.local import LocalStack
 from tests.tiny_models import write_tiny_models
+from tests.tiny_vision_models import write_tiny_vision_models
 
 EVENTS = Path(__file__).parent / "events"
 
@@ -27,7 +28,13 @@ def models_toml(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory, models_toml: Path):
+def vision_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Tiny random depth and segmentation models, saved like real ones."""
+    return write_tiny_vision_models(tmp_path_factory.mktemp("vision"))
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory, models_toml: Path, vision_models: dict[str, Path]):
     """A whole local stack (private Redis, SeaweedFS, event source, runner) for the session.
 
     The runner loads the tiny models through its normal registry and ``from_pretrained`` path.
@@ -37,7 +44,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, models_toml: Path):
     os.environ["BUCKETBRUSH_STATE_DIR"] = str(state_dir)
     settings = Settings(state_dir=state_dir, local_redis="always", bucket="bbtest",
                         max_image_pixels=4_000_000, max_upload_bytes=2 * 1024 * 1024,
-                        models_file=models_toml, diffusion_dtype="float32")
+                        models_file=models_toml, diffusion_dtype="float32",
+                        depth_model=str(vision_models["depth"]), segmentation_model=str(vision_models["segmentation"]))
     local = LocalStack(settings)
     local.up()
     try:

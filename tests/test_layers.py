@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -17,26 +16,21 @@ from gpu_runner import segmentation, vision
 from gpu_runner.recipes import layers, remove_bg
 from gpu_runner.recipes.base import JobContext
 from gpu_runner.runner import resolve_params
-from tests.tiny_vision_models import write_tiny_vision_models
 
 # Lowest GrabCut IoU measured on the scene below over seeds 0-5 was 0.985 (plain GrabCut
 # without the cleanup and refinement pass: 0.89-0.91, fooled by the distractor blob).
 GRABCUT_MIN_IOU = 0.95
 
 
-@pytest.fixture(scope="session")
-def vision_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return write_tiny_vision_models(tmp_path_factory.mktemp("vision"))
-
-
 def context(depth_model=None, segmentation_model=None, segmentation_labels=(), models=None):
     progress: list[tuple[int, int]] = []
-    ctx = JobContext("job", on_progress=lambda s, t: progress.append((s, t)), models=models)
-    ctx.settings = SimpleNamespace(  # type: ignore[attr-defined]
+    settings = SimpleNamespace(
         depth_model=str(depth_model) if depth_model else None,
         segmentation_model=str(segmentation_model) if segmentation_model else None,
         segmentation_labels=list(segmentation_labels), diffusion_device="cpu",
     )
+    ctx = JobContext("job", on_progress=lambda s, t: progress.append((s, t)), models=models,
+                     settings=settings)  # type: ignore[arg-type]
     return ctx, progress
 
 

@@ -10,6 +10,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 if TYPE_CHECKING:
+    from bucketbrush.settings import Settings
     from gpu_runner.pipelines import ModelCache
 
 
@@ -49,7 +50,8 @@ class JobContext:
     the same size and pixel guards as the main input; ``load_bytes(key)`` reads a small
     non-image input (e.g. keypoints JSON); ``cancelled()`` says whether the user asked to
     cancel (recipes with many steps check it between steps and raise JobCancelled);
-    ``models`` is the runner's model cache (None when no models file is configured).
+    ``models`` is the runner's model cache (None when no models file is configured);
+    ``settings`` the runner's settings (where vision models are; None outside a runner).
     """
 
     def __init__(
@@ -60,9 +62,11 @@ class JobContext:
         load_bytes: Callable[[str], bytes] | None = None,
         cancelled: Callable[[], bool] | None = None,
         models: ModelCache | None = None,
+        settings: Settings | None = None,
     ) -> None:
         self.job_id = job_id
         self.models = models
+        self.settings = settings
         self._on_progress = on_progress
         self._load_image = load_image
         self._load_bytes = load_bytes

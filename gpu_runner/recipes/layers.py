@@ -62,7 +62,7 @@ def depth_estimator(ctx: JobContext) -> Any:
     """The runner's depth model, loaded on first use; ModelUnavailable naming the setting."""
     from gpu_runner import vision
 
-    settings = getattr(ctx, "settings", None)
+    settings = ctx.settings
     value = getattr(settings, "depth_model", None)
     if not value:
         raise ModelUnavailable(
@@ -81,8 +81,8 @@ def _painted(ctx: JobContext, image: Image.Image, params: LayersParams, share: i
         ctx.job_id,
         on_progress=lambda step, steps: ctx.progress(share * step // max(steps, 1), total),
         load_image=ctx.load_image, load_bytes=ctx.load_bytes, cancelled=ctx.cancelled, models=ctx.models,
+        settings=ctx.settings,
     )
-    sub.settings = getattr(ctx, "settings", None)  # type: ignore[attr-defined]
     stylize_params = stylize.StylizeParams(
         style=params.style, strength=params.strength, prompt=params.prompt, model=params.model,
         steps=params.steps, guidance=params.guidance, seed=params.seed, control_scale=params.control_scale,

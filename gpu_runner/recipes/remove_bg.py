@@ -50,7 +50,7 @@ class RemoveBgParams(RecipeParams):
 def _segmenter(ctx: JobContext) -> Any | None:
     from gpu_runner import vision
 
-    settings = getattr(ctx, "settings", None)
+    settings = ctx.settings
     value = getattr(settings, "segmentation_model", None)
     if not value:
         return None
@@ -69,7 +69,7 @@ def run(ctx: JobContext, image: Image.Image | None, params: RemoveBgParams) -> R
     model = None
     ctx.progress(1, 3)
     if vm is not None:
-        settings = getattr(ctx, "settings", None)
+        settings = ctx.settings
         wanted = params.labels if params.labels is not None else getattr(settings, "segmentation_labels", None) or []
         alpha, labels = segmentation.model_foreground(vm, image, wanted)
         details: dict[str, Any] = {"method": "model", "labels": labels}
