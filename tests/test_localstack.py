@@ -275,7 +275,8 @@ def test_lambda_s3_direct_and_via_sns(lambda_env, monkeypatch):
 
 @pytest.mark.e2e
 def test_s3_to_sqs_to_runner_end_to_end(localstack_endpoint, private_redis, tmp_path):
-    # Unique names: every LocalStack on a machine keeps S3 data in /tmp/localstack-s3-storage/<bucket>.
+    # Unique names: every LocalStack on a machine keeps S3 data in one fixed folder per bucket name
+    # under the system temp dir, whatever it is configured with.
     name = f"bb-e2e-{uuid.uuid4().hex[:8]}"
     settings = make_settings(localstack_endpoint, private_redis, name, tmp_path)
     s3, sqs = s3_client(settings), sqs_client(settings, localstack_endpoint)
