@@ -11,6 +11,7 @@ import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import dramatiq
@@ -78,7 +79,8 @@ class Handler:
             return Outcome(record.key, "rejected", reason=f"bad recipe folder {recipe!r}")
         ticket = parts[1] if len(parts) >= 3 and is_ticket(parts[1]) else None
         ref = record.ref
-        return self._submit(ref, recipe, input_ref=ref, params={}, preferred_id=ticket)
+        return self._submit(ref, recipe, input_ref=ref, params={}, preferred_id=ticket,
+                            recent=self._recent(record))
 
     def _spec(self, record: S3Record) -> Outcome:
         name = record.key[len(self.settings.jobs_prefix):]
@@ -98,7 +100,7 @@ class Handler:
             ))
             return Outcome(record.key, "rejected", job_id, reason=str(exc))
         return self._submit(ref, recipe, input_ref=input_ref, params=params, preferred_id=job_id,
-                            time_limit_s=time_limit_s)
+                            time_limit_s=time_limit_s, recent=self._recent(record))
 
     def _read_spec(self, ref: ObjectRef) -> tuple[str, ObjectRef | None, dict[str, Any], int | None]:
         if ref.size is not None and ref.size > MAX_SPEC_BYTES:
@@ -132,7 +134,7 @@ class Handler:
 
     def _submit(self, source: ObjectRef, recipe: str, *, input_ref: ObjectRef | None,
                 params: dict[str, Any], preferred_id: str | None,
-                time_limit_s: int | None = None) -> Outcome:
+                time_limit_s: int | None = None, recent: bool = False) -> Outcome:
         job_id = self._claim(preferred_id, source) if preferred_id else None
         if preferred_id and job_id is None and self._claimed_by(preferred_id) == source.identity:
             return Outcome(source.key, "duplicate", preferred_id)
@@ -142,7 +144,10 @@ class Handler:
             job_id = self._claim(job_id_for(source), source)
             if job_id is None:
                 return Outcome(source.key, "duplicate", job_id_for(source))
-        existing = self.bucket.read_manifest(job_id)
+        # A fresh claim on an object created within the claim TTL means no earlier job for this
+        # content exists (any earlier one would still hold its claim): skip the manifest GET.
+        # Older objects (sweeps, late redeliveries) may have had a claim that expired.
+        existing = None if recent else self.bucket.read_manifest(job_id)
         if existing and existing.is_final and existing.inputs and existing.inputs[0].identity == source.identity:
             return Outcome(source.key, "duplicate", job_id, reason="already finished")
         spec = JobSpec(job_id=job_id, recipe=recipe, source=source, input=input_ref, params=params,
@@ -160,6 +165,16 @@ class Handler:
             raise
         log.info("enqueued job %s (%s) for %s", job_id, recipe, source.key)
         return Outcome(source.key, "enqueued", job_id)
+
+    def _recent(self, record: S3Record) -> bool:
+        """Whether the event says the object was created well within the claim TTL."""
+        if not record.event_time:
+            return False
+        try:
+            created = datetime.fromisoformat(record.event_time.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return False
+        return time.time() - created < self.settings.dedupe_ttl_s / 2
 
     def claim_key(self, job_id: str) -> str:
         return claim_key(self.settings, job_id)

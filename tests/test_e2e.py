@@ -204,3 +204,17 @@ def test_presigned_get_links_work(settings, bucket, tmp_path):
     assert response.status == 200
     assert response.headers["Content-Type"] == "image/jpeg"
     assert Image.open(io.BytesIO(response.data)).format == "JPEG"
+
+
+def test_redelivery_after_the_claim_expired_is_still_one_job(settings, bucket):
+    key = "inbox/filter/expired-claim/scene.png"
+    job_id = drop(bucket, key, png_bytes(), Metadata={"style": "sepia"})
+    first = wait_final(bucket, job_id)
+    handler = Handler(settings, bucket, build_broker(settings))
+    handler.redis.delete(handler.claim_key(job_id))  # as if dedupe_ttl_s had passed
+    # An old event (created before the claim TTL) makes the handler check the manifest.
+    old = S3Record.created("test", first.inputs[0], event_time="2020-01-01T00:00:00.000Z")
+    [outcome] = handler.handle([old])
+    assert outcome.action == "duplicate" and outcome.reason == "already finished"
+    time.sleep(1)
+    assert bucket.read_manifest(job_id).updated_at == first.updated_at
