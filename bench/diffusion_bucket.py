@@ -72,7 +72,7 @@ def main() -> None:
                     bucket.s3.put_object(Bucket=bucket.name, Key=f"jobs/{job_id}.json",
                                          Body=json.dumps({"recipe": "txt2img", "params": params}))
                     while (m := bucket.read_manifest(job_id)) is None or not m.is_final:
-                        time.sleep(0.01)
+                        time.sleep(0.1)  # the stamps are exact; polling hard would load the CPU under test
                     assert m.status == "succeeded", m.error
                     return m.timings["finished_at"] - t0, m.timings["processing_s"]
 

@@ -50,7 +50,7 @@ def main() -> None:
                                             Metadata={"style": "sepia"})["ETag"].strip('"')
                 job_id = job_id_for(ObjectRef(bucket=bucket.name, key=key, etag=etag))
                 while (m := bucket.read_manifest(job_id)) is None or not m.is_final:
-                    time.sleep(0.005)
+                    time.sleep(0.05)  # the stamps are exact; polling hard would load the CPU under test
                 assert m.status == "succeeded", m.error
                 if i == 0:
                     continue  # warm-up: first connections, first import of the recipe

@@ -79,6 +79,9 @@ class Settings(BaseSettings):
     job_time_limit_s: int = Field(default=600, ge=1)
     recipe_time_limits_s: dict[str, int] = Field(default_factory=dict)
     heartbeat_interval_s: float = Field(default=10, gt=0)
+    # How long an idle runner waits between polls of Redis (Dramatiq's worker_timeout): the
+    # upper bound of the queue wait after a quiet spell, against idle Redis traffic.
+    runner_poll_ms: int = Field(default=100, ge=5, le=10_000)
     # Reconciling sweep (functions/sweep.py), run in the event source process; 0 disables it.
     sweep_interval_s: float = Field(default=300, ge=0)
     sweep_grace_s: float = Field(default=60, ge=0)

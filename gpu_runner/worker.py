@@ -36,11 +36,9 @@ def run_worker(settings: Settings, *, ready_file: Path | None = None) -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    # worker_timeout is how long a consumer waits for a message before checking again;
-    # short keeps the latency after a quiet spell low.
     # What Dramatiq's own CLI does in a worker process; TimeLimit starts its timer thread here.
     broker.emit_after("process_boot")
-    worker = Worker(broker, queues={settings.queue_name}, worker_threads=1, worker_timeout=100)
+    worker = Worker(broker, queues={settings.queue_name}, worker_threads=1, worker_timeout=settings.runner_poll_ms)
     worker.start()
     heartbeat.start()
     log.info("runner consuming queue %r on %s", settings.queue_name, settings.redis_url)
