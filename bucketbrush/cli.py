@@ -362,6 +362,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     infra = sub.add_parser("infra", help="bucket setup").add_subparsers(dest="infra", required=True)
     infra.add_parser("apply", help="bucket, CORS, lifecycle rules").set_defaults(func=cmd_infra_apply)
+    from infra.aws import add_arguments as aws_arguments
+    from infra.aws import run as cmd_infra_aws
+
+    aws = infra.add_parser("aws", help="AWS or LocalStack: bucket, S3 -> SQS (or SNS -> SQS) notifications, lifecycle")
+    aws_arguments(aws)
+    aws.set_defaults(func=cmd_infra_aws)
     mi = infra.add_parser("minio", help="MinIO: bucket, event routes to the webhook target, ILM rules")
     mi.add_argument("--target-id", default="bucketbrush", help="webhook target id (MINIO_NOTIFY_WEBHOOK_*_<ID>)")
     mi.add_argument("--region", default="", help="the server's MINIO_SITE_REGION, if set")

@@ -19,8 +19,8 @@ from typing import Any
 from bucketbrush.settings import Settings
 from bucketbrush.store import s3_client
 from functions.sources.sqs import sqs_client
+from infra.aws import setup_event_route, sns_client
 from localstack.server import LocalStackServer, ensure_venv
-from localstack.setup import setup_event_route, sns_client
 
 OUT = Path(__file__).resolve().parent.parent / "tests" / "events" / "localstack"
 

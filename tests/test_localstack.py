@@ -30,10 +30,10 @@ from functions import aws_lambda
 from functions.events import InvalidEvent, S3Record, parse_records
 from functions.handler import Handler
 from functions.sources.sqs import SqsPoller, records_from_body, sqs_client
+from infra.aws import setup_event_route
 from infra.bucket import apply_bucket
 from infra.local import _free_port, _wait, redis_server_binary
 from localstack.server import LocalStackServer, ensure_venv
-from localstack.setup import setup_event_route
 from tests.conftest import EVENTS, png_bytes, wait_final
 
 RECORDED = EVENTS / "localstack"

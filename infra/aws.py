@@ -1,6 +1,6 @@
 """The AWS event route: bucket -> S3 event notifications -> SQS (directly or through SNS).
 
-    python -m localstack.setup [--queue bucketbrush-events] [--via sqs|sns]
+    bucketbrush infra aws [--queue bucketbrush-events] [--via sqs|sns]
 
 Works on LocalStack and on AWS alike: the bucket (CORS, lifecycle rules via
 ``infra.bucket.apply_bucket``), a queue with a dead-letter queue and a policy that lets this
@@ -122,13 +122,14 @@ def sns_client(settings: Settings, endpoint_url: str | None = None) -> Any:
     return boto3.client("sns", **kwargs)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m localstack.setup", description=__doc__.split("\n")[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--queue", default="bucketbrush-events", help="queue name")
     p.add_argument("--via", choices=["sqs", "sns"], default="sqs", help="S3 -> SQS, or S3 -> SNS -> SQS")
     p.add_argument("--endpoint-url", help="SQS/SNS endpoint (default: the S3 endpoint; unset on AWS)")
-    args = p.parse_args(argv)
-    settings = Settings()
+
+
+def run(settings: Settings, args: argparse.Namespace) -> int:
+    """``bucketbrush infra aws``: prints the queue URL as an export line."""
     endpoint = args.endpoint_url or settings.s3_endpoint_url
     route = setup_event_route(
         settings, s3_client(settings), sqs_client(settings, endpoint), queue_name=args.queue,
@@ -137,7 +138,3 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"export BUCKETBRUSH_SQS_QUEUE_URL={route.queue_url}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
