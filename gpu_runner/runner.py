@@ -30,6 +30,7 @@ from bucketbrush.jobs import JobSpec, ObjectRef
 from bucketbrush.manifest import ErrorInfo, Manifest, Output, Progress
 from bucketbrush.store import Bucket, is_not_found
 from gpu_runner.images import decode_image, encode_image
+from gpu_runner.monitor import JobMonitor
 from gpu_runner.recipes import get_recipe
 from gpu_runner.recipes.base import JobContext, Recipe, RecipeParams, RecipeResult
 
@@ -38,8 +39,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Progress writes and cancel checks: at most this often (gpu_runner/monitor.py).
 PROGRESS_INTERVAL_S = 0.5
-CANCEL_CHECK_INTERVAL_S = 0.5
 
 
 def runner_info() -> dict[str, Any]:
@@ -104,9 +105,10 @@ class JobRunner:
             image, metadata = self._load_input(spec.input) if recipe.needs_input else (None, {})
             params = resolve_params(recipe, spec.params, metadata)
             manifest.params = params.model_dump(mode="json")
-            started = time.perf_counter()
-            result = recipe.run(self._context(manifest), image, params)
-            manifest.timings["processing_s"] = time.perf_counter() - started
+            with JobMonitor(self.bucket, manifest, interval_s=PROGRESS_INTERVAL_S) as monitor:
+                started = time.perf_counter()
+                result = recipe.run(self._context(manifest, monitor), image, params)
+                manifest.timings["processing_s"] = time.perf_counter() - started
             manifest.outputs = self._write_outputs(spec.job_id, result, params, written)
         except TimeLimitExceeded as exc:
             self._discard(written)
@@ -161,27 +163,7 @@ class JobRunner:
         image = decode_image(obj["Body"].read(), max_pixels=self.settings.max_image_pixels)
         return image, obj.get("Metadata", {})
 
-    def _context(self, manifest: Manifest) -> JobContext:
-        last_write = [0.0]
-        last_check = [0.0, False]
-        cancel_key = self.bucket.cancel_key(manifest.job_id)
-
-        def on_progress(step: int, total: int) -> None:
-            manifest.progress = Progress(step=step, total=total, fraction=step / total if total else 0.0)
-            now = time.monotonic()
-            # Throttled: at most one manifest write per interval, never for the last step
-            # (the final manifest carries it).
-            if step < total and now - last_write[0] >= PROGRESS_INTERVAL_S:
-                last_write[0] = now
-                self.bucket.write_manifest(manifest)
-
-        def cancelled() -> bool:
-            now = time.monotonic()
-            if not last_check[1] and now - last_check[0] >= CANCEL_CHECK_INTERVAL_S:
-                last_check[0] = now
-                last_check[1] = self.bucket.exists(cancel_key)
-            return bool(last_check[1])
-
+    def _context(self, manifest: Manifest, monitor: JobMonitor) -> JobContext:
         def load_bytes(key: str) -> bytes:
             return self._get(ObjectRef(bucket=self.bucket.name, key=key))["Body"].read()
 
@@ -189,8 +171,8 @@ class JobRunner:
             data = load_bytes(key)
             return decode_image(data, max_pixels=self.settings.max_image_pixels)
 
-        return JobContext(manifest.job_id, on_progress, load_image=load_image, load_bytes=load_bytes,
-                          cancelled=cancelled, models=self.models, settings=self.settings)
+        return JobContext(manifest.job_id, monitor.progress, load_image=load_image, load_bytes=load_bytes,
+                          cancelled=monitor.cancelled, models=self.models, settings=self.settings)
 
     def _write_outputs(self, job_id: str, result: RecipeResult, params: RecipeParams,
                        written: list[str]) -> list[Output]:
