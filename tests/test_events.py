@@ -38,10 +38,18 @@ def test_localstack_space_as_pct20_and_quoted_etag():
 
 
 def test_moto_multipart_duplicates_map_to_one_job():
+    # Captured from moto 5.2.5: one multipart upload, two events (Put and CompleteMultipartUpload).
     a, b = parse_records(load("moto/multipart_duplicates.json"))
-    assert a.key == b.key == "inbox/filter/big.png"
-    assert a.ref.version_id is None  # "" is no version
+    assert {a.event_name, b.event_name} == {"ObjectCreated:Put", "ObjectCreated:CompleteMultipartUpload"}
+    assert a.key == b.key == "inbox/filter/big.png"  # moto encodes "/" as %2F
+    assert a.ref.version_id is None
     assert job_id_for(a.ref) == job_id_for(b.ref)
+
+
+def test_moto_key_encoding_and_test_event():
+    [record] = parse_records(load("moto/put_space_parens.json"))
+    assert record.key == "inbox/filter/a b/photo (1).png"
+    assert parse_records(load("moto/test_event.json")) == []
 
 
 def test_same_key_everywhere_gives_same_identity():
