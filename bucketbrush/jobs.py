@@ -11,6 +11,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 JOB_ID_LEN = 24
 _JOB_ID = re.compile(rf"^[0-9a-f]{{{JOB_ID_LEN}}}$")
+# Recipe names as they appear in inbox/<recipe>/ folders and job specs.
+RECIPE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 # Job ids chosen by users for jobs/<job_id>.json specs.
 _SPEC_JOB_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 

@@ -17,7 +17,7 @@ from typing import Any
 import dramatiq
 
 from bucketbrush.broker import enqueue_job
-from bucketbrush.jobs import JobSpec, ObjectRef, is_spec_job_id, is_ticket, job_id_for
+from bucketbrush.jobs import RECIPE_NAME, JobSpec, ObjectRef, is_spec_job_id, is_ticket, job_id_for
 from bucketbrush.manifest import ErrorInfo, Manifest
 from bucketbrush.settings import Settings
 from bucketbrush.store import Bucket
@@ -25,7 +25,6 @@ from functions.events import S3Record
 
 log = logging.getLogger(__name__)
 
-_RECIPE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 MAX_SPEC_BYTES = 64 * 1024
 
@@ -75,7 +74,7 @@ class Handler:
         if len(parts) < 2 or not parts[-1]:
             return Outcome(record.key, "ignored", reason="not inbox/<recipe>/<file>")
         recipe = parts[0]
-        if not _RECIPE.match(recipe):
+        if not RECIPE_NAME.match(recipe):
             return Outcome(record.key, "rejected", reason=f"bad recipe folder {recipe!r}")
         ticket = parts[1] if len(parts) >= 3 and is_ticket(parts[1]) else None
         ref = record.ref
@@ -115,7 +114,7 @@ class Handler:
         if not isinstance(doc, dict):
             raise ValueError("job spec must be a JSON object")
         recipe = doc.get("recipe")
-        if not isinstance(recipe, str) or not _RECIPE.match(recipe):
+        if not isinstance(recipe, str) or not RECIPE_NAME.match(recipe):
             raise ValueError('job spec needs "recipe": a recipe name')
         params = doc.get("params", {})
         if not isinstance(params, dict):

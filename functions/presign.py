@@ -14,11 +14,10 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from bucketbrush.jobs import new_ticket
+from bucketbrush.jobs import RECIPE_NAME, new_ticket
 from bucketbrush.settings import Settings
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-_RECIPE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,31}$")
 
 
 class PresignedUpload(BaseModel):
@@ -48,7 +47,7 @@ def presign_upload(
     expires_s: int | None = None,
 ) -> PresignedUpload:
     """A presigned POST for one upload; ``s3`` should use the endpoint apps can reach."""
-    if not _RECIPE.match(recipe):
+    if not RECIPE_NAME.match(recipe):
         raise ValueError(f"invalid recipe name {recipe!r}")
     max_bytes = min(max_bytes or settings.max_upload_bytes, settings.max_upload_bytes)
     expires_s = expires_s or settings.presign_expires_s
