@@ -7,6 +7,7 @@ Everything binds to 127.0.0.1; state and logs live under the state dir.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -187,9 +188,15 @@ class LocalStack:
 
     def _start_redis(self, state: dict[str, Any], report: Callable[[str], None]) -> None:
         url = self.settings.redis_url
+        state["broker_namespace"] = self.settings.broker_namespace
         if self.settings.local_redis != "always" and _redis_answers(url):
             state["redis_url"] = url
-            report(f"redis: using {url}")
+            if "broker_namespace" not in self.settings.model_fields_set:
+                # A shared Redis: keep this stack's queue and claims apart from any other
+                # stack (another clone, another state dir) using the same server.
+                digest = hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:8]
+                state["broker_namespace"] = f"{self.settings.broker_namespace}-{digest}"
+            report(f"redis: using {url} (namespace {state['broker_namespace']})")
             return
         if self.settings.local_redis == "never":
             raise StackError(f"no Redis answers at {url} and local_redis is 'never'")
@@ -254,6 +261,7 @@ class LocalStack:
             "BUCKETBRUSH_S3_ACCESS_KEY": state["s3_access_key"],
             "BUCKETBRUSH_S3_SECRET_KEY": state["s3_secret_key"],
             "BUCKETBRUSH_REDIS_URL": state["redis_url"],
+            "BUCKETBRUSH_BROKER_NAMESPACE": state.get("broker_namespace", self.settings.broker_namespace),
             "BUCKETBRUSH_BUCKET": self.settings.bucket,
             "PYTHONUNBUFFERED": "1",
         }
@@ -264,6 +272,7 @@ class LocalStack:
             "s3_access_key": state["s3_access_key"],
             "s3_secret_key": SecretStr(state["s3_secret_key"]),
             "redis_url": state["redis_url"],
+            "broker_namespace": state.get("broker_namespace", self.settings.broker_namespace),
         })
 
     def settings_for_clients(self) -> Settings:
