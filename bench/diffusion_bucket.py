@@ -33,7 +33,7 @@ def main() -> None:
     import torch
     from diffusers import StableDiffusionPipeline
 
-    from bucketbrush.settings import Settings
+    from bench.stack import private_stack
     from bucketbrush.store import Bucket
     from gpu_runner.devices import RuntimeOptions
     from gpu_runner.models import ModelRegistry
@@ -41,7 +41,6 @@ def main() -> None:
     from gpu_runner.recipes import get_recipe
     from gpu_runner.recipes.base import JobContext
     from gpu_runner.runner import resolve_params
-    from infra.local import LocalStack
     from tests.tiny_models import write_tiny_models
 
     prompt, seed = "a lighthouse on a cliff at sunset", 7
@@ -50,12 +49,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         models_toml = write_tiny_models(Path(tmp) / "models")
         for dtype in args.dtypes.split(","):
-            state = Path(tmp) / f"stack-{dtype}"
-            os.environ["BUCKETBRUSH_STATE_DIR"] = str(state)
-            stack = LocalStack(Settings(state_dir=state, local_redis="always", bucket="bench",
-                                        models_file=models_toml, diffusion_dtype=dtype, preload_models=["tiny"]))
-            stack.up()
-            try:
+            with private_stack(models_file=models_toml, diffusion_dtype=dtype,
+                               preload_models=["tiny"]) as stack:
                 bucket = Bucket(stack.settings_for_clients())
                 pipe = StableDiffusionPipeline.from_pretrained(models_toml.parent / "tiny-sd15",
                                                                torch_dtype=getattr(torch, dtype))
@@ -100,8 +95,6 @@ def main() -> None:
                 med = statistics.median
                 rows.append((dtype, med(b), med(local), med(proc), med(total)))
                 del cache
-            finally:
-                stack.down()
     print(f"### Diffusion: bare diffusers call vs the same job through the bucket "
           f"(tiny model, {args.size} px, {args.steps} steps, warm, median of {args.repeat})\n")
     print(f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; command: "

@@ -22,19 +22,18 @@ import secrets
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import dramatiq
 
+from bench.stack import private_stack
 from bucketbrush.broker import RUN_JOB_ACTOR, build_broker
 from bucketbrush.jobs import JobSpec, ObjectRef
 from bucketbrush.settings import Settings
 from bucketbrush.store import Bucket
 from functions.events import S3Record
 from functions.handler import Handler
-from infra.local import LocalStack
 
 # Started as its own process so the server does not share this process's GIL.
 SERVER = """
@@ -136,33 +135,27 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=1000)
     args = ap.parse_args()
     has_http = importlib.util.find_spec("functions.http") is not None
-    with tempfile.TemporaryDirectory() as tmp:
-        os.environ["BUCKETBRUSH_STATE_DIR"] = tmp
-        stack = LocalStack(Settings(state_dir=Path(tmp), local_redis="always", bucket="bench"))
-        stack.up()
-        try:
-            # Only the producer side runs: no runner taking messages, no event source
-            # reacting to the manifests the handler writes.
-            stack.stop_process("runner-0")
-            stack.stop_process("events")
-            settings = stack.settings_for_clients()
-            broker = build_broker(settings)
-            handler = Handler(settings, Bucket(settings), broker)
-            # Warm-up for both: connection pools, the S3 client's first requests.
-            [handler.handle([S3Record.created("bench", r)]) for r in refs(settings.bucket, 20, "warm")]
-            rates = {"enqueue": bench_enqueue(broker, settings, args.n),
-                     **bench_store(handler.bucket, args.n),
-                     "handler": bench_handler(handler, settings, args.n)}
-            if has_http:
-                env = {**os.environ, "BUCKETBRUSH_STATE_DIR": tmp, "BUCKETBRUSH_BUCKET": settings.bucket,
-                       "BUCKETBRUSH_S3_ENDPOINT_URL": settings.s3_endpoint_url,
-                       "BUCKETBRUSH_S3_ACCESS_KEY": settings.s3_access_key,
-                       "BUCKETBRUSH_S3_SECRET_KEY": settings.s3_secret_key.get_secret_value(),
-                       "BUCKETBRUSH_REDIS_URL": settings.redis_url}
-                rates["http"] = bench_http(settings, env, args.n, Path(tmp) / "logs" / "http.log")
-            depth = broker.client.hlen(f"{settings.broker_namespace}:{settings.queue_name}.msgs")
-        finally:
-            stack.down()
+    with private_stack() as stack:
+        # Only the producer side runs: no runner taking messages, no event source
+        # reacting to the manifests the handler writes.
+        stack.stop_process("runner-0")
+        stack.stop_process("events")
+        settings = stack.settings_for_clients()
+        broker = build_broker(settings)
+        handler = Handler(settings, Bucket(settings), broker)
+        # Warm-up for both: connection pools, the S3 client's first requests.
+        [handler.handle([S3Record.created("bench", r)]) for r in refs(settings.bucket, 20, "warm")]
+        rates = {"enqueue": bench_enqueue(broker, settings, args.n),
+                 **bench_store(handler.bucket, args.n),
+                 "handler": bench_handler(handler, settings, args.n)}
+        if has_http:
+            env = {**os.environ, "BUCKETBRUSH_STATE_DIR": str(stack.state_dir), "BUCKETBRUSH_BUCKET": settings.bucket,
+                   "BUCKETBRUSH_S3_ENDPOINT_URL": settings.s3_endpoint_url,
+                   "BUCKETBRUSH_S3_ACCESS_KEY": settings.s3_access_key,
+                   "BUCKETBRUSH_S3_SECRET_KEY": settings.s3_secret_key.get_secret_value(),
+                   "BUCKETBRUSH_REDIS_URL": settings.redis_url}
+            rates["http"] = bench_http(settings, env, args.n, stack.state_dir / "logs" / "http.log")
+        depth = broker.client.hlen(f"{settings.broker_namespace}:{settings.queue_name}.msgs")
     print(f"### Handler throughput ({args.n} events each, one at a time; SeaweedFS + Redis on loopback)\n")
     print(f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
           f"command: `python -m bench.handler_throughput --n {args.n}`; queue depth after: {depth}\n")

@@ -10,20 +10,12 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
-import tempfile
 import time
-from pathlib import Path
 
+from bench.stack import pct, private_stack
 from bucketbrush.jobs import ObjectRef, job_id_for
 from bucketbrush.samples import landscape
-from bucketbrush.settings import Settings
 from bucketbrush.store import Bucket
-from infra.local import LocalStack
-
-
-def pct(values: list[float], q: float) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
 
 def main() -> None:
@@ -36,34 +28,28 @@ def main() -> None:
     buf = io.BytesIO()
     landscape(args.size, args.size).save(buf, "PNG")
     body = buf.getvalue()
-    with tempfile.TemporaryDirectory() as tmp:
-        os.environ["BUCKETBRUSH_STATE_DIR"] = tmp
-        stack = LocalStack(Settings(state_dir=Path(tmp), local_redis="always", bucket="bench"))
-        stack.up()
-        try:
-            bucket = Bucket(stack.settings_for_clients())
-            rows = []
-            for i in range(args.n + 1):
-                key = f"inbox/filter/bench/{i}.png"
-                t0 = time.time()
-                etag = bucket.s3.put_object(Bucket=bucket.name, Key=key, Body=body,
-                                            Metadata={"style": "sepia"})["ETag"].strip('"')
-                job_id = job_id_for(ObjectRef(bucket=bucket.name, key=key, etag=etag))
-                while (m := bucket.read_manifest(job_id)) is None or not m.is_final:
-                    time.sleep(0.05)  # the stamps are exact; polling hard would load the CPU under test
-                assert m.status == "succeeded", m.error
-                if i == 0:
-                    continue  # warm-up: first connections, first import of the recipe
-                t = m.timings
-                rows.append({
-                    "put_to_queued": t["queued_at"] - t0,
-                    "queue_wait": t["queue_wait_s"],
-                    "processing": t["processing_s"],
-                    "total": t["finished_at"] - t0,
-                    "overhead": t["finished_at"] - t0 - t["processing_s"],
-                })
-        finally:
-            stack.down()
+    with private_stack() as stack:
+        bucket = Bucket(stack.settings_for_clients())
+        rows = []
+        for i in range(args.n + 1):
+            key = f"inbox/filter/bench/{i}.png"
+            t0 = time.time()
+            etag = bucket.s3.put_object(Bucket=bucket.name, Key=key, Body=body,
+                                        Metadata={"style": "sepia"})["ETag"].strip('"')
+            job_id = job_id_for(ObjectRef(bucket=bucket.name, key=key, etag=etag))
+            while (m := bucket.read_manifest(job_id)) is None or not m.is_final:
+                time.sleep(0.05)  # the stamps are exact; polling hard would load the CPU under test
+            assert m.status == "succeeded", m.error
+            if i == 0:
+                continue  # warm-up: first connections, first import of the recipe
+            t = m.timings
+            rows.append({
+                "put_to_queued": t["queued_at"] - t0,
+                "queue_wait": t["queue_wait_s"],
+                "processing": t["processing_s"],
+                "total": t["finished_at"] - t0,
+                "overhead": t["finished_at"] - t0 - t["processing_s"],
+            })
     print(f"### Latency: PUT -> final manifest ({args.n} sequential {args.size}px uploads, filter/sepia)\n")
     print(f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
           "command: `python -m bench.latency --n %d`\n" % args.n)

@@ -17,24 +17,16 @@ import argparse
 import io
 import os
 import platform
-import statistics
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 
+from bench.stack import pct, private_stack
 from bucketbrush.broker import build_broker
 from bucketbrush.jobs import ObjectRef, job_id_for
 from bucketbrush.samples import landscape
-from bucketbrush.settings import Settings
 from bucketbrush.store import Bucket
 from functions.handler import Handler
 from functions.sweep import sweep
-from infra.local import LocalStack
-
-
-def pct(values: list[float], q: int) -> float:
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
 
 
 def measure(bucket: Bucket, body: bytes, tag: str, n: int, after_put: Callable[[], None]) -> list[float]:
@@ -65,25 +57,19 @@ def main() -> None:
     landscape(32, 32).save(buf, "PNG")
     body = buf.getvalue()
     sweep_seconds: list[float] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        os.environ["BUCKETBRUSH_STATE_DIR"] = tmp
-        stack = LocalStack(Settings(state_dir=Path(tmp), local_redis="always", bucket="bench"))
-        stack.up()
-        try:
-            stack.stop_process("runner-0")
-            settings = stack.settings_for_clients()
-            bucket = Bucket(settings)
-            rows = {"seaweedfs": measure(bucket, body, "filer", args.n, lambda: None)}
-            stack.stop_process("events")
-            handler = Handler(settings, bucket, build_broker(settings))
+    with private_stack() as stack:
+        stack.stop_process("runner-0")
+        settings = stack.settings_for_clients()
+        bucket = Bucket(settings)
+        rows = {"seaweedfs": measure(bucket, body, "filer", args.n, lambda: None)}
+        stack.stop_process("events")
+        handler = Handler(settings, bucket, build_broker(settings))
 
-            def sweep_now() -> None:
-                sweep_seconds.append(sweep(settings, bucket, handler, grace_s=0).seconds)
+        def sweep_now() -> None:
+            sweep_seconds.append(sweep(settings, bucket, handler, grace_s=0).seconds)
 
-            rows["sweep"] = measure(bucket, body, "sweep", args.n, sweep_now)
-            listed = len(bucket.s3.list_objects_v2(Bucket=bucket.name, Prefix="inbox/").get("Contents", []))
-        finally:
-            stack.down()
+        rows["sweep"] = measure(bucket, body, "sweep", args.n, sweep_now)
+        listed = len(bucket.s3.list_objects_v2(Bucket=bucket.name, Prefix="inbox/").get("Contents", []))
     print(f"### PUT -> enqueue latency ({args.n} sequential 32 px uploads per source, runner stopped)\n")
     print(f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
           f"command: `python -m bench.put_to_enqueue --n {args.n}`\n")

@@ -24,9 +24,7 @@ def build_broker(settings: Settings) -> RedisBroker:
 def enqueue_job(broker: dramatiq.Broker, settings: Settings, spec: JobSpec) -> dramatiq.Message:
     """Send one job message. Safe to repeat: the runner skips jobs that already finished."""
     spec = spec.model_copy(update={"enqueued_at": time.time()})
-    limit_s = settings.time_limit_s(spec.recipe)
-    if spec.time_limit_s:
-        limit_s = min(limit_s, spec.time_limit_s)
+    limit_s = settings.time_limit_s(spec.recipe, spec.time_limit_s)
     message = dramatiq.Message(
         queue_name=settings.queue_name,
         actor_name=RUN_JOB_ACTOR,

@@ -217,50 +217,48 @@ def cmd_runner(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_events_seaweedfs(settings: Settings, args: argparse.Namespace) -> int:
-    import signal
-
+def _handler(settings: Settings) -> Any:
     from bucketbrush.broker import build_broker
     from bucketbrush.store import Bucket
     from functions.handler import Handler
-    from functions.sources.seaweedfs import Cursor, FilerSubscription
 
-    handler = Handler(settings, Bucket(settings), build_broker(settings))
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
-    cursor = Cursor(args.cursor or settings.state_dir / f"cursor-{settings.bucket}.txt")
+    return Handler(settings, Bucket(settings), build_broker(settings))
+
+
+def _run_event_source(settings: Settings, args: argparse.Namespace, source: Any) -> int:
+    """Run an event source (anything with ``run(stop, on_ready=...)``) until SIGTERM/SIGINT,
+    with the periodic sweep beside it."""
+    import signal
+
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     _start_periodic_sweep(settings, stop)
     ready = args.ready_file
-    FilerSubscription(filer=args.filer, bucket=settings.bucket, cursor=cursor, handle=handler.handle).run(
-        stop, on_ready=(lambda: ready.write_text("ready\n")) if ready else None
-    )
+    source.run(stop, on_ready=(lambda: ready.write_text("ready\n")) if ready else None)
     return 0
 
 
-def cmd_events_sqs(settings: Settings, args: argparse.Namespace) -> int:
-    import signal
+def cmd_events_seaweedfs(settings: Settings, args: argparse.Namespace) -> int:
+    from functions.sources.seaweedfs import Cursor, FilerSubscription
 
-    from bucketbrush.broker import build_broker
-    from bucketbrush.store import Bucket
-    from functions.handler import Handler
+    settings.state_dir.mkdir(parents=True, exist_ok=True)
+    cursor = Cursor(args.cursor or settings.state_dir / f"cursor-{settings.bucket}.txt")
+    source = FilerSubscription(filer=args.filer, bucket=settings.bucket, cursor=cursor,
+                               handle=_handler(settings).handle)
+    return _run_event_source(settings, args, source)
+
+
+def cmd_events_sqs(settings: Settings, args: argparse.Namespace) -> int:
     from functions.sources.sqs import SqsPoller, sqs_client
 
     queue_url = args.queue_url or settings.sqs_queue_url
     if not queue_url:
         raise SystemExit("no queue: pass --queue-url or set BUCKETBRUSH_SQS_QUEUE_URL")
-    handler = Handler(settings, Bucket(settings), build_broker(settings))
     sqs = sqs_client(settings, args.endpoint_url or settings.sqs_endpoint_url)
-    poller = SqsPoller(sqs, queue_url, handler.handle, wait_time_s=settings.sqs_wait_time_s,
+    source = SqsPoller(sqs, queue_url, _handler(settings).handle, wait_time_s=settings.sqs_wait_time_s,
                        visibility_timeout_s=settings.sqs_visibility_timeout_s)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    _start_periodic_sweep(settings, stop)
-    ready = args.ready_file
-    poller.run(stop, on_ready=(lambda: ready.write_text("ready\n")) if ready else None)
-    return 0
+    return _run_event_source(settings, args, source)
 
 
 def _registry(settings: Settings) -> Any:
@@ -300,13 +298,10 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(settings: Settings, args: argparse.Namespace) -> int:
-    from bucketbrush.broker import build_broker
-    from bucketbrush.store import Bucket
-    from functions.handler import Handler
     from functions.sweep import RUNNING_LOOKBACK_S, sweep
 
-    bucket = Bucket(settings)
-    report = sweep(settings, bucket, Handler(settings, bucket, build_broker(settings)), grace_s=args.grace,
+    handler = _handler(settings)
+    report = sweep(settings, handler.bucket, handler, grace_s=args.grace,
                    running_lookback_s=None if args.full else RUNNING_LOOKBACK_S)
     for o in report.outcomes:
         if o.action == "enqueued":
@@ -319,13 +314,10 @@ def _start_periodic_sweep(settings: Settings, stop: threading.Event) -> None:
     """The reconciling sweep in a thread of the event source process (0 s interval: off)."""
     if settings.sweep_interval_s <= 0:
         return
-    from bucketbrush.broker import build_broker
-    from bucketbrush.store import Bucket
-    from functions.handler import Handler
     from functions.sweep import run_periodic
 
     # Its own handler (broker, S3 client): the subscription thread keeps the other.
-    sweeper = Handler(settings, Bucket(settings), build_broker(settings))
+    sweeper = _handler(settings)
     threading.Thread(target=run_periodic, args=(settings, sweeper, stop), name="sweep", daemon=True,
                      kwargs={"interval_s": settings.sweep_interval_s, "grace_s": settings.sweep_grace_s}).start()
 

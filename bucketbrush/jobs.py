@@ -51,6 +51,11 @@ class JobSpec(BaseModel):
     time_limit_s: int | None = Field(default=None, ge=1)
     enqueued_at: float | None = None
 
+    @property
+    def inputs(self) -> list[ObjectRef]:
+        """What the manifest lists as inputs: the source, then the image if it is another object."""
+        return [self.source] + ([self.input] if self.input and self.input != self.source else [])
+
 
 def job_id_for(ref: ObjectRef) -> str:
     """Deterministic job id from an object's identity: a repeated event maps to the same job."""

@@ -73,3 +73,7 @@ class Manifest(BaseModel):
     @property
     def is_final(self) -> bool:
         return self.status in FINAL_STATUSES
+
+    def finished_for(self, source: ObjectRef) -> bool:
+        """Final, and made from exactly this content (a repeated delivery needs no new run)."""
+        return self.is_final and bool(self.inputs) and self.inputs[0].identity == source.identity

@@ -141,8 +141,10 @@ class Settings(BaseSettings):
         )
         return init_settings, env_settings, dotenv_settings, stack, file_secret_settings
 
-    def time_limit_s(self, recipe: str) -> int:
-        return self.recipe_time_limits_s.get(recipe, self.job_time_limit_s)
+    def time_limit_s(self, recipe: str, requested: int | None = None) -> int:
+        """The recipe's limit, or a tighter one the job asked for."""
+        limit = self.recipe_time_limits_s.get(recipe, self.job_time_limit_s)
+        return min(limit, requested) if requested else limit
 
     def s3_client_kwargs(self, *, public: bool = False) -> dict[str, Any]:
         """Keyword arguments for ``boto3.client("s3", ...)``."""

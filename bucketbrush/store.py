@@ -93,17 +93,6 @@ class Bucket:
             CacheControl="no-cache",
         )
 
-    def list_manifests(self) -> list[Manifest]:
-        manifests = []
-        paginator = self.s3.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.name, Prefix=self.settings.manifests_prefix):
-            for obj in page.get("Contents", []):
-                job_id = obj["Key"][len(self.settings.manifests_prefix):].removesuffix(".json")
-                manifest = self.read_manifest(job_id)
-                if manifest is not None:
-                    manifests.append(manifest)
-        return manifests
-
     def presigned_get(self, key: str, expires_s: int | None = None) -> str:
         return self.public_s3.generate_presigned_url(
             "get_object",

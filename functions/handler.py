@@ -147,14 +147,13 @@ class Handler:
         # content exists (any earlier one would still hold its claim): skip the manifest GET.
         # Older objects (sweeps, late redeliveries) may have had a claim that expired.
         existing = None if recent else self.bucket.read_manifest(job_id)
-        if existing and existing.is_final and existing.inputs and existing.inputs[0].identity == source.identity:
+        if existing and existing.finished_for(source):
             return Outcome(source.key, "duplicate", job_id, reason="already finished")
         spec = JobSpec(job_id=job_id, recipe=recipe, source=source, input=input_ref, params=params,
                        time_limit_s=time_limit_s)
         try:
             self.bucket.write_manifest(Manifest(
-                job_id=job_id, status="queued", recipe=recipe, params=params,
-                inputs=[source] + ([input_ref] if input_ref and input_ref != source else []),
+                job_id=job_id, status="queued", recipe=recipe, params=params, inputs=spec.inputs,
                 timings={"queued_at": time.time()},
             ))
             enqueue_job(self.broker, self.settings, spec)

@@ -77,12 +77,12 @@ class JobRunner:
         """Run ``spec`` once. JobErrors end in a failed manifest and are re-raised (never
         retried); other errors leave the job queued for a retry, or failed on the last one."""
         existing = self.bucket.read_manifest(spec.job_id)
-        if existing and existing.is_final and _same_source(existing, spec.source):
+        if existing and existing.finished_for(spec.source):
             log.info("job %s already %s; skipping duplicate delivery", spec.job_id, existing.status)
             return existing
         manifest = Manifest(
             job_id=spec.job_id, status="running", recipe=spec.recipe, params=spec.params,
-            inputs=[spec.source] + ([spec.input] if spec.input and spec.input != spec.source else []),
+            inputs=spec.inputs,
             timings=dict(existing.timings) if existing else {},
             runner=self.info, attempts=attempt,
         )
@@ -112,7 +112,7 @@ class JobRunner:
             manifest.outputs = self._write_outputs(spec.job_id, result, params, written)
         except TimeLimitExceeded as exc:
             self._discard(written)
-            limit = min(self.settings.time_limit_s(spec.recipe), spec.time_limit_s or 10**9)
+            limit = self.settings.time_limit_s(spec.recipe, spec.time_limit_s)
             return self._finish_failed(manifest, TimedOut(f"the job ran past its time limit of {limit} s"),
                                        final=True, cause=exc)
         except BucketbrushError as exc:
@@ -246,7 +246,3 @@ def resolve_params(recipe: Recipe, spec_params: dict[str, Any], metadata: dict[s
             f"{'.'.join(str(p) for p in e['loc']) or 'params'}: {e['msg']}" for e in exc.errors()
         )
         raise InvalidParams(f"invalid params for {recipe.name}: {problems}") from exc
-
-
-def _same_source(manifest: Manifest, source: ObjectRef) -> bool:
-    return bool(manifest.inputs) and manifest.inputs[0].identity == source.identity

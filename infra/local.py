@@ -46,6 +46,8 @@ class Proc:
     started: str  # process start time, to never signal a recycled PID
     log: str
     cmd: list[str] = field(default_factory=list)
+    # For bucketbrush children: the CLI arguments, so restart_process can start them again.
+    args: list[str] = field(default_factory=list)
 
 
 def _proc_start_time(pid: int) -> str | None:
@@ -242,6 +244,7 @@ class LocalStack:
         ready.unlink(missing_ok=True)
         cmd = [sys.executable, "-m", "bucketbrush.cli", *args, "--ready-file", str(ready)]
         popen, proc = self._spawn(name, cmd, self._child_env(state))
+        proc.args = args
         state["processes"].append(proc.__dict__)
         self._write_state(state)
         _wait(name, ready.exists, 120, popen, Path(proc.log))
@@ -304,8 +307,7 @@ class LocalStack:
             if p["name"] == name:
                 _terminate(p, 30)
                 state["processes"].pop(i)
-                args = p["cmd"][3:-2]  # strip "python -m bucketbrush.cli" and the ready file
-                self._start_child(state, name, args, lambda _: None)
+                self._start_child(state, name, p["args"], lambda _: None)
                 return
         raise StackError(f"no process named {name}")
 

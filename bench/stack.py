@@ -1,0 +1,34 @@
+"""A private local stack for one benchmark run, and the percentile the tables report."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from bucketbrush.settings import Settings
+from infra.local import LocalStack
+
+
+@contextmanager
+def private_stack(state_dir: Path | None = None, **settings: Any) -> Iterator[LocalStack]:
+    """SeaweedFS, a private Redis, the event source and a runner in a temporary state dir."""
+    with tempfile.TemporaryDirectory() as tmp:
+        state = state_dir or Path(tmp)
+        # Commands in this process must find this stack, not a developer's own.
+        os.environ["BUCKETBRUSH_STATE_DIR"] = str(state)
+        stack = LocalStack(Settings(state_dir=state, local_redis="always", bucket="bench", **settings))
+        stack.up()
+        try:
+            yield stack
+        finally:
+            stack.down()
+
+
+def pct(values: list[float], q: int) -> float:
+    """The q-th percentile (inclusive method), or the value itself for a single sample."""
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
