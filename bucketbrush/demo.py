@@ -50,7 +50,7 @@ def print_summary(manifest: Manifest, bucket: Bucket) -> None:
 def run_demo(settings: Settings) -> int:
     stack = LocalStack(settings)
     running = stack.read_state()
-    started_here = not (running and stack._alive(running))
+    started_here = not (running and stack.is_running(running))
     stack.up(report=lambda line: print(f"[up] {line}"))
     try:
         client_settings = stack.settings_for_clients()

@@ -101,6 +101,12 @@ class ConfigError(BucketbrushError):
     code = "config_error"
 
 
+class StackError(BucketbrushError):
+    """The local stack (``bucketbrush up``) could not start, or is not running."""
+
+    code = "stack_error"
+
+
 class JobCancelled(JobError):
     """The user asked to cancel (an object at cancel/<job_id>); the manifest says cancelled."""
 

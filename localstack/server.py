@@ -22,18 +22,13 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from infra.local import StackError, _free_port, _proc_start_time, _terminate, _wait
+from infra import procs
+from infra.procs import StackError, free_port, proc_start_time, terminate, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_VENV = ROOT / ".venv-localstack"
-# The versions measured to work together; cryptography 47, pyopenssl 26 and cbor2 6 break it.
-REQUIREMENTS = (
-    "localstack-core[runtime]==2026.3.0",
-    "cbor2<6",
-    "pyopenssl<26",
-    "cryptography<47",
-    "service_identity",
-)
+# LocalStack's pinned, hashed set (`make lock` writes it from requirements/localstack.in).
+LOCK_FILE = ROOT / "requirements" / "localstack.txt"
 SERVICES = "s3,sqs,sns"
 _MARKER = ".bucketbrush-installed"
 
@@ -62,7 +57,7 @@ def ensure_venv(venv: Path = DEFAULT_VENV, *, report=print) -> Path:
     """
     python = venv / "bin" / "python"
     marker = venv / _MARKER
-    wanted = "\n".join(REQUIREMENTS) + "\n"
+    wanted = LOCK_FILE.read_text()
     if marker.exists() and marker.read_text() == wanted and python.exists():
         return python
     venv.mkdir(parents=True, exist_ok=True)
@@ -75,7 +70,7 @@ def ensure_venv(venv: Path = DEFAULT_VENV, *, report=print) -> Path:
         if not python.exists():
             subprocess.run([find_python313(), "-m", "venv", str(venv)], check=True)
         subprocess.run([str(python), "-m", "pip", "install", "-q", "--disable-pip-version-check",
-                        *REQUIREMENTS], check=True)
+                        "--require-hashes", "--no-deps", "-r", str(LOCK_FILE)], check=True)
         marker.write_text(wanted)
         report(f"installed LocalStack in {time.monotonic() - started:.0f}s")
     return python
@@ -92,7 +87,7 @@ class LocalStackServer:
     def __init__(self, python: Path, workdir: Path, *, port: int | None = None, services: str = SERVICES) -> None:
         self.python = python
         self.workdir = workdir.resolve()
-        self.port = port or _free_port()
+        self.port = port or free_port()
         self.services = services
         self.log = self.workdir / "localstack.log"
         self.proc: subprocess.Popen | None = None
@@ -128,14 +123,10 @@ class LocalStackServer:
         if self.shared_cache.is_dir():
             # Its service catalog takes ~9 s to build; reuse the one an earlier start left.
             shutil.copytree(self.shared_cache, cache, dirs_exist_ok=True)
-        with open(self.log, "ab") as fh:
-            # cwd outside the repository: its localstack/ folder must not shadow the package.
-            self.proc = subprocess.Popen(
-                [str(self.python), "-m", "localstack.runtime.main"], cwd=self.workdir, env=env,
-                stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            )
-        self.pid = self.proc.pid
-        self.started = _proc_start_time(self.pid) or ""
+        # cwd outside the repository: its localstack/ folder must not shadow the package.
+        self.proc, proc = procs.spawn("localstack", [str(self.python), "-m", "localstack.runtime.main"],
+                                      self.workdir, env=env, cwd=self.workdir, inherit_env=False)
+        self.pid, self.started = proc.pid, proc.started
         wanted = set(self.services.split(","))
 
         def ready() -> bool:
@@ -146,7 +137,7 @@ class LocalStackServer:
                     and _get_json(f"{self.endpoint}/_localstack/init/ready").get("completed") is True)
 
         try:
-            _wait("localstack", ready, timeout, self.proc, self.log)
+            wait_until("localstack", ready, timeout, self.proc, self.log)
         except BaseException:
             self.stop()
             raise
@@ -174,7 +165,7 @@ class LocalStackServer:
         sometimes hangs, and nothing it holds outlives it)."""
         if self.pid is None:
             return False
-        stopped = _terminate({"pid": self.pid, "started": self.started}, timeout)
+        stopped = terminate({"pid": self.pid, "started": self.started}, timeout)
         if self.proc is not None:
             try:
                 self.proc.wait(1)
@@ -206,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     state_file = args.dir / "server.json"
     state = json.loads(state_file.read_text()) if state_file.exists() else None
-    alive = bool(state) and _proc_start_time(state["pid"]) == state["started"]
+    alive = bool(state) and proc_start_time(state["pid"]) == state["started"]
     if args.action == "install":
         ensure_venv(args.venv)
     elif args.action == "start":
@@ -224,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, value in exports(state["endpoint"]).items():
             print(f"export {name}={value}")
     elif args.action == "stop":
-        if state and _terminate(state, 5):
+        if state and terminate(state, 5):
             print(f"stopped pid {state['pid']}")
         else:
             print("not running")

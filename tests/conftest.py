@@ -19,6 +19,27 @@ from tests.tiny_models import write_tiny_models
 from tests.tiny_vision_models import write_tiny_vision_models
 
 EVENTS = Path(__file__).parent / "events"
+# Fixtures that start servers: a test that uses one (directly or through another fixture) is e2e.
+SERVER_FIXTURES = {"stack", "localstack_endpoint", "private_redis"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(autouse=True)
+def _servers_only_in_e2e(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Keep the fast lane honest: a test not marked e2e cannot start a server."""
+    if request.node.get_closest_marker("e2e"):
+        return
+    import infra.procs
+
+    def refuse(name: str, *args: object, **kwargs: object) -> None:
+        raise AssertionError(f"{request.node.nodeid} starts {name!r} but is not marked e2e")
+
+    monkeypatch.setattr(infra.procs, "spawn", refuse)
 
 
 @pytest.fixture(scope="session")

@@ -32,7 +32,7 @@ from functions.handler import Handler
 from functions.sources.sqs import SqsPoller, records_from_body, sqs_client
 from infra.aws import setup_event_route
 from infra.bucket import apply_bucket
-from infra.local import _free_port, _wait, redis_server_binary
+from infra.procs import free_port, redis_server_binary, wait_until
 from localstack.server import LocalStackServer, ensure_venv
 from tests.conftest import EVENTS, png_bytes, wait_final
 
@@ -59,7 +59,7 @@ def localstack_endpoint(tmp_path_factory: pytest.TempPathFactory):
 def private_redis(tmp_path_factory: pytest.TempPathFactory):
     import redis
 
-    port, data = _free_port(), tmp_path_factory.mktemp("redis")
+    port, data = free_port(), tmp_path_factory.mktemp("redis")
     log = data / "redis.log"
     with open(log, "wb") as fh:
         proc = subprocess.Popen(
@@ -69,7 +69,7 @@ def private_redis(tmp_path_factory: pytest.TempPathFactory):
         )
     url = f"redis://127.0.0.1:{port}/0"
     try:
-        _wait("redis", lambda: redis.Redis.from_url(url).ping(), 15, proc, log)
+        wait_until("redis", lambda: redis.Redis.from_url(url).ping(), 15, proc, log)
         yield url
     finally:
         proc.terminate()
@@ -104,7 +104,7 @@ def env(localstack_endpoint, private_redis, tmp_path):
 
 
 def dead_redis_url() -> str:
-    return f"redis://127.0.0.1:{_free_port()}/0"  # nothing listens there
+    return f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
 
 
 def s3_event(settings: Settings, s3, key: str, body: bytes = b"\x89PNG fake") -> str:
@@ -297,7 +297,7 @@ def test_s3_to_sqs_to_runner_end_to_end(localstack_endpoint, private_redis, tmp_
     thread = threading.Thread(target=poller.run, args=(stop,), daemon=True)
     thread.start()
     try:
-        _wait("runner", ready.exists, 60, runner, tmp_path / "runner.log")
+        wait_until("runner", ready.exists, 60, runner, tmp_path / "runner.log")
         etag = s3.put_object(Bucket=settings.bucket, Key="inbox/filter/x.png", Body=png_bytes(landscape(96, 64)),
                              ContentType="image/png", Metadata={"style": "sepia"})["ETag"]
         job_id = job_id_for(ObjectRef(bucket=settings.bucket, key="inbox/filter/x.png", etag=etag))
