@@ -461,9 +461,62 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("botocore").setLevel(logging.WARNING)
     try:
         return args.func(Settings(), args)
-    except BucketbrushError as exc:
-        print(f"error [{exc.code}]: {exc}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one line; -v shows the traceback
+        if args.verbose:
+            raise
+        code, message = describe_error(exc)
+        print(f"error [{code}]: {message}", file=sys.stderr)
         return 2
+
+
+def describe_error(exc: BaseException) -> tuple[str, str]:
+    """A stable code and one line for people, for any exception a command can end with."""
+    import botocore.exceptions
+    import pydantic
+    import redis
+    import urllib3
+
+    from infra.procs import StackError
+
+    def first_line(text: object) -> str:
+        lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
+        return lines[0] if lines else type(exc).__name__
+
+    if isinstance(exc, BucketbrushError):
+        return exc.code, first_line(exc)
+    if isinstance(exc, StackError):
+        return "stack_error", first_line(exc)
+    if isinstance(exc, pydantic.ValidationError):
+        errors = exc.errors()
+        where = ".".join(str(p) for p in errors[0]["loc"]) if errors else ""
+        return "invalid_settings", f"{where}: {errors[0]['msg']}" if errors else first_line(exc)
+    if isinstance(exc, redis.RedisError):
+        return "broker_unavailable", f"Redis did not answer ({first_line(exc)}); is the stack up? (`bucketbrush up`)"
+    if isinstance(exc, botocore.exceptions.EndpointConnectionError | botocore.exceptions.ConnectTimeoutError):
+        return "store_unavailable", (f"the S3 store did not answer at {exc.kwargs.get('endpoint_url', '?')}; "
+                                     "is the stack up? (`bucketbrush up`)")
+    if isinstance(exc, urllib3.exceptions.NewConnectionError | urllib3.exceptions.MaxRetryError
+                  | urllib3.exceptions.TimeoutError):
+        return "store_unavailable", (f"the S3 store did not answer ({first_line(exc)}); "
+                                     "is the stack up? (`bucketbrush up`)")
+    if isinstance(exc, botocore.exceptions.NoCredentialsError):
+        return "store_unavailable", ("no S3 credentials: start the local stack (`bucketbrush up`) "
+                                     "or set BUCKETBRUSH_S3_*")
+    if isinstance(exc, botocore.exceptions.ClientError):
+        err = exc.response.get("Error", {})
+        return "store_error", f"the store answered {err.get('Code', '?')}: {err.get('Message') or first_line(exc)}"
+    if isinstance(exc, FileNotFoundError):
+        return "not_found", f"no such file: {exc.filename or first_line(exc)}"
+    if isinstance(exc, PermissionError | IsADirectoryError | NotADirectoryError):
+        return "file_error", f"{exc.strerror}: {exc.filename}"
+    if isinstance(exc, TimeoutError):
+        return "timed_out", first_line(exc)
+    if isinstance(exc, ValueError):
+        return "invalid_argument", first_line(exc)
+    return "internal_error", f"{type(exc).__name__}: {first_line(exc)} (run with -v for the traceback)"
 
 
 if __name__ == "__main__":

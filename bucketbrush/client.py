@@ -10,7 +10,7 @@ from typing import Any
 
 import urllib3
 
-from bucketbrush.errors import BucketbrushError
+from bucketbrush.errors import BucketbrushError, EmptyInput, InputTooLarge
 from bucketbrush.manifest import Manifest
 from bucketbrush.settings import Settings
 from bucketbrush.store import Bucket, s3_client
@@ -52,6 +52,13 @@ def wait_for_manifest(bucket: Bucket, job_id: str, *, timeout: float = 600, inte
 def submit_file(settings: Settings, path: Path, recipe: str, params: dict[str, Any], *,
                 wait: bool = True, timeout: float = 600,
                 on_update: Callable[[Manifest], None] | None = None) -> tuple[PresignedUpload, Manifest | None]:
+    size = path.stat().st_size  # FileNotFoundError before anything is presigned
+    if path.is_dir():
+        raise IsADirectoryError(21, "is a directory", str(path))
+    if size == 0:
+        raise EmptyInput(f"{path} is empty (0 bytes)")
+    if size > settings.max_upload_bytes:
+        raise InputTooLarge(f"{path} is {size} bytes; uploads are limited to {settings.max_upload_bytes}")
     content_type = mimetypes.guess_type(path.name)[0] or "image/png"
     upload = presign_upload(s3_client(settings, public=True), settings, recipe=recipe,
                             filename=path.name, content_type=content_type, params=params)

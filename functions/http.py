@@ -32,6 +32,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from bucketbrush.broker import build_broker
+from bucketbrush.errors import InvalidParams
 from bucketbrush.settings import Settings
 from bucketbrush.status import queue_depths, runner_heartbeats
 from bucketbrush.store import Bucket
@@ -192,7 +193,7 @@ class FunctionsApp:
                 upload = await run_in_threadpool(
                     lambda: presign_upload(self.bucket.public_s3, self.settings, recipe=doc["recipe"],
                                            filename=filename, content_type=content_type, params=params))
-            except ValueError as exc:
+            except (InvalidParams, ValueError) as exc:
                 raise HttpError(400, str(exc)) from exc
             except Exception as exc:
                 log.exception("presign failed")

@@ -14,6 +14,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from bucketbrush.errors import InvalidParams
 from bucketbrush.jobs import RECIPE_NAME, new_ticket
 from bucketbrush.settings import Settings
 
@@ -48,12 +49,12 @@ def presign_upload(
 ) -> PresignedUpload:
     """A presigned POST for one upload; ``s3`` should use the endpoint apps can reach."""
     if not RECIPE_NAME.match(recipe):
-        raise ValueError(f"invalid recipe name {recipe!r}")
+        raise InvalidParams(f"invalid recipe name {recipe!r}: lowercase letters, digits, '_' and '-'")
     max_bytes = min(max_bytes or settings.max_upload_bytes, settings.max_upload_bytes)
     expires_s = expires_s or settings.presign_expires_s
     content_type = content_type or mimetypes.guess_type(filename)[0] or "image/png"
     if not content_type.startswith("image/"):
-        raise ValueError(f"content type must be image/*, not {content_type!r}")
+        raise InvalidParams(f"content type must be image/*, not {content_type!r}")
     job_id = new_ticket()
     key = f"{settings.inbox_prefix}{recipe}/{job_id}/{safe_filename(filename)}"
     fields = {"Content-Type": content_type}

@@ -14,6 +14,7 @@ from PIL import Image
 
 from bucketbrush.broker import build_broker
 from bucketbrush.client import post_upload, submit_file
+from bucketbrush.errors import InvalidParams
 from bucketbrush.jobs import ObjectRef, job_id_for
 from bucketbrush.samples import landscape, portrait
 from bucketbrush.store import s3_client
@@ -85,7 +86,7 @@ def test_presign_policy_is_enforced_by_the_store(settings):
     tampered = up.model_copy(update={"fields": {**up.fields, "key": "inbox/filter/elsewhere.png"}})
     with pytest.raises(Exception, match="403"):
         post_upload(tampered, png_bytes(), "a.png", "image/png")
-    with pytest.raises(ValueError, match="image/"):
+    with pytest.raises(InvalidParams, match="image/"):
         presign_upload(s3, settings, recipe="filter", filename="a.txt", content_type="text/plain")
 
 
