@@ -142,7 +142,7 @@ def main() -> None:
         stack.stop_process("events")
         settings = stack.settings_for_clients()
         broker = build_broker(settings)
-        handler = Handler(settings, Bucket(settings), broker)
+        handler = Handler(settings, Bucket(settings), broker, broker.client)
         # Warm-up for both: connection pools, the S3 client's first requests.
         [handler.handle([S3Record.created("bench", r)]) for r in refs(settings.bucket, 20, "warm")]
         rates = {"enqueue": bench_enqueue(broker, settings, args.n),

@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable
 
 from bench.stack import pct, private_stack
-from bucketbrush.broker import build_broker
 from bucketbrush.jobs import ObjectRef, job_id_for
 from bucketbrush.samples import landscape
 from bucketbrush.store import Bucket
@@ -63,7 +62,7 @@ def main() -> None:
         bucket = Bucket(settings)
         rows = {"seaweedfs": measure(bucket, body, "filer", args.n, lambda: None)}
         stack.stop_process("events")
-        handler = Handler(settings, bucket, build_broker(settings))
+        handler = Handler.from_settings(settings)
 
         def sweep_now() -> None:
             sweep_seconds.append(sweep(settings, bucket, handler, grace_s=0).seconds)

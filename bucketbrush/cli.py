@@ -6,7 +6,6 @@ import argparse
 import json
 import logging
 import sys
-import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -45,9 +44,9 @@ def cmd_down(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
-    from bucketbrush.demo import run_demo
+    from infra.demo import run_demo
 
-    return run_demo(settings)
+    return run_demo(settings, show=print_manifest)
 
 
 def cmd_infra_apply(settings: Settings, args: argparse.Namespace) -> int:
@@ -60,8 +59,8 @@ def cmd_infra_apply(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_presign(settings: Settings, args: argparse.Namespace) -> int:
+    from bucketbrush.presign import presign_upload
     from bucketbrush.store import s3_client
-    from functions.presign import presign_upload
 
     upload = presign_upload(
         s3_client(settings, public=True), settings, recipe=args.recipe, filename=args.filename,
@@ -71,15 +70,24 @@ def cmd_presign(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_manifest(manifest: Any, bucket: Any) -> None:
-    print(f"job {manifest.job_id}: {manifest.status} ({manifest.recipe})")
+def print_manifest(manifest: Any, bucket: Any) -> None:
+    """A final (or current) manifest for people: status, timing, errors, warnings, outputs
+    with presigned GET links."""
+    params = json.dumps(manifest.params, separators=(",", ":")) if manifest.params else ""
+    print(f"job {manifest.job_id}: {manifest.status} ({manifest.recipe} {params})".replace(" )", ")"))
+    facts = [f"input {manifest.inputs[0].key}"] if manifest.inputs else []
+    if "processing_s" in manifest.timings:
+        facts.append(f"processing {manifest.timings['processing_s'] * 1000:.0f} ms")
+    if facts:
+        print("  " + ", ".join(facts))
     if manifest.error:
         print(f"  error {manifest.error.code}: {manifest.error.message}")
-    if "processing_s" in manifest.timings:
-        print(f"  processing {manifest.timings['processing_s'] * 1000:.0f} ms")
+    for warning in manifest.warnings:
+        print(f"  warning: {warning}")
     for out in manifest.outputs:
-        print(f"  {out.key}  {out.width}x{out.height}  {out.bytes} bytes")
-        print(f"    {bucket.presigned_get(out.key)}")
+        size = f"  {out.width}x{out.height}" if out.width else ""
+        print(f"  -> {out.key}{size}  {out.bytes:,} bytes")
+        print(f"     {bucket.presigned_get(out.key)}")
 
 
 def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
@@ -99,7 +107,7 @@ def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
     if args.json:
         print(manifest.model_dump_json(indent=2))
     else:
-        _print_manifest(manifest, bucket)
+        print_manifest(manifest, bucket)
     return 0 if manifest.status == "succeeded" else 1
 
 
@@ -217,48 +225,23 @@ def cmd_runner(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def _handler(settings: Settings) -> Any:
-    from bucketbrush.broker import build_broker
-    from bucketbrush.store import Bucket
-    from functions.handler import Handler
+def cmd_events_seaweedfs(settings: Settings, args: argparse.Namespace) -> int:
+    from functions.service import run_event_source, seaweedfs_source
 
-    return Handler(settings, Bucket(settings), build_broker(settings))
-
-
-def _run_event_source(settings: Settings, args: argparse.Namespace, source: Any) -> int:
-    """Run an event source (anything with ``run(stop, on_ready=...)``) until SIGTERM/SIGINT,
-    with the periodic sweep beside it."""
-    import signal
-
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
-    _start_periodic_sweep(settings, stop)
-    ready = args.ready_file
-    source.run(stop, on_ready=(lambda: ready.write_text("ready\n")) if ready else None)
+    run_event_source(settings, seaweedfs_source(settings, filer=args.filer, cursor=args.cursor),
+                     ready_file=args.ready_file)
     return 0
 
 
-def cmd_events_seaweedfs(settings: Settings, args: argparse.Namespace) -> int:
-    from functions.sources.seaweedfs import Cursor, FilerSubscription
-
-    settings.state_dir.mkdir(parents=True, exist_ok=True)
-    cursor = Cursor(args.cursor or settings.state_dir / f"cursor-{settings.bucket}.txt")
-    source = FilerSubscription(filer=args.filer, bucket=settings.bucket, cursor=cursor,
-                               handle=_handler(settings).handle)
-    return _run_event_source(settings, args, source)
-
-
 def cmd_events_sqs(settings: Settings, args: argparse.Namespace) -> int:
-    from functions.sources.sqs import SqsPoller, sqs_client
+    from functions.service import run_event_source, sqs_source
 
     queue_url = args.queue_url or settings.sqs_queue_url
     if not queue_url:
         raise SystemExit("no queue: pass --queue-url or set BUCKETBRUSH_SQS_QUEUE_URL")
-    sqs = sqs_client(settings, args.endpoint_url or settings.sqs_endpoint_url)
-    source = SqsPoller(sqs, queue_url, _handler(settings).handle, wait_time_s=settings.sqs_wait_time_s,
-                       visibility_timeout_s=settings.sqs_visibility_timeout_s)
-    return _run_event_source(settings, args, source)
+    run_event_source(settings, sqs_source(settings, queue_url=queue_url, endpoint_url=args.endpoint_url),
+                     ready_file=args.ready_file)
+    return 0
 
 
 def _registry(settings: Settings) -> Any:
@@ -298,28 +281,17 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(settings: Settings, args: argparse.Namespace) -> int:
-    from functions.sweep import RUNNING_LOOKBACK_S, sweep
+    from functions.handler import Handler
+    from functions.sweep import RUNNING_LOOKBACK_S, reconcile
 
-    handler = _handler(settings)
-    report = sweep(settings, handler.bucket, handler, grace_s=args.grace,
-                   running_lookback_s=None if args.full else RUNNING_LOOKBACK_S)
+    handler = Handler.from_settings(settings)
+    report = reconcile(settings, handler.bucket, handler, grace_s=args.grace,
+                       running_lookback_s=None if args.full else RUNNING_LOOKBACK_S)
     for o in report.outcomes:
         if o.action == "enqueued":
             print(f"enqueued {o.job_id}  {o.key}")
     print(report.summary())
     return 0
-
-
-def _start_periodic_sweep(settings: Settings, stop: threading.Event) -> None:
-    """The reconciling sweep in a thread of the event source process (0 s interval: off)."""
-    if settings.sweep_interval_s <= 0:
-        return
-    from functions.sweep import run_periodic
-
-    # Its own handler (broker, S3 client): the subscription thread keeps the other.
-    sweeper = _handler(settings)
-    threading.Thread(target=run_periodic, args=(settings, sweeper, stop), name="sweep", daemon=True,
-                     kwargs={"interval_s": settings.sweep_interval_s, "grace_s": settings.sweep_grace_s}).start()
 
 
 def cmd_serve_functions(settings: Settings, args: argparse.Namespace) -> int:

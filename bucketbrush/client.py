@@ -10,15 +10,11 @@ from typing import Any
 
 import urllib3
 
-from bucketbrush.errors import BucketbrushError, EmptyInput, InputTooLarge
+from bucketbrush.errors import EmptyInput, InputTooLarge, UploadRejected
 from bucketbrush.manifest import Manifest
+from bucketbrush.presign import PresignedUpload, presign_upload
 from bucketbrush.settings import Settings
 from bucketbrush.store import Bucket, s3_client
-from functions.presign import PresignedUpload, presign_upload
-
-
-class UploadRejected(BucketbrushError):
-    code = "upload_rejected"
 
 
 def post_upload(upload: PresignedUpload, data: bytes, filename: str, content_type: str) -> None:

@@ -111,3 +111,25 @@ class JobCancelled(JobError):
     """The user asked to cancel (an object at cancel/<job_id>); the manifest says cancelled."""
 
     code = "cancelled"
+
+
+# -- management and clients (not job failures: they never land in a manifest) -----------------
+
+class JobNotFound(BucketbrushError):
+    code = "job_not_found"
+
+
+class InvalidState(BucketbrushError):
+    """The job's status does not allow the operation (e.g. cancelling a finished job)."""
+
+    code = "invalid_state"
+
+
+class InvalidCursor(BucketbrushError):
+    code = "invalid_cursor"
+
+
+class UploadRejected(BucketbrushError):
+    """The store refused a presigned upload (policy, size, expiry)."""
+
+    code = "upload_rejected"

@@ -14,7 +14,8 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from bucketbrush.management import InvalidState, JobNotFound, get_job
+from bucketbrush.errors import InvalidState, JobNotFound
+from bucketbrush.management import get_job
 from bucketbrush.store import Bucket
 
 
@@ -64,11 +65,10 @@ def soft_delete(bucket: Bucket, job_id: str) -> list[str]:
 def list_deleted(bucket: Bucket) -> list[str]:
     """Job ids whose manifest is soft-deleted (latest entry is a delete marker)."""
     _require_versioning(bucket)
-    prefix = bucket.settings.manifests_prefix
     return sorted(
-        key[len(prefix):].removesuffix(".json")
-        for key, entries in _versions(bucket, prefix).items()
-        if entries and entries[0]["marker"]
+        job_id
+        for key, entries in _versions(bucket, bucket.layout.manifests).items()
+        if entries and entries[0]["marker"] and (job_id := bucket.layout.job_id_of_manifest(key))
     )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import secrets
 from typing import Any
@@ -55,6 +56,18 @@ class JobSpec(BaseModel):
     def inputs(self) -> list[ObjectRef]:
         """What the manifest lists as inputs: the source, then the image if it is another object."""
         return [self.source] + ([self.input] if self.input and self.input != self.source else [])
+
+
+def json_object(raw: str | bytes, what: str, error: type[Exception]) -> dict[str, Any]:
+    """``raw`` parsed as a JSON object; ``error`` (an InvalidSpec, InvalidParams...) naming
+    ``what`` when it is not JSON or not an object."""
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:
+        raise error(f"{what} is not valid JSON: {exc}") from exc
+    if not isinstance(doc, dict):
+        raise error(f"{what} must be a JSON object")
+    return doc
 
 
 def job_id_for(ref: ObjectRef) -> str:

@@ -15,25 +15,11 @@ from typing import Any
 import dramatiq
 
 from bucketbrush.broker import enqueue_job
-from bucketbrush.errors import BucketbrushError
+from bucketbrush.claims import Claims
+from bucketbrush.errors import InvalidCursor, InvalidState, JobNotFound
 from bucketbrush.jobs import JobSpec
 from bucketbrush.manifest import Manifest
 from bucketbrush.store import Bucket
-from functions.handler import claim_key
-
-
-class JobNotFound(BucketbrushError):
-    code = "job_not_found"
-
-
-class InvalidState(BucketbrushError):
-    """The job's status does not allow the operation (e.g. cancelling a finished job)."""
-
-    code = "invalid_state"
-
-
-class InvalidCursor(BucketbrushError):
-    code = "invalid_cursor"
 
 
 @dataclass
@@ -71,7 +57,8 @@ def list_jobs(bucket: Bucket, *, status: str | None = None, recipe: str | None =
     contents = listing.get("Contents", [])
     jobs = []
     for obj in contents:
-        manifest = bucket.read_manifest(obj["Key"][len(prefix):].removesuffix(".json"))
+        job_id = bucket.layout.job_id_of_manifest(obj["Key"])
+        manifest = bucket.read_manifest(job_id) if job_id else None
         if manifest is None:
             continue
         if (status and manifest.status != status) or (recipe and manifest.recipe != recipe):
@@ -108,7 +95,7 @@ def job_objects(bucket: Bucket, manifest: Manifest) -> list[str]:
     last, so the manifest is the last thing to go if a delete is interrupted."""
     keys = [ref.key for ref in manifest.inputs]
     paginator = bucket.s3.get_paginator("list_objects_v2")
-    for page in paginator.paginate(Bucket=bucket.name, Prefix=bucket.output_key(manifest.job_id, "")):
+    for page in paginator.paginate(Bucket=bucket.name, Prefix=bucket.layout.outputs_of(manifest.job_id)):
         keys += [obj["Key"] for obj in page.get("Contents", [])]
     return keys + [bucket.cancel_key(manifest.job_id), bucket.manifest_key(manifest.job_id)]
 
@@ -125,7 +112,7 @@ def delete_job(bucket: Bucket, broker: dramatiq.Broker, job_id: str) -> list[str
     for i in range(0, len(own), 1000):
         bucket.s3.delete_objects(Bucket=bucket.name, Delete={
             "Objects": [{"Key": k} for k in own[i:i + 1000]], "Quiet": True})
-    broker.client.delete(claim_key(bucket.settings, job_id))
+    Claims(broker.client, bucket.settings).delete(job_id)
     return own
 
 

@@ -11,6 +11,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from bucketbrush.errors import BucketbrushError
 from bucketbrush.jobs import ObjectRef
 
 SCHEMA_VERSION = 1
@@ -43,6 +44,12 @@ class ErrorInfo(BaseModel):
     code: str
     message: str
     retryable: bool = False
+
+    @classmethod
+    def of(cls, error: BucketbrushError, *, retryable: bool | None = None) -> ErrorInfo:
+        """The manifest's record of ``error``: its stable code, message and retryability."""
+        return cls(code=error.code, message=error.message,
+                   retryable=error.retryable if retryable is None else retryable)
 
 
 class Manifest(BaseModel):
@@ -77,3 +84,35 @@ class Manifest(BaseModel):
     def finished_for(self, source: ObjectRef) -> bool:
         """Final, and made from exactly this content (a repeated delivery needs no new run)."""
         return self.is_final and bool(self.inputs) and self.inputs[0].identity == source.identity
+
+
+# A runner's heartbeat is stale after this many missed beats: it is presumed dead.
+STALE_AFTER_BEATS = 3
+
+
+class RunnerStatus(BaseModel):
+    """A runner's heartbeat at ``status/runners/<runner_id>.json``: who works on what."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    runner_id: str
+    host: str
+    pid: int
+    queue: str
+    device: str = "cpu"  # cpu | cuda:N | mps
+    device_name: str | None = None  # e.g. the GPU's or the CPU's model name
+    gpu: dict[str, Any] | None = None  # name and memory, when a CUDA device is in use
+    loaded_models: list[str] = Field(default_factory=list)
+    jobs_done: int = 0
+    jobs_failed: int = 0
+    current_job: str | None = None
+    started_at: float
+    updated_at: float
+    interval_s: float = 10
+
+    def age_s(self, now: float | None = None) -> float:
+        return (time.time() if now is None else now) - self.updated_at
+
+    def is_fresh(self, now: float | None = None) -> bool:
+        """Beat within the last STALE_AFTER_BEATS intervals: the runner is alive."""
+        return self.age_s(now) < STALE_AFTER_BEATS * self.interval_s

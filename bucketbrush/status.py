@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
@@ -11,20 +10,11 @@ import dramatiq
 from bucketbrush.store import Bucket
 
 
-def runner_heartbeats(bucket: Bucket) -> list[dict[str, Any]]:
-    """Every runner's last heartbeat, with ``stale`` set when it missed three beats."""
-    prefix = f"{bucket.settings.status_prefix}runners/"
-    runners = []
-    for obj in bucket.s3.list_objects_v2(Bucket=bucket.name, Prefix=prefix).get("Contents", []):
-        try:
-            doc = json.loads(bucket.s3.get_object(Bucket=bucket.name, Key=obj["Key"])["Body"].read())
-        except ValueError:
-            continue
-        age = time.time() - doc.get("updated_at", 0)
-        doc["age_s"] = round(age, 1)
-        doc["stale"] = age > 3 * doc.get("interval_s", 10)
-        runners.append(doc)
-    return runners
+def runner_heartbeats(bucket: Bucket, now: float | None = None) -> list[dict[str, Any]]:
+    """Every runner's last heartbeat, with its ``age_s`` and ``stale`` (missed three beats)."""
+    now = time.time() if now is None else now
+    return [{**r.model_dump(), "age_s": round(r.age_s(now), 1), "stale": not r.is_fresh(now)}
+            for r in bucket.runner_statuses()]
 
 
 def queue_depths(broker: dramatiq.Broker, queue_name: str, namespace: str) -> dict[str, int]:

@@ -11,7 +11,8 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from bucketbrush.manifest import Manifest
+from bucketbrush.layout import Layout
+from bucketbrush.manifest import Manifest, RunnerStatus
 from bucketbrush.settings import Settings
 
 NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound", "NoSuchVersion"})
@@ -40,6 +41,7 @@ class Bucket:
     def __init__(self, settings: Settings, s3: Any | None = None) -> None:
         self.settings = settings
         self.name = settings.bucket
+        self.layout = Layout(settings)
         self._s3 = s3
 
     @cached_property
@@ -54,13 +56,13 @@ class Bucket:
         return self.s3
 
     def manifest_key(self, job_id: str) -> str:
-        return f"{self.settings.manifests_prefix}{job_id}.json"
+        return self.layout.manifest_key(job_id)
 
     def output_key(self, job_id: str, name: str) -> str:
-        return f"{self.settings.outputs_prefix}{job_id}/{name}"
+        return self.layout.output_key(job_id, name)
 
     def cancel_key(self, job_id: str) -> str:
-        return f"{self.settings.cancel_prefix}{job_id}"
+        return self.layout.cancel_key(job_id)
 
     def exists(self, key: str) -> bool:
         try:
@@ -73,26 +75,62 @@ class Bucket:
 
     def read_manifest(self, job_id: str) -> Manifest | None:
         """The stored manifest, or None when there is none or it is not a manifest."""
+        return self.read_manifest_with_etag(job_id)[0]
+
+    def read_manifest_with_etag(self, job_id: str) -> tuple[Manifest | None, str | None]:
+        """The stored manifest and its ETag (for ``write_manifest(if_match=...)``); (None, None)
+        when there is none or it is not a manifest."""
         try:
-            body = self.s3.get_object(Bucket=self.name, Key=self.manifest_key(job_id))["Body"].read()
+            obj = self.s3.get_object(Bucket=self.name, Key=self.manifest_key(job_id))
+            body = obj["Body"].read()
         except ClientError as exc:
             if is_not_found(exc):
-                return None
+                return None, None
             raise
         try:
-            return Manifest.model_validate(json.loads(body))
+            return Manifest.model_validate(json.loads(body)), obj.get("ETag")
         except ValueError:
-            return None
+            return None, None
 
-    def write_manifest(self, manifest: Manifest) -> None:
+    def write_manifest(self, manifest: Manifest, *, if_match: str | None = None) -> bool:
+        """Write the manifest (stamping ``updated_at``). With ``if_match`` (an ETag from
+        ``read_manifest_with_etag``) only if nobody wrote it since: False when somebody did.
+        Stores that do not implement conditional PUTs answer NotImplemented; there the write
+        is unconditional (last writer wins)."""
         manifest.updated_at = time.time()
-        self.s3.put_object(
-            Bucket=self.name,
-            Key=self.manifest_key(manifest.job_id),
-            Body=manifest.model_dump_json(indent=2).encode(),
-            ContentType="application/json",
-            CacheControl="no-cache",
-        )
+        kwargs: dict[str, Any] = {
+            "Bucket": self.name, "Key": self.manifest_key(manifest.job_id),
+            "Body": manifest.model_dump_json(indent=2).encode(),
+            "ContentType": "application/json", "CacheControl": "no-cache",
+        }
+        if if_match is None:
+            self.s3.put_object(**kwargs)
+            return True
+        try:
+            self.s3.put_object(**kwargs, IfMatch=if_match)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code")
+            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                return False
+            if code != "NotImplemented":
+                raise
+            self.s3.put_object(**kwargs)
+        return True
+
+    def runner_statuses(self) -> list[RunnerStatus]:
+        """Every runner's last heartbeat (``status/runners/<runner_id>.json``), unreadable ones skipped."""
+        statuses = []
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.name, Prefix=self.layout.runners):
+            for obj in page.get("Contents", []):
+                try:
+                    body = self.s3.get_object(Bucket=self.name, Key=obj["Key"])["Body"].read()
+                    statuses.append(RunnerStatus.model_validate_json(body))
+                except ClientError as exc:
+                    if not is_not_found(exc):  # gone since the listing: the runner stopped
+                        raise
+                except ValueError:
+                    continue
+        return statuses
 
     def presigned_get(self, key: str, expires_s: int | None = None) -> str:
         return self.public_s3.generate_presigned_url(

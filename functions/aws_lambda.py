@@ -18,9 +18,7 @@ import logging
 from functools import cache
 from typing import Any
 
-from bucketbrush.broker import build_broker
 from bucketbrush.settings import Settings
-from bucketbrush.store import Bucket
 from functions.events import InvalidEvent, S3Record, parse_records
 from functions.handler import Handler, Outcome
 from functions.sources.sqs import records_from_body
@@ -33,7 +31,7 @@ log.setLevel(logging.INFO)  # Lambda's root logger defaults to WARNING
 def get_handler() -> Handler:
     """The container's Handler, built from the environment on first use (not at import)."""
     settings = Settings()
-    return Handler(settings, Bucket(settings), build_broker(settings))
+    return Handler.from_settings(settings)
 
 
 def _summary(outcomes: list[Outcome]) -> dict[str, Any]:

@@ -33,12 +33,13 @@ from starlette.routing import Route
 
 from bucketbrush.broker import build_broker
 from bucketbrush.errors import InvalidParams
+from bucketbrush.layout import unsafe_key
+from bucketbrush.presign import presign_upload
 from bucketbrush.settings import Settings
 from bucketbrush.status import queue_depths, runner_heartbeats
 from bucketbrush.store import Bucket
 from functions.events import InvalidEvent, S3Record, parse_records
-from functions.handler import Handler, unsafe_key
-from functions.presign import presign_upload
+from functions.handler import Handler
 from functions.sns import MESSAGE_TYPES, Fetch, SnsMalformed, SnsRejected, SnsUnavailable, SnsVerifier, fetch_url
 
 log = logging.getLogger(__name__)
@@ -205,7 +206,7 @@ class FunctionsApp:
     async def health(self, request: Request) -> JSONResponse:
         """200 when both the broker and the bucket answer, 503 otherwise (no token needed)."""
         s = self.settings
-        broker_ok, broker_error, _ = await _probe(self.handler.redis.ping)
+        broker_ok, broker_error, _ = await _probe(self.handler.claims.redis.ping)
         bucket_ok, bucket_error, _ = await _probe(lambda: self.bucket.s3.head_bucket(Bucket=self.bucket.name))
         report: dict[str, Any] = {
             "ok": broker_ok and bucket_ok,
@@ -239,7 +240,9 @@ def create_app(settings: Settings, handler: Handler | None = None, bucket: Bucke
     """The ASGI app. ``handler`` defaults to one on the settings' broker and bucket; ``fetch``
     (GET a URL, return its body) is how SNS certificates and SubscribeURLs are fetched."""
     bucket = bucket or (handler.bucket if handler else Bucket(settings))
-    handler = handler or Handler(settings, bucket, build_broker(settings))
+    if handler is None:
+        broker = build_broker(settings)
+        handler = Handler(settings, bucket, broker, broker.client)
     api = FunctionsApp(settings, handler, bucket, fetch)
     app = Starlette(routes=[
         Route("/events/minio", api.s3_event, methods=["POST"]),

@@ -7,36 +7,29 @@ have arrived (``grace_s``) but whose job has no manifest is fed to the handler a
 exactly as an event would be. The handler's Redis claim makes this safe while real events for
 the same objects arrive concurrently, and with several sweepers running at once.
 
-It also ends jobs stuck in ``running``: the runner enforces time limits itself (Dramatiq's
-TimeLimit, ``timed_out``), so a ``running`` manifest past ``started_at`` + the recipe's limit +
-a margin means the runner died without writing a final manifest (killed for memory, machine
-lost). Such a job is marked ``failed`` with ``timed_out``, ``retryable: true`` rather than
-re-queued: a job that killed its runner would kill the next one too, so a person or app
-decides (``bucketbrush jobs retry``). Dramatiq may still redeliver the dead worker's message;
-the runner skips it because the manifest is final for the same input.
+Jobs whose runner died are the reaper's (``functions/reaper.py``); ``reconcile`` runs both,
+as ``bucketbrush sweep`` and the event source's periodic sweep do.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
-from pydantic import ValidationError
 from redis.exceptions import RedisError
 
-from bucketbrush.jobs import ObjectRef, is_spec_job_id, is_ticket, job_id_for
-from bucketbrush.manifest import ErrorInfo, Manifest
+from bucketbrush.jobs import ObjectRef, job_id_for
+from bucketbrush.layout import NotAnInput
 from bucketbrush.settings import Settings
 from bucketbrush.store import Bucket
 from functions.events import S3Record
 from functions.handler import Handler, Outcome
+from functions.reaper import TIMEOUT_MARGIN_S, fail_dead_running
 
 log = logging.getLogger(__name__)
 
@@ -44,13 +37,9 @@ SOURCE = "sweep"
 # A claim older than this with still no manifest belongs to a handler that died between its
 # claim and its manifest write (milliseconds apart): release it so the job can go through.
 ABANDONED_CLAIM_S = 60
-# After the deadline, how long before a running job is declared dead: covers clock skew
-# between runner and sweeper and the runner's own time-limit handling.
-TIMEOUT_MARGIN_S = 120
 # Running manifests are found by reading manifests last written in a window (not all of
 # them, every sweep): this is how far back past the longest time limit that window reaches.
 RUNNING_LOOKBACK_S = 3600
-_RELEASE_IF_HELD = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
 
 @dataclass
@@ -77,29 +66,42 @@ class SweepReport:
 
 
 def sweep(settings: Settings, bucket: Bucket, handler: Handler, *, grace_s: float = 60,
-          now: float | None = None, timeout_margin_s: float = TIMEOUT_MARGIN_S,
-          running_lookback_s: float | None = RUNNING_LOOKBACK_S) -> SweepReport:
-    """One pass over the bucket; see the module docstring. ``now`` (epoch seconds) is for
-    tests; ``running_lookback_s=None`` reads every manifest instead of the recent ones."""
+          now: float | None = None, manifests: dict[str, float] | None = None) -> SweepReport:
+    """One pass over inputs; see the module docstring. ``now`` (epoch seconds) is for tests;
+    ``manifests`` (job id -> last written) saves a listing when the caller has one."""
     started = time.monotonic()
     now = time.time() if now is None else now
     report = SweepReport()
-    manifests = _manifest_times(bucket)
+    manifests = manifest_times(bucket) if manifests is None else manifests
     _recover_inputs(settings, bucket, handler, manifests, report, now=now, grace_s=grace_s)
-    report.timed_out = _fail_dead_running(settings, bucket, manifests, now=now, margin_s=timeout_margin_s,
-                                          lookback_s=running_lookback_s)
+    report.seconds = time.monotonic() - started
+    return report
+
+
+def reconcile(settings: Settings, bucket: Bucket, handler: Handler, *, grace_s: float = 60,
+              now: float | None = None, timeout_margin_s: float = TIMEOUT_MARGIN_S,
+              running_lookback_s: float | None = RUNNING_LOOKBACK_S) -> SweepReport:
+    """The whole reconciling pass: recover unannounced inputs, then fail running jobs whose
+    runner died (``functions.reaper``), from one listing of the manifests.
+    ``running_lookback_s=None`` reads every manifest instead of the recent ones."""
+    started = time.monotonic()
+    now = time.time() if now is None else now
+    manifests = manifest_times(bucket)
+    report = sweep(settings, bucket, handler, grace_s=grace_s, now=now, manifests=manifests)
+    report.timed_out = fail_dead_running(settings, bucket, manifests, now=now, margin_s=timeout_margin_s,
+                                         lookback_s=running_lookback_s)
     report.seconds = time.monotonic() - started
     return report
 
 
 def run_periodic(settings: Settings, handler: Handler, stop: threading.Event, *, interval_s: float = 300,
                  grace_s: float = 60) -> None:
-    """Sweep every ``interval_s`` until ``stop`` is set (the first after one interval: at start
-    the event source replays from its cursor anyway). Errors are logged and the next sweep
-    tries again. Give it its own Handler (and broker) when other threads have one."""
+    """Reconcile every ``interval_s`` until ``stop`` is set (the first after one interval: at
+    start the event source replays from its cursor anyway). Errors are logged and the next
+    pass tries again. Give it its own Handler (and broker) when other threads have one."""
     while not stop.wait(interval_s):
         try:
-            report = sweep(settings, handler.bucket, handler, grace_s=grace_s)
+            report = reconcile(settings, handler.bucket, handler, grace_s=grace_s)
         except (ClientError, BotoCoreError, RedisError, OSError):
             log.exception("sweep failed; next try in %.0fs", interval_s)
             continue
@@ -126,17 +128,20 @@ def _recover_inputs(settings: Settings, bucket: Bucket, handler: Handler, manife
             if modified < now - horizon:
                 report.too_old += 1
                 continue
-            routed, preferred = _preferred_job_id(settings, ref.key)
-            if not routed:
-                report.not_input += 1
-                continue
+            try:
+                preferred = bucket.layout.parse_input(ref.key).job_id
+            except NotAnInput as exc:
+                if not exc.rejected:
+                    report.not_input += 1
+                    continue
+                preferred = None  # the handler rejects it, and says why
             if job_id_for(ref) in manifests:
                 report.has_manifest += 1
                 continue
             pending.append((ref, modified, preferred))
     # A preferred id (presigned ticket, spec file name) with a manifest is this object's job
     # unless its claim says other content took that id first (a second POST to the same key).
-    holders = _claim_holders(handler, [p for _, _, p in pending if p and p in manifests])
+    holders = handler.claims.holders([p for _, _, p in pending if p and p in manifests])
     for ref, modified, preferred in pending:
         if preferred in manifests and holders.get(preferred) in (None, ref.identity):
             report.has_manifest += 1
@@ -158,20 +163,6 @@ def _recover_inputs(settings: Settings, bucket: Bucket, handler: Handler, manife
                 report.rejected += 1
             case _:
                 report.ignored += 1
-
-
-def _preferred_job_id(settings: Settings, key: str) -> tuple[bool, str | None]:
-    """(is this a job input at all, the job id its key names if any), by the handler's rules."""
-    if key.startswith(settings.inbox_prefix):
-        parts = key[len(settings.inbox_prefix):].split("/")
-        if len(parts) < 2 or not parts[-1]:
-            return False, None
-        return True, parts[1] if len(parts) >= 3 and is_ticket(parts[1]) else None
-    name = key[len(settings.jobs_prefix):]
-    job_id = name.removesuffix(".json")
-    if "/" in name or not name.endswith(".json") or not is_spec_job_id(job_id):
-        return False, None
-    return True, job_id
 
 
 def _versioned(bucket: Bucket) -> bool:
@@ -202,119 +193,24 @@ def _latest_objects(bucket: Bucket, prefix: str, versioned: bool) -> Iterator[tu
             ), obj["LastModified"].timestamp()
 
 
-def _manifest_times(bucket: Bucket) -> dict[str, float]:
+def manifest_times(bucket: Bucket) -> dict[str, float]:
     """Job id -> when its manifest was last written, from one paginated listing."""
-    prefix = bucket.settings.manifests_prefix
     times = {}
-    for page in bucket.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket.name, Prefix=prefix):
+    paginator = bucket.s3.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=bucket.name, Prefix=bucket.layout.manifests):
         for obj in page.get("Contents", []):
-            if obj["Key"].endswith(".json"):
-                times[obj["Key"][len(prefix):-len(".json")]] = obj["LastModified"].timestamp()
+            if job_id := bucket.layout.job_id_of_manifest(obj["Key"]):
+                times[job_id] = obj["LastModified"].timestamp()
     return times
-
-
-def _claim_holders(handler: Handler, job_ids: list[str]) -> dict[str, str | None]:
-    if not job_ids:
-        return {}
-    pipe = handler.redis.pipeline(transaction=False)
-    for job_id in job_ids:
-        pipe.get(handler.claim_key(job_id))
-    values = pipe.execute()
-    return {j: v.decode() if isinstance(v, bytes) else v for j, v in zip(job_ids, values, strict=True)}
 
 
 def _release_abandoned_claim(handler: Handler, job_id: str) -> bool:
     """Release ``job_id``'s claim if it has stood for ABANDONED_CLAIM_S with no manifest."""
-    key = handler.claim_key(job_id)
-    holder, ttl = handler.redis.get(key), handler.redis.ttl(key)
-    if holder is None or ttl < 0 or handler.settings.dedupe_ttl_s - ttl < ABANDONED_CLAIM_S:
+    claims = handler.claims
+    holder, held_s = claims.holder(job_id), claims.held_for_s(job_id)
+    if holder is None or held_s is None or held_s < ABANDONED_CLAIM_S:
         return False
     if handler.bucket.exists(handler.bucket.manifest_key(job_id)):
         return False
-    log.warning("releasing abandoned claim on job %s (held %ds, no manifest)", job_id,
-                handler.settings.dedupe_ttl_s - ttl)
-    return bool(handler.redis.eval(_RELEASE_IF_HELD, 1, key, holder))
-
-
-# -- running jobs whose runner is gone ----------------------------------------------------
-
-def _fail_dead_running(settings: Settings, bucket: Bucket, manifests: dict[str, float], *, now: float,
-                       margin_s: float, lookback_s: float | None) -> int:
-    longest = max([settings.job_time_limit_s, *settings.recipe_time_limits_s.values()])
-    # A dead job's manifest was last written between its start and its deadline, so at the
-    # deadline + margin it is at least margin_s old: younger manifests cannot be overdue.
-    oldest = now - (longest + margin_s + lookback_s) if lookback_s is not None else float("-inf")
-    failed = 0
-    busy: set[str] | None = None
-    for job_id, modified in manifests.items():
-        if modified > now - margin_s or modified < oldest:
-            continue
-        manifest, etag = _read_with_etag(bucket, job_id)
-        if manifest is None or manifest.status != "running":
-            continue
-        started = manifest.timings.get("started_at", manifest.updated_at)
-        limit = settings.time_limit_s(manifest.recipe)
-        if now < started + limit + margin_s:
-            continue
-        if busy is None:
-            busy = _jobs_on_live_runners(bucket, now)
-        if job_id in busy:
-            continue  # stuck past its limit in native code, but its runner is alive
-        manifest.status = "failed"
-        manifest.outputs = []
-        manifest.error = ErrorInfo(
-            code="timed_out", retryable=True,
-            message=f"no runner finished the job within its time limit of {limit} s "
-                    f"(+{margin_s:.0f} s margin); its runner stopped without reporting",
-        )
-        manifest.timings["finished_at"] = now
-        if _write_if_unchanged(bucket, manifest, etag):
-            failed += 1
-            log.warning("job %s was running past its deadline with no live runner: failed (timed_out)", job_id)
-    return failed
-
-
-def _read_with_etag(bucket: Bucket, job_id: str) -> tuple[Manifest | None, str | None]:
-    try:
-        obj = bucket.s3.get_object(Bucket=bucket.name, Key=bucket.manifest_key(job_id))
-        return Manifest.model_validate(json.loads(obj["Body"].read())), obj.get("ETag")
-    except ClientError:
-        return None, None  # gone since the listing
-    except (ValueError, ValidationError):
-        return None, None
-
-
-def _write_if_unchanged(bucket: Bucket, manifest: Manifest, etag: str | None) -> bool:
-    """Write unless the runner wrote meanwhile (If-Match; stores without it: last writer wins)."""
-    manifest.updated_at = time.time()
-    kwargs: dict[str, Any] = {
-        "Bucket": bucket.name, "Key": bucket.manifest_key(manifest.job_id),
-        "Body": manifest.model_dump_json(indent=2).encode(),
-        "ContentType": "application/json", "CacheControl": "no-cache",
-    }
-    try:
-        bucket.s3.put_object(**kwargs, **({"IfMatch": etag} if etag else {}))
-    except ClientError as exc:
-        code = exc.response.get("Error", {}).get("Code")
-        if code in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
-            return False
-        if code != "NotImplemented":
-            raise
-        bucket.s3.put_object(**kwargs)
-    return True
-
-
-def _jobs_on_live_runners(bucket: Bucket, now: float) -> set[str]:
-    """Jobs that runners with a fresh heartbeat (status/runners/*.json) say they are on."""
-    busy = set()
-    prefix = f"{bucket.settings.status_prefix}runners/"
-    for page in bucket.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket.name, Prefix=prefix):
-        for obj in page.get("Contents", []):
-            try:
-                doc = json.loads(bucket.s3.get_object(Bucket=bucket.name, Key=obj["Key"])["Body"].read())
-            except (ClientError, ValueError):
-                continue
-            fresh = now - float(doc.get("updated_at") or 0) < 3 * float(doc.get("interval_s") or 10)
-            if fresh and doc.get("current_job"):
-                busy.add(doc["current_job"])
-    return busy
+    log.warning("releasing abandoned claim on job %s (held %ds, no manifest)", job_id, held_s)
+    return claims.release_if_held(job_id, holder)

@@ -7,6 +7,7 @@ emulated bf16 is slower than float32. ``dtype`` overrides the policy.
 
 from __future__ import annotations
 
+import platform
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -59,6 +60,38 @@ def resolve_device(choice: str = "auto") -> str:
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         return "mps"
     return "cpu"
+
+
+def describe_device(choice: str = "auto", *, use_torch: bool = True) -> tuple[str, str | None]:
+    """(device, its model name) this runner computes on: ``cuda:N`` and the GPU's name, ``mps``,
+    or ``cpu`` and the CPU's model name. Without torch (``use_torch=False``, or not installed):
+    the CPU."""
+    if use_torch:
+        try:
+            import torch
+        except ImportError:
+            pass
+        else:
+            device = resolve_device(choice)
+            if device.startswith("cuda"):
+                index = torch.device(device).index
+                index = torch.cuda.current_device() if index is None else index
+                return f"cuda:{index}", torch.cuda.get_device_name(index)
+            if device == "mps":
+                return "mps", "Apple MPS"
+    return "cpu", cpu_model_name()
+
+
+def cpu_model_name(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return platform.processor() or None
+    for line in text.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() in ("model name", "Model", "Hardware"):
+            return value.strip() or None
+    return platform.processor() or None
 
 
 def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:

@@ -3,7 +3,6 @@ app can see who is working on what with a plain GET; ``bucketbrush status`` read
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
@@ -14,6 +13,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from bucketbrush.manifest import RunnerStatus
 from bucketbrush.store import Bucket
 
 log = logging.getLogger(__name__)
@@ -31,31 +31,34 @@ def gpu_info() -> dict[str, Any] | None:
 
 
 class Heartbeat:
-    def __init__(self, bucket: Bucket, state: dict[str, Any], *, interval_s: float,
-                 loaded_models: Any = lambda: []) -> None:
+    """Publishes ``stats`` (the runner's counters) and ``info`` (its device) every ``interval_s``."""
+
+    def __init__(self, bucket: Bucket, stats: dict[str, Any], *, interval_s: float,
+                 info: dict[str, Any] | None = None, loaded_models: Any = lambda: []) -> None:
         self.bucket = bucket
-        self.state = state
+        self.stats = stats
+        self.info = info or {}
         self.interval_s = interval_s
         self.loaded_models = loaded_models
         self.runner_id = f"{socket.gethostname()}-{os.getpid()}"
-        self.key = f"{bucket.settings.status_prefix}runners/{self.runner_id}.json"
+        self.key = bucket.layout.heartbeat_key(self.runner_id)
         self.started_at = time.time()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
 
-    def document(self) -> dict[str, Any]:
-        return {
-            "runner_id": self.runner_id, "host": socket.gethostname(), "pid": os.getpid(),
-            "queue": self.bucket.settings.queue_name, "device": self.state.get("device", "cpu"),
-            "gpu": gpu_info(), "loaded_models": list(self.loaded_models()),
-            "jobs_done": self.state["jobs_done"], "jobs_failed": self.state["jobs_failed"],
-            "current_job": self.state["current_job"], "started_at": self.started_at,
-            "updated_at": time.time(), "interval_s": self.interval_s,
-        }
+    def status(self) -> RunnerStatus:
+        return RunnerStatus(
+            runner_id=self.runner_id, host=socket.gethostname(), pid=os.getpid(),
+            queue=self.bucket.settings.queue_name, device=self.info.get("device", "cpu"),
+            device_name=self.info.get("device_name"), gpu=gpu_info(),
+            loaded_models=list(self.loaded_models()), jobs_done=self.stats["jobs_done"],
+            jobs_failed=self.stats["jobs_failed"], current_job=self.stats["current_job"],
+            started_at=self.started_at, updated_at=time.time(), interval_s=self.interval_s,
+        )
 
     def beat(self) -> None:
         self.bucket.s3.put_object(Bucket=self.bucket.name, Key=self.key, ContentType="application/json",
-                                  Body=json.dumps(self.document(), indent=2).encode())
+                                  Body=self.status().model_dump_json(indent=2).encode())
 
     def _loop(self) -> None:
         while True:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import platform
 import socket
@@ -26,8 +25,9 @@ from bucketbrush.errors import (
     TimedOut,
     TransientError,
 )
-from bucketbrush.jobs import JobSpec, ObjectRef
+from bucketbrush.jobs import JobSpec, ObjectRef, json_object
 from bucketbrush.manifest import ErrorInfo, Manifest, Output, Progress
+from bucketbrush.settings import Settings
 from bucketbrush.store import Bucket, is_not_found
 from gpu_runner.images import decode_image, encode_image
 from gpu_runner.monitor import JobMonitor
@@ -43,14 +43,23 @@ log = logging.getLogger(__name__)
 PROGRESS_INTERVAL_S = 0.5
 
 
-def runner_info() -> dict[str, Any]:
+def runner_info(settings: Settings) -> dict[str, Any]:
+    """Who ran a job, for its manifest: host, the device this runner computes on, versions.
+    The device comes from torch when diffusion is configured (or torch is already loaded)."""
+    import sys
+
     import cv2
     import dramatiq
     import PIL
 
+    from gpu_runner.devices import describe_device
+
+    use_torch = bool(settings.models_file) or "torch" in sys.modules
+    device, device_name = describe_device(settings.diffusion_device, use_torch=use_torch)
     return {
         "host": socket.gethostname(),
-        "device": "cpu",
+        "device": device,
+        "device_name": device_name,
         "versions": {
             "bucketbrush": __version__,
             "python": platform.python_version(),
@@ -69,7 +78,7 @@ class JobRunner:
         self.settings = bucket.settings
         # Diffusion pipelines, loaded once per process (None: no models file configured).
         self.models = models
-        self.info = runner_info()
+        self.info = runner_info(self.settings)
         # Read by the heartbeat thread.
         self.stats: dict[str, Any] = {"jobs_done": 0, "jobs_failed": 0, "current_job": None}
 
@@ -207,7 +216,7 @@ class JobRunner:
         """Record the failure, then raise: JobErrors are in the actor's ``throws`` (never
         retried); anything else is retried by Dramatiq until ``last_attempt``."""
         manifest.outputs = []
-        manifest.error = ErrorInfo(code=exc.code, message=exc.message, retryable=not final)
+        manifest.error = ErrorInfo.of(exc, retryable=not final)
         if isinstance(exc, JobCancelled):
             manifest.status = "cancelled"
         else:
@@ -229,13 +238,7 @@ def resolve_params(recipe: Recipe, spec_params: dict[str, Any], metadata: dict[s
     fields = recipe.params.model_fields
     merged: dict[str, Any] = {}
     if raw := metadata.get("params"):
-        try:
-            doc = json.loads(raw)
-        except ValueError as exc:
-            raise InvalidParams(f"x-amz-meta-params is not JSON: {exc}") from exc
-        if not isinstance(doc, dict):
-            raise InvalidParams("x-amz-meta-params must be a JSON object")
-        merged.update(doc)
+        merged.update(json_object(raw, "x-amz-meta-params", InvalidParams))
     # Single metadata fields only count when they name a param (apps add their own metadata).
     merged.update({k: v for k, v in metadata.items() if k in fields})
     merged.update(spec_params)

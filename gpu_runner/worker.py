@@ -31,7 +31,7 @@ def run_worker(settings: Settings, *, ready_file: Path | None = None) -> None:
         models.preload(settings.preload_models)
     runner = JobRunner(bucket, models)
     declare_actors(broker, settings, runner)
-    heartbeat = Heartbeat(bucket, runner.stats, interval_s=settings.heartbeat_interval_s,
+    heartbeat = Heartbeat(bucket, runner.stats, interval_s=settings.heartbeat_interval_s, info=runner.info,
                           loaded_models=lambda: models.loaded if models else [])
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -26,6 +26,7 @@ from infra.bucket import apply_bucket, lifecycle_rules
 from infra.procs import (
     Proc,
     StackError,
+    StackState,
     free_port,
     redis_answers,
     start_redis,
@@ -52,19 +53,19 @@ class LocalStack:
 
     # -- state ----------------------------------------------------------------------------
 
-    def read_state(self) -> dict[str, Any] | None:
+    def read_state(self) -> StackState | None:
         try:
-            return json.loads(self.state_file.read_text())
-        except (FileNotFoundError, ValueError):
+            return StackState.from_json(self.state_file.read_text())
+        except (FileNotFoundError, ValueError, TypeError):
             return None
 
-    def _write_state(self, state: dict[str, Any]) -> None:
+    def _write_state(self, state: StackState) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.state_file.with_suffix(".tmp")
         # Holds the local store's generated credentials: owner-only.
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as fh:
-            json.dump(state, fh, indent=2)
+            fh.write(state.to_json())
         os.replace(tmp, self.state_file)
 
     def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> tuple[Any, Proc]:
@@ -72,15 +73,15 @@ class LocalStack:
 
     # -- up -------------------------------------------------------------------------------
 
-    def up(self, *, runners: int = 1, report: Callable[[str], None] = lambda _: None) -> dict[str, Any]:
+    def up(self, *, runners: int = 1, report: Callable[[str], None] = lambda _: None) -> StackState:
         """Start the stack (or report the running one) and return its state."""
-        if (state := self.read_state()) and self.is_running(state):
+        if (state := self.read_state()) and state.is_running():
             report(f"already running (state: {self.state_file})")
             return state
         if state:
             self.down(report=report)
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        state = {"processes": []}
+        state = StackState()
         try:
             self._start_redis(state, report)
             self._start_seaweedfs(state, report)
@@ -89,8 +90,8 @@ class LocalStack:
             report("bucket: " + "; ".join(apply_bucket(s3_client(settings), settings)))
             # SeaweedFS keeps lifecycle rules without enforcing them: enforce them as path TTLs.
             report("retention: " + "; ".join(apply_ttl_rules(
-                state["seaweedfs_master"], settings.bucket, ttl_rules(lifecycle_rules(settings)))))
-            self._start_child(state, "events", ["events", "seaweedfs", "--filer", state["filer"]], report)
+                state.seaweedfs_master, settings.bucket, ttl_rules(lifecycle_rules(settings)))))
+            self._start_child(state, "events", ["events", "seaweedfs", "--filer", state.filer], report)
             for i in range(runners):
                 self._start_child(state, f"runner-{i}", ["runner"], report)
         except BaseException:
@@ -99,26 +100,26 @@ class LocalStack:
             raise
         return state
 
-    def _start_redis(self, state: dict[str, Any], report: Callable[[str], None]) -> None:
+    def _start_redis(self, state: StackState, report: Callable[[str], None]) -> None:
         url = self.settings.redis_url
-        state["broker_namespace"] = self.settings.broker_namespace
+        state.broker_namespace = self.settings.broker_namespace
         if self.settings.local_redis != "always" and redis_answers(url):
-            state["redis_url"] = url
+            state.redis_url = url
             if "broker_namespace" not in self.settings.model_fields_set:
                 # A shared Redis: keep this stack's queue and claims apart from any other
                 # stack (another clone, another state dir) using the same server.
                 digest = hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:8]
-                state["broker_namespace"] = f"{self.settings.broker_namespace}-{digest}"
-            report(f"redis: using {url} (namespace {state['broker_namespace']})")
+                state.broker_namespace = f"{self.settings.broker_namespace}-{digest}"
+            report(f"redis: using {url} (namespace {state.broker_namespace})")
             return
         if self.settings.local_redis == "never":
             raise StackError(f"no Redis answers at {url} and local_redis is 'never'")
         proc, url = start_redis(self.state_dir / "redis", self.logs, report=report)
-        state["processes"].append(proc.as_dict())
-        state["redis_url"] = url
+        state.processes.append(proc)
+        state.redis_url = url
         report(f"redis: started {url} (pid {proc.pid})")
 
-    def _start_seaweedfs(self, state: dict[str, Any], report: Callable[[str], None]) -> None:
+    def _start_seaweedfs(self, state: StackState, report: Callable[[str], None]) -> None:
         data = self.state_dir / "seaweedfs"
         data.mkdir(parents=True, exist_ok=True)
         access, secret = "bb" + secrets.token_hex(8), secrets.token_urlsafe(24)
@@ -138,37 +139,35 @@ class LocalStack:
             offset = log.stat().st_size if log.exists() else 0
             # weed mini takes its S3 admin identity from the environment.
             popen, proc = self._spawn("seaweedfs", cmd, {"AWS_ACCESS_KEY_ID": access, "AWS_SECRET_ACCESS_KEY": secret})
-            state["processes"].append(proc.as_dict())
-            state.update(
-                s3_endpoint_url=f"http://127.0.0.1:{ports['s3']}", s3_access_key=access,
-                s3_secret_key=secret, filer=f"127.0.0.1:{ports['filer']}",
-                seaweedfs_master=f"127.0.0.1:{ports['master']}",
-            )
+            state.processes.append(proc)
+            state.s3_endpoint_url, state.s3_access_key = f"http://127.0.0.1:{ports['s3']}", access
+            state.s3_secret_key, state.filer = secret, f"127.0.0.1:{ports['filer']}"
+            state.seaweedfs_master = f"127.0.0.1:{ports['master']}"
             s3 = s3_client(self._child_settings(state), probe=True)
             try:
                 wait_until("seaweedfs", lambda: s3.list_buckets() is not None, 90, popen, log, offset)
             except StackError:
                 terminate(proc, 15)  # a part of weed mini may still run
-                state["processes"].remove(proc.as_dict())
+                state.processes.remove(proc)
                 raise
             return proc
 
         proc = start_with_retries(start, report=report)
-        report(f"seaweedfs: S3 at {state['s3_endpoint_url']}, filer {state['filer']} (pid {proc.pid})")
+        report(f"seaweedfs: S3 at {state.s3_endpoint_url}, filer {state.filer} (pid {proc.pid})")
 
-    def _start_child(self, state: dict[str, Any], name: str, args: list[str],
+    def _start_child(self, state: StackState, name: str, args: list[str],
                      report: Callable[[str], None]) -> None:
         ready = self.state_dir / f"{name}.ready"
         ready.unlink(missing_ok=True)
         cmd = [sys.executable, "-m", "bucketbrush.cli", *args, "--ready-file", str(ready)]
         popen, proc = self._spawn(name, cmd, self._child_env(state))
         proc.args = args
-        state["processes"].append(proc.as_dict())
+        state.processes.append(proc)
         self._write_state(state)
         wait_until(name, ready.exists, 120, popen, Path(proc.log))
         report(f"{name}: running (pid {proc.pid}, log {proc.log})")
 
-    def _child_env(self, state: dict[str, Any]) -> dict[str, str]:
+    def _child_env(self, state: StackState) -> dict[str, str]:
         # Settings given to `up` explicitly (not from the environment) travel to the children.
         env = {}
         for name in self.settings.model_fields_set:
@@ -178,22 +177,22 @@ class LocalStack:
             env[f"BUCKETBRUSH_{name.upper()}"] = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
         return env | {
             "BUCKETBRUSH_STATE_DIR": str(self.state_dir),
-            "BUCKETBRUSH_S3_ENDPOINT_URL": state["s3_endpoint_url"],
-            "BUCKETBRUSH_S3_ACCESS_KEY": state["s3_access_key"],
-            "BUCKETBRUSH_S3_SECRET_KEY": state["s3_secret_key"],
-            "BUCKETBRUSH_REDIS_URL": state["redis_url"],
-            "BUCKETBRUSH_BROKER_NAMESPACE": state.get("broker_namespace", self.settings.broker_namespace),
+            "BUCKETBRUSH_S3_ENDPOINT_URL": state.s3_endpoint_url or "",
+            "BUCKETBRUSH_S3_ACCESS_KEY": state.s3_access_key or "",
+            "BUCKETBRUSH_S3_SECRET_KEY": state.s3_secret_key or "",
+            "BUCKETBRUSH_REDIS_URL": state.redis_url or "",
+            "BUCKETBRUSH_BROKER_NAMESPACE": state.broker_namespace or self.settings.broker_namespace,
             "BUCKETBRUSH_BUCKET": self.settings.bucket,
             "PYTHONUNBUFFERED": "1",
         }
 
-    def _child_settings(self, state: dict[str, Any]) -> Settings:
+    def _child_settings(self, state: StackState) -> Settings:
         return self.settings.model_copy(update={
-            "s3_endpoint_url": state["s3_endpoint_url"],
-            "s3_access_key": state["s3_access_key"],
-            "s3_secret_key": SecretStr(state["s3_secret_key"]),
-            "redis_url": state["redis_url"],
-            "broker_namespace": state.get("broker_namespace", self.settings.broker_namespace),
+            "s3_endpoint_url": state.s3_endpoint_url,
+            "s3_access_key": state.s3_access_key,
+            "s3_secret_key": SecretStr(state.s3_secret_key or ""),
+            "redis_url": state.redis_url,
+            "broker_namespace": state.broker_namespace or self.settings.broker_namespace,
         })
 
     def settings_for_clients(self) -> Settings:
@@ -204,32 +203,28 @@ class LocalStack:
 
     # -- down -----------------------------------------------------------------------------
 
-    def is_running(self, state: dict[str, Any] | None = None) -> bool:
+    def is_running(self, state: StackState | None = None) -> bool:
         """True when every process of the recorded stack is still the one that was started."""
         state = self.read_state() if state is None else state
-        procs = (state or {}).get("processes", [])
-        return bool(procs) and all(Proc.from_dict(p).alive() for p in procs)
+        return state is not None and state.is_running()
 
     def stop_process(self, name: str, timeout: float = 30) -> bool:
         """Stop one recorded process (e.g. the event source, to test replay). True if stopped."""
-        state = self.read_state() or {}
-        for p in state.get("processes", []):
-            if p["name"] == name:
-                return terminate(p, timeout)
-        return False
+        state = self.read_state()
+        proc = state.process(name) if state else None
+        return terminate(proc, timeout) if proc else False
 
     def restart_process(self, name: str) -> None:
         """Start a stopped child again with the same command (events or runner-N)."""
         state = self.read_state()
         if not state:
             raise StackError("the local stack is not running")
-        for i, p in enumerate(state["processes"]):
-            if p["name"] == name:
-                terminate(p, 30)
-                state["processes"].pop(i)
-                self._start_child(state, name, p["args"], lambda _: None)
-                return
-        raise StackError(f"no process named {name}")
+        proc = state.process(name)
+        if proc is None:
+            raise StackError(f"no process named {name}")
+        terminate(proc, 30)
+        state.processes.remove(proc)
+        self._start_child(state, name, proc.args, lambda _: None)
 
     def down(self, *, report: Callable[[str], None] = lambda _: None) -> None:
         """Stop every process this stack started (children first), then forget the state."""
@@ -237,10 +232,9 @@ class LocalStack:
         if not state:
             report("nothing to stop")
             return
-        for p in reversed(state.get("processes", [])):
+        for p in reversed(state.processes):
             stopped = terminate(p, 30)
-            report(f"{p['name']}: {'stopped' if stopped else 'was not running'} (pid {p['pid']})")
+            report(f"{p.name}: {'stopped' if stopped else 'was not running'} (pid {p.pid})")
         self.state_file.unlink(missing_ok=True)
         for ready in self.state_dir.glob("*.ready"):
             ready.unlink(missing_ok=True)
-

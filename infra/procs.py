@@ -7,6 +7,7 @@ signals a recycled PID. Used by ``infra.local`` (the stack) and ``localstack.ser
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -21,7 +22,7 @@ from typing import Any, TypeVar
 from bucketbrush.errors import StackError
 
 __all__ = [
-    "PortInUse", "Proc", "StackError", "free_port", "port_free", "proc_start_time", "redis_answers",
+    "PortInUse", "Proc", "StackError", "StackState", "free_port", "port_free", "proc_start_time", "redis_answers",
     "redis_server_binary", "spawn", "start_with_retries", "terminate", "wait_until",
 ]
 
@@ -56,6 +57,39 @@ class Proc:
 
     def alive(self) -> bool:
         return proc_start_time(self.pid) == self.started
+
+
+@dataclass
+class StackState:
+    """What ``bucketbrush up`` started and where it listens: ``<state_dir>/stack.json``.
+
+    Its field names are settings names on purpose: commands find the local servers by reading
+    this file as a settings source (``bucketbrush.settings``)."""
+
+    processes: list[Proc] = field(default_factory=list)
+    redis_url: str | None = None
+    broker_namespace: str | None = None
+    s3_endpoint_url: str | None = None
+    s3_access_key: str | None = None
+    s3_secret_key: str | None = None
+    filer: str | None = None  # the SeaweedFS filer, HOST:PORT
+    seaweedfs_master: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> StackState:
+        data = json.loads(text)
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__ and k != "processes"}
+        return cls(processes=[Proc.from_dict(p) for p in data.get("processes", [])], **known)
+
+    def process(self, name: str) -> Proc | None:
+        return next((p for p in self.processes if p.name == name), None)
+
+    def is_running(self) -> bool:
+        """Every recorded process is still the one that was started."""
+        return bool(self.processes) and all(p.alive() for p in self.processes)
 
 
 def proc_start_time(pid: int) -> str | None:

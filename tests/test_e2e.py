@@ -12,15 +12,14 @@ import pytest
 import urllib3
 from PIL import Image
 
-from bucketbrush.broker import build_broker
 from bucketbrush.client import post_upload, submit_file
 from bucketbrush.errors import InvalidParams
 from bucketbrush.jobs import ObjectRef, job_id_for
+from bucketbrush.presign import presign_upload
 from bucketbrush.samples import landscape, portrait
 from bucketbrush.store import s3_client
 from functions.events import S3Record
 from functions.handler import Handler
-from functions.presign import presign_upload
 from gpu_runner.recipes.filter import STYLES
 from tests.conftest import png_bytes, wait_final
 
@@ -154,7 +153,7 @@ def test_same_event_twice_is_one_job(settings, bucket):
     # The filer source delivers this once; deliver it twice more, as a flaky transport would.
     ref = ObjectRef(bucket=bucket.name, key=key, etag=put["ETag"].strip('"'), version_id=put.get("VersionId"))
     record = S3Record.created("test", ref)
-    handler = Handler(settings, bucket, build_broker(settings))
+    handler = Handler.from_settings(settings)
     job_id = job_id_for(ref)
     first = wait_final(bucket, job_id)
     outcomes = handler.handle([record, record])
@@ -211,8 +210,8 @@ def test_redelivery_after_the_claim_expired_is_still_one_job(settings, bucket):
     key = "inbox/filter/expired-claim/scene.png"
     job_id = drop(bucket, key, png_bytes(), Metadata={"style": "sepia"})
     first = wait_final(bucket, job_id)
-    handler = Handler(settings, bucket, build_broker(settings))
-    handler.redis.delete(handler.claim_key(job_id))  # as if dedupe_ttl_s had passed
+    handler = Handler.from_settings(settings)
+    handler.claims.delete(job_id)  # as if dedupe_ttl_s had passed
     # An old event (created before the claim TTL) makes the handler check the manifest.
     old = S3Record.created("test", first.inputs[0], event_time="2020-01-01T00:00:00.000Z")
     [outcome] = handler.handle([old])

@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bucketbrush.jobs import ObjectRef, job_id_for
+from bucketbrush.layout import unsafe_key
 from functions.events import InvalidEvent, S3Record, parse_records
-from functions.handler import unsafe_key
 from functions.sources.seaweedfs import iter_json_objects, record_from_event
 from tests.conftest import EVENTS
 

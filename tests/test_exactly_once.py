@@ -15,14 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from bucketbrush.broker import build_broker
 from bucketbrush.jobs import ObjectRef, job_id_for
 from bucketbrush.manifest import Manifest
 from bucketbrush.samples import landscape
-from bucketbrush.store import Bucket
 from functions.events import S3Record
 from functions.handler import Handler
-from functions.sweep import ABANDONED_CLAIM_S, sweep
+from functions.sweep import ABANDONED_CLAIM_S, reconcile, sweep
 from tests.conftest import png_bytes, wait_final
 from tests.test_e2e import drop
 
@@ -38,7 +36,7 @@ def tiny_png() -> bytes:
 
 @pytest.fixture(scope="module")
 def handler(settings, bucket) -> Handler:
-    return Handler(settings, bucket, build_broker(settings))
+    return Handler.from_settings(settings)
 
 
 @contextmanager
@@ -51,7 +49,7 @@ def event_source_stopped(stack) -> Iterator[None]:
 
 
 def process_log(stack, name: str) -> Path:
-    return Path(next(p["log"] for p in stack.read_state()["processes"] if p["name"] == name))
+    return Path(stack.read_state().process(name).log)
 
 
 def runs_of(stack, job_id: str) -> int:
@@ -89,7 +87,7 @@ def test_same_event_ten_times_at_once_is_one_job(stack, settings, bucket):
         ref = ObjectRef(bucket=bucket.name, key=key, etag=put["ETag"].strip('"'), version_id=put.get("VersionId"))
         record = S3Record.created("test", ref)
         # Each delivery its own handler, connection pool and S3 client, as separate processes would be.
-        handlers = [Handler(settings, Bucket(settings), build_broker(settings)) for _ in range(10)]
+        handlers = [Handler.from_settings(settings) for _ in range(10)]
         for h in handlers:
             h.bucket.s3  # noqa: B018 - build the client before the race
         barrier = threading.Barrier(len(handlers))
@@ -173,8 +171,7 @@ def test_sweep_releases_a_claim_whose_handler_died(settings, bucket, handler):
     body = png_bytes(landscape(32, 33))  # content no other test uploads
     job_id = job_id_for(ObjectRef(bucket=bucket.name, key=key, etag=hashlib.md5(body).hexdigest()))
     # A handler claimed the job a while ago and died before writing the manifest.
-    claim = handler.claim_key(job_id)
-    handler.redis.set(claim, "someone", ex=settings.dedupe_ttl_s - ABANDONED_CLAIM_S - 5)
+    handler.claims.redis.set(handler.claims.key(job_id), "someone", ex=settings.dedupe_ttl_s - ABANDONED_CLAIM_S - 5)
     assert drop(bucket, key, body, Metadata=SEPIA) == job_id
     time.sleep(1)  # the real event arrives and finds the claim taken
     assert bucket.read_manifest(job_id) is None
@@ -192,10 +189,10 @@ def test_running_job_past_its_deadline_is_failed_as_timed_out(settings, bucket, 
                      timings={"queued_at": now - 5, "started_at": now - 4})
     bucket.write_manifest(dead)
     bucket.write_manifest(alive)
-    report = sweep(settings, bucket, handler, grace_s=3600, timeout_margin_s=0)
+    report = reconcile(settings, bucket, handler, grace_s=3600, timeout_margin_s=0)
     assert report.timed_out == 1
     failed = bucket.read_manifest(dead.job_id)
     assert failed.status == "failed" and failed.error.code == "timed_out" and failed.error.retryable
     assert bucket.read_manifest(alive.job_id).status == "running"
     # Final now: a redelivered message for it would be skipped by the runner.
-    assert sweep(settings, bucket, handler, grace_s=3600, timeout_margin_s=0).timed_out == 0
+    assert reconcile(settings, bucket, handler, grace_s=3600, timeout_margin_s=0).timed_out == 0

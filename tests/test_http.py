@@ -30,10 +30,9 @@ from pydantic import SecretStr
 from bucketbrush.broker import build_broker
 from bucketbrush.client import post_upload
 from bucketbrush.jobs import ObjectRef, job_id_for
-from bucketbrush.store import Bucket
+from bucketbrush.presign import PresignedUpload
 from functions.handler import Handler
 from functions.http import create_app
-from functions.presign import PresignedUpload
 from tests.conftest import EVENTS, png_bytes, wait_final
 
 pytestmark = pytest.mark.e2e
@@ -361,7 +360,7 @@ def test_broker_down_is_503_and_health_says_why(http_settings, bucket, no_event_
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]
     down = http_settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{closed}/0"})
-    handler = Handler(down, Bucket(down), build_broker(down))
+    handler = Handler.from_settings(down)
     ref, job_id = upload(bucket, "inbox/filter/http/broker-down.png")
     with running(create_app(down, handler)) as url, httpx.Client(base_url=url, timeout=60) as c:
         response = c.post("/events/minio", json=minio_event(ref), headers=AUTH)

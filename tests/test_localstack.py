@@ -21,7 +21,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bucketbrush.broker import build_broker
 from bucketbrush.jobs import ObjectRef, job_id_for
 from bucketbrush.samples import landscape
 from bucketbrush.settings import Settings
@@ -128,7 +127,7 @@ def queue_depth(sqs, queue_url: str) -> tuple[int, int]:
 def handler_for(settings: Settings, redis_url: str | None = None) -> Handler:
     if redis_url:
         settings = settings.model_copy(update={"redis_url": redis_url})
-    return Handler(settings, Bucket(settings), build_broker(settings))
+    return Handler.from_settings(settings)
 
 
 # -- recorded LocalStack payloads ---------------------------------------------------------

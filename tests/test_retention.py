@@ -24,7 +24,7 @@ def test_bucket_lifecycle_configuration_is_stored(bucket):
 
 def test_object_under_a_short_rule_really_expires(stack, bucket):
     state = stack.read_state()
-    apply_ttl_rules(state["seaweedfs_master"], bucket.name, [("scratch/", "1m")])
+    apply_ttl_rules(state.seaweedfs_master, bucket.name, [("scratch/", "1m")])
     bucket.s3.put_object(Bucket=bucket.name, Key="scratch/expires.txt", Body=b"short-lived")
     bucket.s3.put_object(Bucket=bucket.name, Key="keep/stays.txt", Body=b"kept")
     assert bucket.exists("scratch/expires.txt")

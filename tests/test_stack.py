@@ -40,7 +40,7 @@ def test_up_comes_up_when_a_picked_port_is_taken(tmp_path: Path, monkeypatch: py
         state = stack.up(runners=0, report=lines.append)
         assert busy_port in picked[:5]  # the first start really got the busy port
         assert any("retrying on fresh ports (1/4)" in line for line in lines), lines
-        assert str(busy_port) not in state["s3_endpoint_url"]
+        assert str(busy_port) not in state.s3_endpoint_url
         s3 = s3_client(stack.settings_for_clients())
         s3.put_object(Bucket="ports", Key="probe.txt", Body=b"ok")  # the volume server works too
         assert s3.get_object(Bucket="ports", Key="probe.txt")["Body"].read() == b"ok"

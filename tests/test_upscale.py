@@ -124,7 +124,7 @@ def test_recipe_reports_each_tile_and_records_the_weights():
     assert steps == [(i, 6) for i in range(7)]  # 3 x 2 tiles
     (artifact,) = result.artifacts
     assert artifact.image.size == (160, 100)
-    weights = U._weights_dir() / "realesr-animevideov3-x2.bin"
+    weights = U.weights_dir() / "realesr-animevideov3-x2.bin"
     assert result.model["id"] == "realesr-animevideov3-x2"
     assert result.model["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert U.load_network("realesr-animevideov3-x2") is U.load_network("realesr-animevideov3-x2")

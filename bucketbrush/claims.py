@@ -1,0 +1,57 @@
+"""Job-id claims in Redis: which content a job id belongs to.
+
+The handler takes a claim (``SET NX`` with the dedupe TTL) before it writes a job's queued
+manifest, so a repeated event for the same content, from any transport or the sweep, finds
+the id taken and does nothing. The value is the content's identity (bucket, key, version id,
+ETag), so a re-upload of other content to the same key can tell the claim is not its own.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bucketbrush.settings import Settings
+
+_RELEASE_IF_HELD = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
+
+
+def _text(value: Any) -> str | None:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class Claims:
+    def __init__(self, redis: Any, settings: Settings) -> None:
+        self.redis = redis
+        self.namespace = settings.broker_namespace
+        self.ttl_s = settings.dedupe_ttl_s
+
+    def key(self, job_id: str) -> str:
+        return f"{self.namespace}:claim:{job_id}"
+
+    def claim(self, job_id: str, identity: str) -> bool:
+        """Atomically take ``job_id`` for ``identity``; False if anything already holds it."""
+        return bool(self.redis.set(self.key(job_id), identity, nx=True, ex=self.ttl_s))
+
+    def holder(self, job_id: str) -> str | None:
+        return _text(self.redis.get(self.key(job_id)))
+
+    def holders(self, job_ids: list[str]) -> dict[str, str | None]:
+        """``holder`` for many ids in one round trip."""
+        if not job_ids:
+            return {}
+        pipe = self.redis.pipeline(transaction=False)
+        for job_id in job_ids:
+            pipe.get(self.key(job_id))
+        return {j: _text(v) for j, v in zip(job_ids, pipe.execute(), strict=True)}
+
+    def held_for_s(self, job_id: str) -> float | None:
+        """How long the claim has stood (from its remaining TTL); None when there is none."""
+        ttl = self.redis.ttl(self.key(job_id))
+        return None if ttl is None or ttl < 0 else float(self.ttl_s - ttl)
+
+    def release_if_held(self, job_id: str, identity: str) -> bool:
+        """Delete the claim only if ``identity`` still holds it (atomic, in Redis)."""
+        return bool(self.redis.eval(_RELEASE_IF_HELD, 1, self.key(job_id), identity))
+
+    def delete(self, job_id: str) -> None:
+        self.redis.delete(self.key(job_id))

@@ -1,0 +1,129 @@
+"""The bucket's layout: every key rule in one place.
+
+What the handler and the sweep route (``inbox/<recipe>/[<ticket>/]<file>`` uploads and
+``jobs/<job_id>.json`` specs), and what the runner, the apps and the management commands read
+and write (manifests, outputs, cancel markers, runner heartbeats). Prefixes come from settings.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from bucketbrush.jobs import RECIPE_NAME, is_spec_job_id, is_ticket
+from bucketbrush.settings import Settings
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+class NotAnInput(ValueError):  # noqa: N818 - a routing verdict, not a failure
+    """A key that makes no job. ``rejected``: it looked like an input but breaks a rule (a bad
+    recipe folder, an unsafe key), as opposed to simply being outside the input folders."""
+
+    def __init__(self, reason: str, *, rejected: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.rejected = rejected
+
+
+@dataclass(frozen=True)
+class InputKey:
+    """A key that makes a job, parsed."""
+
+    kind: Literal["upload", "spec"]
+    # The recipe folder of an upload; None for a spec (its recipe is inside the file).
+    recipe: str | None
+    # The job id the key names: a presigned upload's ticket, or a spec's file name; None for a
+    # drop-folder upload (its job id comes from the content's identity).
+    job_id: str | None
+
+
+def unsafe_key(key: str) -> str | None:
+    """Why a key must not become a job (None when it is fine)."""
+    try:
+        size = len(key.encode())
+    except UnicodeEncodeError:  # a lone surrogate, from a JSON "\ud800" escape
+        return "not valid UTF-8"
+    if not key or size > 1024:
+        return "empty or over 1024 bytes"
+    if _CONTROL.search(key):
+        return "control characters in key"
+    if key.startswith("/") or any(seg in (".", "..") for seg in key.split("/")):
+        return "'.' or '..' path segment"
+    return None
+
+
+class Layout:
+    """Key rules for one bucket's prefixes."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.inbox = settings.inbox_prefix
+        self.jobs = settings.jobs_prefix
+        self.outputs = settings.outputs_prefix
+        self.manifests = settings.manifests_prefix
+        self.cancel = settings.cancel_prefix
+        self.status = settings.status_prefix
+
+    # -- inputs ---------------------------------------------------------------------------
+
+    def parse_input(self, key: str) -> InputKey:
+        """The job a key makes; raises NotAnInput when it makes none."""
+        if problem := unsafe_key(key):
+            raise NotAnInput(problem, rejected=True)
+        if key.startswith(self.inbox):
+            parts = key[len(self.inbox):].split("/")
+            if len(parts) < 2 or not parts[-1]:
+                raise NotAnInput("not inbox/<recipe>/<file>")
+            recipe = parts[0]
+            if not RECIPE_NAME.match(recipe):
+                raise NotAnInput(f"bad recipe folder {recipe!r}", rejected=True)
+            ticket = parts[1] if len(parts) >= 3 and is_ticket(parts[1]) else None
+            return InputKey("upload", recipe, ticket)
+        if key.startswith(self.jobs):
+            name = key[len(self.jobs):]
+            job_id = name.removesuffix(".json")
+            if "/" in name or not name.endswith(".json") or not is_spec_job_id(job_id):
+                raise NotAnInput("not jobs/<job_id>.json")
+            return InputKey("spec", None, job_id)
+        raise NotAnInput("outside inbox/ and jobs/")
+
+    def upload_key(self, recipe: str, ticket: str, filename: str) -> str:
+        """Where a presigned upload goes: the ticket (its job id) is in the key."""
+        return f"{self.inbox}{recipe}/{ticket}/{filename}"
+
+    # -- what a job writes ----------------------------------------------------------------
+
+    def manifest_key(self, job_id: str) -> str:
+        return f"{self.manifests}{job_id}.json"
+
+    def job_id_of_manifest(self, key: str) -> str | None:
+        """The job id of ``manifests/<job_id>.json``; None for any other key."""
+        if not key.startswith(self.manifests) or not key.endswith(".json"):
+            return None
+        job_id = key[len(self.manifests):-len(".json")]
+        return job_id if job_id and "/" not in job_id else None
+
+    def output_key(self, job_id: str, name: str) -> str:
+        return f"{self.outputs}{job_id}/{name}"
+
+    def outputs_of(self, job_id: str) -> str:
+        """The prefix under which every output of ``job_id`` lives."""
+        return self.output_key(job_id, "")
+
+    def cancel_key(self, job_id: str) -> str:
+        return f"{self.cancel}{job_id}"
+
+    # -- runner status --------------------------------------------------------------------
+
+    @property
+    def runners(self) -> str:
+        """The prefix of runner heartbeats."""
+        return f"{self.status}runners/"
+
+    def heartbeat_key(self, runner_id: str) -> str:
+        return f"{self.runners}{runner_id}.json"
+
+    def status_key(self, *parts: str) -> str:
+        """Any other status document: ``status/<part>/<part>...``."""
+        return self.status + "/".join(parts)

@@ -1,0 +1,62 @@
+"""The import graph the README draws: ``bucketbrush/`` is the core every deployable builds on.
+
+- the core imports nothing from ``functions/``, ``gpu_runner/``, ``infra/`` or ``localstack/``;
+  only the CLI (``bucketbrush/cli.py``, the composition root) may;
+- ``functions/`` (thin handlers) and ``gpu_runner/`` (the runner) do not import each other, and
+  neither imports ``infra/`` (setup and the local stack).
+
+Imports inside functions count too (the CLI imports lazily on purpose, others must not hide
+a dependency that way).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("bucketbrush", "functions", "gpu_runner", "infra", "localstack", "bench", "tests")
+FORBIDDEN = {
+    "bucketbrush": {"functions", "gpu_runner", "infra", "localstack", "bench", "tests"},
+    "functions": {"gpu_runner", "infra", "localstack", "bench", "tests"},
+    "gpu_runner": {"functions", "infra", "localstack", "bench", "tests"},
+}
+COMPOSITION_ROOTS = {"bucketbrush/cli.py"}
+
+
+def imported_packages(path: Path) -> set[tuple[str, int]]:
+    """(top-level project package, line) for every import in ``path``."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names = [node.module]
+        else:
+            continue
+        found |= {(n.split(".")[0], node.lineno) for n in names if n.split(".")[0] in PACKAGES}
+    return found
+
+
+def layer_files(package: str) -> list[Path]:
+    return sorted((ROOT / package).rglob("*.py"))
+
+
+@pytest.mark.parametrize("package", sorted(FORBIDDEN))
+def test_layers_import_only_downwards(package: str) -> None:
+    violations = []
+    for path in layer_files(package):
+        rel = path.relative_to(ROOT).as_posix()
+        if rel in COMPOSITION_ROOTS:
+            continue
+        violations += [f"{rel}:{line} imports {name}" for name, line in imported_packages(path)
+                       if name in FORBIDDEN[package]]
+    assert not violations, "\n".join(violations)
+
+
+def test_the_check_sees_a_violation(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.py"
+    bad.write_text("def f():\n    from gpu_runner.runner import JobRunner\n    import infra.local\n")
+    assert imported_packages(bad) == {("gpu_runner", 2), ("infra", 3)}

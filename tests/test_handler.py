@@ -1,0 +1,89 @@
+"""The handler on its own: Dramatiq's StubBroker for the queue, the stack's Redis for claims and
+its SeaweedFS for manifests, on a bucket of its own (the stack's event source does not follow
+it, so nothing but this test handles its objects)."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+
+import dramatiq
+import pytest
+import redis
+from dramatiq.brokers.stub import StubBroker
+
+from bucketbrush.jobs import JobSpec, ObjectRef, job_id_for
+from bucketbrush.settings import Settings
+from bucketbrush.store import Bucket
+from functions.events import S3Record
+from functions.handler import Handler
+from tests.conftest import png_bytes
+
+
+@pytest.fixture(scope="module")
+def unit_settings(settings: Settings) -> Settings:
+    unit = settings.model_copy(update={"bucket": "handler-unit"})
+    Bucket(unit).s3.create_bucket(Bucket=unit.bucket)
+    return unit
+
+
+@pytest.fixture
+def claims_redis(unit_settings: Settings) -> redis.Redis:
+    return redis.Redis.from_url(unit_settings.redis_url)
+
+
+def put(bucket: Bucket, key: str, body: bytes) -> S3Record:
+    bucket.s3.put_object(Bucket=bucket.name, Key=key, Body=body, ContentType="image/png")
+    ref = ObjectRef(bucket=bucket.name, key=key, etag=hashlib.md5(body).hexdigest(), size=len(body))
+    return S3Record.created("test", ref)
+
+
+def messages(broker: StubBroker, settings: Settings) -> list[JobSpec]:
+    """The job specs waiting in the stub broker's queue."""
+    if settings.queue_name not in broker.queues:
+        return []
+    raw = list(broker.queues[settings.queue_name].queue)
+    return [JobSpec.model_validate(dramatiq.Message.decode(m).args[0]) for m in raw]
+
+
+def test_upload_is_enqueued_once(unit_settings: Settings, claims_redis: redis.Redis) -> None:
+    broker, bucket = StubBroker(), Bucket(unit_settings)
+    handler = Handler(unit_settings, bucket, broker, claims_redis)
+    record = put(bucket, f"inbox/filter/{uuid.uuid4().hex}.png", png_bytes())
+    first = handler.handle_record(record)
+    assert first.action == "enqueued"
+    assert handler.handle_record(record).action == "duplicate"
+    specs = messages(broker, unit_settings)
+    assert [s.job_id for s in specs] == [first.job_id]
+    assert specs[0].recipe == "filter" and specs[0].input == record.ref
+    assert bucket.read_manifest(first.job_id).status == "queued"
+    assert handler.claims.holder(first.job_id) == record.ref.identity
+
+
+def test_a_bad_spec_fails_with_invalid_spec(unit_settings: Settings, claims_redis: redis.Redis) -> None:
+    broker, bucket = StubBroker(), Bucket(unit_settings)
+    handler = Handler(unit_settings, bucket, broker, claims_redis)
+    job_id = f"bad-{uuid.uuid4().hex[:8]}"
+    outcome = handler.handle_record(put(bucket, f"jobs/{job_id}.json", b"{not json"))
+    assert outcome.action == "rejected" and outcome.job_id == job_id
+    manifest = bucket.read_manifest(job_id)
+    assert manifest.status == "failed" and manifest.error.code == "invalid_spec"
+    assert "not valid JSON" in manifest.error.message
+    assert messages(broker, unit_settings) == []
+
+
+class FailingBroker(StubBroker):
+    def enqueue(self, message, *, delay=None):  # noqa: ANN001, ANN201 - Dramatiq's signature
+        raise ConnectionError("broker down")
+
+
+def test_claim_is_released_when_the_enqueue_fails(unit_settings: Settings, claims_redis: redis.Redis) -> None:
+    bucket = Bucket(unit_settings)
+    handler = Handler(unit_settings, bucket, FailingBroker(), claims_redis)
+    record = put(bucket, f"inbox/filter/{uuid.uuid4().hex}.png", png_bytes())
+    with pytest.raises(ConnectionError):
+        handler.handle_record(record)
+    job_id = job_id_for(record.ref)
+    assert handler.claims.holder(job_id) is None  # a redelivery can take it again
+    retry = Handler(unit_settings, bucket, StubBroker(), claims_redis).handle_record(record)
+    assert retry.action == "enqueued" and retry.job_id == job_id
