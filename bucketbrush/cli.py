@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from datetime import datetime
@@ -32,7 +33,44 @@ def _params(pairs: list[str]) -> dict[str, Any]:
 def cmd_up(settings: Settings, args: argparse.Namespace) -> int:
     from infra.local import LocalStack
 
-    LocalStack(settings).up(runners=args.runners, report=print)
+    LocalStack(settings).up(runners=args.runners, report=print, new_credentials=args.new_credentials)
+    print("clients: `eval $(bucketbrush env)` exports the endpoint and keys (kept across down/up)")
+    return 0
+
+
+def cmd_env(settings: Settings, args: argparse.Namespace) -> int:
+    """``export`` lines for the local stack's endpoint and keys (bucketbrush, the AWS CLI, boto3)."""
+    import shlex
+
+    from infra.local import LocalStack
+
+    local = LocalStack(settings)
+    state = local.read_state()
+    if state is not None and state.is_running():
+        values = {"endpoint": state.s3_endpoint_url, "access": state.s3_access_key, "secret": state.s3_secret_key,
+                  "redis": state.redis_url, "namespace": state.broker_namespace}
+    else:
+        identity = local.read_identity()
+        if not identity:
+            raise SystemExit(f"no local stack in {local.state_dir}: `bucketbrush up` starts one")
+        port = identity["seaweedfs_ports"]["s3"]
+        values = {"endpoint": f"http://127.0.0.1:{port}", "access": identity["s3_access_key"],
+                  "secret": identity["s3_secret_key"],
+                  "redis": f"redis://127.0.0.1:{identity['redis_port']}/0" if "redis_port" in identity else None,
+                  "namespace": None}
+        print("# the stack is not running; `bucketbrush up` starts it with these (unless a port is taken)",
+              file=sys.stderr)
+    lines = {
+        "BUCKETBRUSH_S3_ENDPOINT_URL": values["endpoint"], "BUCKETBRUSH_S3_ACCESS_KEY": values["access"],
+        "BUCKETBRUSH_S3_SECRET_KEY": values["secret"], "BUCKETBRUSH_BUCKET": settings.bucket,
+        "BUCKETBRUSH_REDIS_URL": values["redis"], "BUCKETBRUSH_BROKER_NAMESPACE": values["namespace"],
+        # The AWS CLI and boto3 (1.28+) read these.
+        "AWS_ENDPOINT_URL_S3": values["endpoint"], "AWS_ACCESS_KEY_ID": values["access"],
+        "AWS_SECRET_ACCESS_KEY": values["secret"], "AWS_DEFAULT_REGION": settings.s3_region,
+    }
+    for name, value in lines.items():
+        if value:
+            print(f"export {name}={shlex.quote(str(value))}")
     return 0
 
 
@@ -58,6 +96,14 @@ def cmd_infra_apply(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def params_validator() -> Any:
+    """The runner's own recipe and params validation, injected into presign, submit and the
+    HTTP host: one validation, and the core never imports the runner."""
+    from gpu_runner.recipes import validate_params
+
+    return validate_params
+
+
 def cmd_presign(settings: Settings, args: argparse.Namespace) -> int:
     from bucketbrush.presign import presign_upload
     from bucketbrush.store import s3_client
@@ -65,8 +111,28 @@ def cmd_presign(settings: Settings, args: argparse.Namespace) -> int:
     upload = presign_upload(
         s3_client(settings, public=True), settings, recipe=args.recipe, filename=args.filename,
         content_type=args.content_type, params=_params(args.param), expires_s=args.expires,
+        validate=params_validator(),
     )
     print(upload.model_dump_json(indent=2))
+    return 0
+
+
+def cmd_presign_get(settings: Settings, args: argparse.Namespace) -> int:
+    """A fresh presigned GET: for a job's manifest (and its outputs once it succeeded), or a key."""
+    from bucketbrush.presign import presign_get, presign_manifest
+    from bucketbrush.store import Bucket
+
+    bucket = Bucket(settings)
+    if "/" in args.target:
+        print(presign_get(bucket.public_s3, settings, args.target, args.expires))
+        return 0
+    link = presign_manifest(bucket.public_s3, settings, args.target, args.expires)
+    manifest = bucket.read_manifest(args.target)
+    if manifest is None:
+        print(f"note: job {args.target} has no manifest yet; the link works once it does", file=sys.stderr)
+    elif manifest.status == "succeeded":
+        link.outputs = {o.key: bucket.presigned_get(o.key, args.expires) for o in manifest.outputs}
+    print(link.model_dump_json(indent=2))
     return 0
 
 
@@ -98,7 +164,8 @@ def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
         print(f"  {m.status:<9} {m.progress.fraction:6.0%}", file=sys.stderr)
 
     upload, manifest = submit_file(settings, Path(args.file), args.recipe, _params(args.param),
-                                   wait=not args.no_wait, timeout=args.timeout, on_update=show)
+                                   wait=not args.no_wait, timeout=args.timeout, on_update=show,
+                                   validate=params_validator())
     print(f"uploaded {upload.key} -> job {upload.job_id}", file=sys.stderr)
     if manifest is None:
         print(upload.job_id)
@@ -125,12 +192,22 @@ def cmd_jobs_list(settings: Settings, args: argparse.Namespace) -> int:
     since = time.time() - args.since * 60 if args.since else None
     page = list_jobs(bucket, status=args.status, recipe=args.recipe, since=since, limit=args.limit,
                      cursor=args.cursor)
+    if not page.jobs:
+        print("no jobs" + (" match" if args.status or args.recipe or args.since else ""), file=sys.stderr)
     for m in page.jobs:
         err = f"  {m.error.code}" if m.error else ""
         when = datetime.fromtimestamp(m.updated_at).strftime("%Y-%m-%d %H:%M:%S")
         print(f"{m.job_id}  {when}  {m.status:<9}  {m.recipe:<10}  {len(m.outputs)} outputs{err}")
     if page.next_cursor:
         print(f"more: --cursor {page.next_cursor}", file=sys.stderr)
+    return 0
+
+
+def cmd_jobs_reindex(settings: Settings, args: argparse.Namespace) -> int:
+    from bucketbrush.management import reindex_jobs
+
+    bucket, _ = _admin(settings)
+    print(f"indexed {_count(reindex_jobs(bucket), 'job')} from {bucket.layout.manifests}")
     return 0
 
 
@@ -146,7 +223,9 @@ def cmd_jobs_download(settings: Settings, args: argparse.Namespace) -> int:
     from bucketbrush.management import download_outputs
 
     bucket, _ = _admin(settings)
-    for path in download_outputs(bucket, args.job_id, Path(args.dest) / args.job_id):
+    paths = download_outputs(bucket, args.job_id, Path(args.dest) / args.job_id)
+    print(f"downloaded {_count(len(paths), 'output')} of job {args.job_id}:", file=sys.stderr)
+    for path in paths:
         print(path)
     return 0
 
@@ -155,9 +234,15 @@ def cmd_jobs_delete(settings: Settings, args: argparse.Namespace) -> int:
     from bucketbrush.management import delete_job
 
     bucket, broker = _admin(settings)
-    for key in delete_job(bucket, broker, args.job_id):
-        print(f"deleted {key}")
+    keys = delete_job(bucket, broker, args.job_id)
+    print(f"deleted job {args.job_id}: {_count(len(keys), 'object')}")
+    for key in keys:
+        print(f"  {key}")
     return 0
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}" + ("" if n == 1 else "s")
 
 
 def cmd_jobs_retry(settings: Settings, args: argparse.Namespace) -> int:
@@ -184,37 +269,110 @@ def cmd_gallery(settings: Settings, args: argparse.Namespace) -> int:
     bucket, _ = _admin(settings)
     if args.action == "enable":
         gallery.enable_versioning(bucket)
-        print(f"versioning enabled on {bucket.name}")
-    elif args.action == "deleted":
-        for job_id in gallery.list_deleted(bucket):
+        print(f"versioning enabled on {bucket.name}: deletes now leave restorable versions")
+        return 0
+    if args.action == "deleted":
+        deleted = gallery.list_deleted(bucket)
+        print(f"{_count(len(deleted), 'soft-deleted job')}" + (":" if deleted else ""), file=sys.stderr)
+        for job_id in deleted:
             print(job_id)
+        return 0
+    if not args.job_id:
+        raise SystemExit(f"gallery {args.action} needs a JOB_ID")
+    job_id = args.job_id
+    if args.action == "purge":
+        count = gallery.purge(bucket, job_id)
+        print(f"purged job {job_id}: {_count(count, 'object version')} and delete markers removed for good")
+        return 0
+    if args.action == "delete":
+        keys = gallery.soft_delete(bucket, job_id)
+        print(f"soft-deleted job {job_id}: {_count(len(keys), 'object')} hidden behind delete markers "
+              f"(`bucketbrush gallery restore {job_id}` brings them back)")
     else:
-        if not args.job_id:
-            raise SystemExit(f"gallery {args.action} needs a JOB_ID")
-        func = {"delete": gallery.soft_delete, "restore": gallery.restore, "purge": gallery.purge}[args.action]
-        print(json.dumps(func(bucket, args.job_id)))
+        keys = gallery.restore(bucket, job_id)
+        print(f"restored job {job_id}: {_count(len(keys), 'object')}")
+    for key in keys:
+        print(f"  {key}")
     return 0
 
 
 def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     from bucketbrush.status import status_report
+    from infra.local import LocalStack
 
     bucket, broker = _admin(settings)
     report = status_report(bucket, broker)
+    local = LocalStack(settings)
+    state = local.read_state()
+    report["local_stack"] = None if state is None else {
+        "state_file": str(local.state_file),
+        "processes": [{"name": p.name, "pid": p.pid, "running": p.alive(), "log": p.log} for p in state.processes]}
+    if state is not None:
+        report["ok"] = report["ok"] and all(p["running"] for p in report["local_stack"]["processes"])
     if args.json:
         print(json.dumps(report, indent=2))
-        return 0
-    q = report["queue"]
-    print(f"queue {q['name']}: {q['ready']} ready, {q['delayed']} waiting to retry, "
-          f"{q['dead_lettered']} dead-lettered")
+        return 0 if report["ok"] else 1
+    store, brk = report["store"], report["broker"]
+    print(f"store   {store['endpoint']} bucket {store['bucket']}: "
+          + ("ok" if store["reachable"] else f"UNREACHABLE ({store['error']})"))
+    print(f"broker  {brk['url']} namespace {brk['namespace']}: "
+          + ("ok" if brk["reachable"] else f"UNREACHABLE ({brk['error']})"))
+    if (q := report["queue"]) and "ready" in q:
+        dead = " (`bucketbrush jobs dead list`)" if q["dead_lettered"] else ""
+        print(f"queue   {q['name']}: {q['ready']} ready, {q['delayed']} waiting to retry, "
+              f"{q['dead_lettered']} dead-lettered{dead}")
+    if report["local_stack"]:
+        procs = ", ".join(f"{p['name']} {'running' if p['running'] else 'STOPPED'} (pid {p['pid']})"
+                          for p in report["local_stack"]["processes"])
+        print(f"local stack ({report['local_stack']['state_file']}): {procs}")
+    for src in report["event_sources"]:
+        last = (f", last event {time.time() - src['last_event_at']:.0f}s ago" if src.get("last_event_at")
+                else ", no event yet")
+        print(f"events  {src['kind']} {src['source_id']} [{'STALE' if src['stale'] else 'ok'}, "
+              f"{src['age_s']}s ago]: {src['records']} records, {src['enqueued']} jobs enqueued{last}")
+    if store["reachable"] and not report["event_sources"]:
+        print("events  no event source heartbeat (HTTP hosts and Lambdas publish none; "
+              "`bucketbrush sweep` recovers lost events)")
     for r in report["runners"]:
         gpu = f", {r['gpu']['name']}" if r.get("gpu") else ""
-        state = "STALE" if r["stale"] else "ok"
-        print(f"runner {r['runner_id']} [{state}, {r['age_s']}s ago] {r['device']}{gpu}: "
+        state_word = "STALE" if r["stale"] else "ok"
+        print(f"runner  {r['runner_id']} [{state_word}, {r['age_s']}s ago] {r['device']}{gpu}: "
               f"{r['jobs_done']} done, {r['jobs_failed']} failed, current {r['current_job'] or '-'}, "
               f"models {', '.join(r['loaded_models']) or '-'}")
-    if not report["runners"]:
-        print("no runners")
+    if store["reachable"] and not report["runners"]:
+        print("runner  none")
+    if report["pruned"]:
+        print(f"removed {_count(len(report['pruned']), 'heartbeat')} not updated for over "
+              f"{settings.heartbeat_expire_s:.0f}s: {', '.join(report['pruned'])}")
+    return 0 if report["ok"] else 1
+
+
+def cmd_jobs_dead(settings: Settings, args: argparse.Namespace) -> int:
+    from bucketbrush import deadletters
+
+    bucket, broker = _admin(settings)
+    ids = args.ids or None
+    if args.action == "list":
+        letters = deadletters.list_dead(broker, settings)
+        print(f"{_count(len(letters), 'dead-lettered message')} in {settings.queue_name}"
+              + (":" if letters else ""), file=sys.stderr)
+        for d in letters:
+            when = datetime.fromtimestamp(d.dead_at).strftime("%Y-%m-%d %H:%M:%S")
+            m = bucket.read_manifest(d.job_id) if d.job_id else None
+            state = f"{m.status}{' ' + m.error.code if m.error else ''}" if m else "no manifest"
+            print(f"{d.message_id}  {when}  job {d.job_id or '?'}  {d.recipe or '?':<10}  {state}")
+        return 0
+    if not ids and not args.all:
+        raise SystemExit(f"jobs dead {args.action} needs message or job ids, or --all")
+    if args.action == "purge":
+        dropped = deadletters.purge_dead(broker, settings, ids)
+        print(f"purged {_count(len(dropped), 'dead-lettered message')}")
+        return 0
+    done = deadletters.retry_dead(bucket, broker, ids)
+    for letter, what in done:
+        print(f"job {letter.job_id or '?'} (message {letter.message_id}): {what}")
+    if not done:
+        print("no dead-lettered messages")
     return 0
 
 
@@ -226,10 +384,12 @@ def cmd_runner(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_events_seaweedfs(settings: Settings, args: argparse.Namespace) -> int:
+    from functions.handler import Handler
     from functions.service import run_event_source, seaweedfs_source
 
-    run_event_source(settings, seaweedfs_source(settings, filer=args.filer, cursor=args.cursor),
-                     ready_file=args.ready_file)
+    handler = Handler.from_settings(settings)
+    run_event_source(settings, seaweedfs_source(settings, filer=args.filer, cursor=args.cursor, handler=handler),
+                     ready_file=args.ready_file, kind="seaweedfs", handler=handler)
     return 0
 
 
@@ -239,8 +399,12 @@ def cmd_events_sqs(settings: Settings, args: argparse.Namespace) -> int:
     queue_url = args.queue_url or settings.sqs_queue_url
     if not queue_url:
         raise SystemExit("no queue: pass --queue-url or set BUCKETBRUSH_SQS_QUEUE_URL")
-    run_event_source(settings, sqs_source(settings, queue_url=queue_url, endpoint_url=args.endpoint_url),
-                     ready_file=args.ready_file)
+    from functions.handler import Handler
+
+    handler = Handler.from_settings(settings)
+    run_event_source(settings, sqs_source(settings, queue_url=queue_url, endpoint_url=args.endpoint_url,
+                                          handler=handler),
+                     ready_file=args.ready_file, kind="sqs", handler=handler)
     return 0
 
 
@@ -248,7 +412,8 @@ def _registry(settings: Settings) -> Any:
     from gpu_runner.models import ModelRegistry
 
     if not settings.models_file:
-        raise SystemExit("no models file: set BUCKETBRUSH_MODELS_FILE to a models TOML (see README, Models)")
+        raise SystemExit("no models file: copy infra/models.example.toml and set BUCKETBRUSH_MODELS_FILE to it, "
+                         "in the environment or in .env (README, section Models)")
     return ModelRegistry.from_toml(settings.models_file)
 
 
@@ -297,7 +462,7 @@ def cmd_sweep(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_serve_functions(settings: Settings, args: argparse.Namespace) -> int:
     from functions.http import serve
 
-    serve(settings, host=args.host, port=args.port)
+    serve(settings, host=args.host, port=args.port, validate=params_validator())
     return 0
 
 
@@ -320,7 +485,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="start the local stack (SeaweedFS, Redis, events, runner)")
     up.add_argument("--runners", type=int, default=1)
+    up.add_argument("--new-credentials", action="store_true",
+                    help="new S3 keys (by default the last up's keys and ports are kept)")
     up.set_defaults(func=cmd_up)
+    sub.add_parser("env", help="export lines for the local stack's S3 endpoint, keys and Redis").set_defaults(
+        func=cmd_env)
     sub.add_parser("down", help="stop what `up` started").set_defaults(func=cmd_down)
     sub.add_parser("demo", help="up, run sample jobs end to end, print manifests, down").set_defaults(func=cmd_demo)
 
@@ -347,6 +516,10 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
     pre.add_argument("--expires", type=int, help="seconds")
     pre.set_defaults(func=cmd_presign)
+    pg = sub.add_parser("presign-get", help="a fresh presigned GET for a job's manifest (and outputs), or for a key")
+    pg.add_argument("target", metavar="JOB_ID|KEY")
+    pg.add_argument("--expires", type=int, help="seconds (default BUCKETBRUSH_PRESIGN_EXPIRES_S)")
+    pg.set_defaults(func=cmd_presign_get)
 
     sm = sub.add_parser("submit", help="upload a file as a job and wait for its manifest")
     sm.add_argument("file")
@@ -361,10 +534,11 @@ def build_parser() -> argparse.ArgumentParser:
     ls = jobs.add_parser("list", help="list jobs, a page at a time")
     ls.add_argument("--status", choices=["queued", "running", "succeeded", "failed", "cancelled"])
     ls.add_argument("--recipe")
-    ls.add_argument("--since", type=float, metavar="MINUTES", help="updated in the last MINUTES")
-    ls.add_argument("--limit", type=int, default=50)
+    ls.add_argument("--since", type=float, metavar="MINUTES", help="submitted in the last MINUTES")
+    ls.add_argument("--limit", type=int, default=50, help="at most this many matching jobs (newest first)")
     ls.add_argument("--cursor", help="continue a listing")
     ls.set_defaults(func=cmd_jobs_list)
+    jobs.add_parser("reindex", help="rebuild the job index from the manifests").set_defaults(func=cmd_jobs_reindex)
     for name, func, text in (
         ("show", cmd_jobs_show, "print a job's manifest"),
         ("delete", cmd_jobs_delete, "delete a finished job with its inputs and outputs"),
@@ -374,6 +548,11 @@ def build_parser() -> argparse.ArgumentParser:
         one = jobs.add_parser(name, help=text)
         one.add_argument("job_id")
         one.set_defaults(func=func)
+    dead = jobs.add_parser("dead", help="Dramatiq's dead-letter queue: list, retry or purge its messages")
+    dead.add_argument("action", choices=["list", "retry", "purge"])
+    dead.add_argument("ids", nargs="*", metavar="ID", help="message or job ids (retry/purge)")
+    dead.add_argument("--all", action="store_true", help="retry/purge every dead-lettered message")
+    dead.set_defaults(func=cmd_jobs_dead)
     dl = jobs.add_parser("download", help="download a job's outputs")
     dl.add_argument("job_id")
     dl.add_argument("--dest", default="downloads")
@@ -402,7 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
     mo.add_argument("ids", nargs="*", help="model ids (preload; default: all)")
     mo.set_defaults(func=cmd_models)
 
-    st = sub.add_parser("status", help="runners (heartbeats) and queue depths")
+    st = sub.add_parser("status", help="every part: store, broker, queue, event sources, runners, local stack")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)
 
@@ -432,7 +611,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.getLogger("botocore").setLevel(logging.WARNING)
     try:
-        return args.func(Settings(), args)
+        code = args.func(Settings(), args)
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # `bucketbrush jobs list | head`: the reader has gone, nothing more to say. Point stdout
+        # at /dev/null so the interpreter's final flush does not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

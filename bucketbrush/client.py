@@ -12,7 +12,7 @@ import urllib3
 
 from bucketbrush.errors import EmptyInput, InputTooLarge, UploadRejected
 from bucketbrush.manifest import Manifest
-from bucketbrush.presign import PresignedUpload, presign_upload
+from bucketbrush.presign import ParamsValidator, PresignedUpload, presign_upload
 from bucketbrush.settings import Settings
 from bucketbrush.store import Bucket, s3_client
 
@@ -47,7 +47,10 @@ def wait_for_manifest(bucket: Bucket, job_id: str, *, timeout: float = 600, inte
 
 def submit_file(settings: Settings, path: Path, recipe: str, params: dict[str, Any], *,
                 wait: bool = True, timeout: float = 600,
-                on_update: Callable[[Manifest], None] | None = None) -> tuple[PresignedUpload, Manifest | None]:
+                on_update: Callable[[Manifest], None] | None = None,
+                validate: ParamsValidator | None = None) -> tuple[PresignedUpload, Manifest | None]:
+    """Upload ``path`` as a job: checks the file, then (with ``validate``) the recipe and
+    params, before anything is uploaded; then waits for the final manifest unless ``wait`` is off."""
     size = path.stat().st_size  # FileNotFoundError before anything is presigned
     if path.is_dir():
         raise IsADirectoryError(21, "is a directory", str(path))
@@ -57,7 +60,7 @@ def submit_file(settings: Settings, path: Path, recipe: str, params: dict[str, A
         raise InputTooLarge(f"{path} is {size} bytes; uploads are limited to {settings.max_upload_bytes}")
     content_type = mimetypes.guess_type(path.name)[0] or "image/png"
     upload = presign_upload(s3_client(settings, public=True), settings, recipe=recipe,
-                            filename=path.name, content_type=content_type, params=params)
+                            filename=path.name, content_type=content_type, params=params, validate=validate)
     post_upload(upload, path.read_bytes(), path.name, content_type)
     if not wait:
         return upload, None

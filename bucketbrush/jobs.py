@@ -31,8 +31,17 @@ class ObjectRef(BaseModel):
 
     @property
     def identity(self) -> str:
-        """What makes two events "the same upload": bucket, key and content version."""
-        return "\0".join([self.bucket, self.key, self.version_id or "", (self.etag or "").strip('"')])
+        """What makes two events "the same upload": bucket, key and content (the ETag).
+
+        The version id is left out on purpose: transports disagree on it for one upload (an
+        S3 event carries it, a filer subscription or a ListObjectsV2 sweep may not), and with
+        it turning versioning on would make one upload two jobs. So one upload is one job
+        however it is announced, with or without versioning; the same bytes uploaded again to
+        the same key are the same job (as without versioning), other bytes are a new one. Only
+        a ref without an ETag falls back to its version id. (The empty third field keeps the
+        job ids of unversioned objects what they were.)"""
+        content = (self.etag or "").strip('"') or (self.version_id or "")
+        return "\0".join([self.bucket, self.key, "", content])
 
 
 class JobSpec(BaseModel):

@@ -35,8 +35,11 @@ class InputKey:
     # The recipe folder of an upload; None for a spec (its recipe is inside the file).
     recipe: str | None
     # The job id the key names: a presigned upload's ticket, or a spec's file name; None for a
-    # drop-folder upload (its job id comes from the content's identity).
+    # drop-folder upload (its job id comes from the content's identity) and for a spec whose
+    # name is no job id (``problem`` says why; the handler records it as failed under the
+    # content's derived id, so the user finds a trace).
     job_id: str | None
+    problem: str | None = None
 
 
 def unsafe_key(key: str) -> str | None:
@@ -82,9 +85,15 @@ class Layout:
             return InputKey("upload", recipe, ticket)
         if key.startswith(self.jobs):
             name = key[len(self.jobs):]
+            if not name or name.endswith("/"):
+                raise NotAnInput("a folder marker")
+            if not name.endswith(".json"):
+                raise NotAnInput(f"not jobs/<job_id>.json: {name!r} is no .json file", rejected=True)
             job_id = name.removesuffix(".json")
-            if "/" in name or not name.endswith(".json") or not is_spec_job_id(job_id):
-                raise NotAnInput("not jobs/<job_id>.json")
+            if "/" in name or not is_spec_job_id(job_id):
+                return InputKey("spec", None, None, problem=(
+                    f"the job spec name {name!r} is not a job id: use jobs/<job_id>.json with "
+                    "letters, digits, '_' and '-' (up to 64, starting with a letter or digit), no folders"))
             return InputKey("spec", None, job_id)
         raise NotAnInput("outside inbox/ and jobs/")
 
@@ -123,6 +132,14 @@ class Layout:
 
     def heartbeat_key(self, runner_id: str) -> str:
         return f"{self.runners}{runner_id}.json"
+
+    @property
+    def sources(self) -> str:
+        """The prefix of event source heartbeats."""
+        return f"{self.status}sources/"
+
+    def source_heartbeat_key(self, source_id: str) -> str:
+        return f"{self.sources}{source_id}.json"
 
     def status_key(self, *parts: str) -> str:
         """Any other status document: ``status/<part>/<part>...``."""

@@ -10,7 +10,6 @@ import binascii
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import dramatiq
 
@@ -28,6 +27,11 @@ class Page:
     next_cursor: str | None
 
 
+# At most this many index entries are read per page, however selective the filters: a page
+# may then come back short, with a cursor to go on.
+MAX_SCAN = 10_000
+
+
 def _encode_cursor(key: str) -> str:
     return base64.urlsafe_b64encode(key.encode()).decode().rstrip("=")
 
@@ -43,31 +47,52 @@ def _decode_cursor(cursor: str, prefix: str) -> str:
 
 
 def list_jobs(bucket: Bucket, *, status: str | None = None, recipe: str | None = None,
-              since: float | None = None, limit: int = 50, cursor: str | None = None) -> Page:
-    """One page of manifests in job-id order, filtered; ``next_cursor`` continues the listing.
+              since: float | None = None, limit: int = 50, cursor: str | None = None,
+              max_scan: int = MAX_SCAN) -> Page:
+    """Up to ``limit`` jobs matching every filter, newest submitted first (``since``: submitted
+    at or after this epoch time), from the time-ordered index (``bucketbrush.index``).
 
-    The cursor is the last manifest key seen (base64), used as S3's ``StartAfter``: stable,
-    portable across S3 servers, and checkable.
+    Filters apply before the limit. ``next_cursor`` (None at the end) continues after the last
+    job returned: stable while jobs come and go, since a job's position is its submission time.
     """
-    prefix = bucket.settings.manifests_prefix
-    kwargs: dict[str, Any] = {"Bucket": bucket.name, "Prefix": prefix, "MaxKeys": max(1, min(limit, 1000))}
-    if cursor:
-        kwargs["StartAfter"] = _decode_cursor(cursor, prefix)
-    listing = bucket.s3.list_objects_v2(**kwargs)
-    contents = listing.get("Contents", [])
-    jobs = []
-    for obj in contents:
-        job_id = bucket.layout.job_id_of_manifest(obj["Key"])
-        manifest = bucket.read_manifest(job_id) if job_id else None
-        if manifest is None:
+    if limit < 1:
+        raise ValueError("limit must be at least 1")
+    index = bucket.index
+    start_after = _decode_cursor(cursor, index.prefix) if cursor else None
+    jobs: list[Manifest] = []
+    scanned = 0
+    resume: str | None = None
+    for entry in index.entries(start_after):
+        if since is not None and entry.submitted_at < since:
+            return Page(jobs, None)  # newest first: everything after is older
+        if (status and entry.status != status) or (recipe and entry.recipe != recipe):
+            scanned += 1
+            if scanned >= max_scan:
+                return Page(jobs, _encode_cursor(entry.after))
             continue
-        if (status and manifest.status != status) or (recipe and manifest.recipe != recipe):
-            continue
-        if since and manifest.updated_at < since:
-            continue
-        jobs.append(manifest)
-    more = listing.get("IsTruncated") and contents
-    return Page(jobs, _encode_cursor(contents[-1]["Key"]) if more else None)
+        if len(jobs) == limit:
+            return Page(jobs, _encode_cursor(resume or entry.key))  # there is at least one more candidate
+        manifest = bucket.read_manifest(entry.job_id)
+        if index.is_current(entry, manifest):
+            assert manifest is not None
+            jobs.append(manifest)
+        resume = entry.after
+        scanned += 1
+        if scanned >= max_scan and len(jobs) < limit:
+            return Page(jobs, _encode_cursor(resume))
+    return Page(jobs, None)
+
+
+def reindex_jobs(bucket: Bucket) -> int:
+    """Write the index entry of every manifest (a bucket written before the index existed)."""
+    count = 0
+    for page in bucket.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket.name, Prefix=bucket.layout.manifests):
+        for obj in page.get("Contents", []):
+            job_id = bucket.layout.job_id_of_manifest(obj["Key"])
+            if job_id and (manifest := bucket.read_manifest(job_id)) is not None:
+                bucket.index.record(manifest)
+                count += 1
+    return count
 
 
 def get_job(bucket: Bucket, job_id: str) -> Manifest:
@@ -91,17 +116,20 @@ def download_outputs(bucket: Bucket, job_id: str, dest: Path) -> list[Path]:
 
 
 def job_objects(bucket: Bucket, manifest: Manifest) -> list[str]:
-    """Every key that belongs to the job: its inputs, outputs, cancel marker, and the manifest
-    last, so the manifest is the last thing to go if a delete is interrupted."""
-    keys = [ref.key for ref in manifest.inputs]
+    """Every existing key that belongs to the job: its inputs, outputs, cancel marker, and the
+    manifest last, so the manifest is the last thing to go if a delete is interrupted."""
+    keys = [ref.key for ref in manifest.inputs if bucket.exists(ref.key)]
     paginator = bucket.s3.get_paginator("list_objects_v2")
     for page in paginator.paginate(Bucket=bucket.name, Prefix=bucket.layout.outputs_of(manifest.job_id)):
         keys += [obj["Key"] for obj in page.get("Contents", [])]
-    return keys + [bucket.cancel_key(manifest.job_id), bucket.manifest_key(manifest.job_id)]
+    if bucket.exists(bucket.cancel_key(manifest.job_id)):
+        keys.append(bucket.cancel_key(manifest.job_id))
+    return keys + [bucket.manifest_key(manifest.job_id)]
 
 
 def delete_job(bucket: Bucket, broker: dramatiq.Broker, job_id: str) -> list[str]:
-    """Delete a finished job with all its objects; its input can then be uploaded again."""
+    """Delete a finished job with all its objects; its input can then be uploaded again.
+    Returns the keys that existed and were deleted."""
     manifest = get_job(bucket, job_id)
     if not manifest.is_final:
         raise InvalidState(f"job {job_id} is {manifest.status}: cancel it first")
@@ -113,6 +141,7 @@ def delete_job(bucket: Bucket, broker: dramatiq.Broker, job_id: str) -> list[str
         bucket.s3.delete_objects(Bucket=bucket.name, Delete={
             "Objects": [{"Key": k} for k in own[i:i + 1000]], "Quiet": True})
     Claims(broker.client, bucket.settings).delete(job_id)
+    bucket.index.forget(manifest)
     return own
 
 
@@ -130,6 +159,7 @@ def retry_job(bucket: Bucket, broker: dramatiq.Broker, job_id: str) -> Manifest:
     else:
         input_ref = manifest.inputs[1] if len(manifest.inputs) > 1 else None
     bucket.s3.delete_object(Bucket=bucket.name, Key=bucket.cancel_key(job_id))
+    bucket.index.forget(manifest)  # the retried job is indexed anew, as just submitted
     queued = Manifest(job_id=job_id, status="queued", recipe=manifest.recipe, params=manifest.params,
                       inputs=manifest.inputs, timings={"queued_at": time.time()},
                       attempts=manifest.attempts)

@@ -28,6 +28,10 @@ class Output(BaseModel):
     height: int | None = None
     bytes: int
     sha256: str
+    # A presigned GET for the output, valid until the manifest's ``urls_expire_at``: apps
+    # without credentials download through it (renew: ``bucketbrush presign-get JOB``,
+    # ``GET /manifest-url?job_id=JOB``).
+    url: str | None = None
 
 
 class Progress(BaseModel):
@@ -74,6 +78,8 @@ class Manifest(BaseModel):
     details: dict[str, Any] = Field(default_factory=dict)
     # When the lifecycle rule for outputs/ removes the outputs (epoch seconds), if one is set.
     outputs_expire_at: float | None = None
+    # When the presigned ``outputs[].url`` links stop working (epoch seconds).
+    urls_expire_at: float | None = None
     attempts: int = 0
     updated_at: float = Field(default_factory=time.time)
 
@@ -90,22 +96,13 @@ class Manifest(BaseModel):
 STALE_AFTER_BEATS = 3
 
 
-class RunnerStatus(BaseModel):
-    """A runner's heartbeat at ``status/runners/<runner_id>.json``: who works on what."""
+class Beat(BaseModel):
+    """What every heartbeat has: a process on a host, when it started and last beat."""
 
     model_config = ConfigDict(extra="ignore")
 
-    runner_id: str
     host: str
     pid: int
-    queue: str
-    device: str = "cpu"  # cpu | cuda:N | mps
-    device_name: str | None = None  # e.g. the GPU's or the CPU's model name
-    gpu: dict[str, Any] | None = None  # name and memory, when a CUDA device is in use
-    loaded_models: list[str] = Field(default_factory=list)
-    jobs_done: int = 0
-    jobs_failed: int = 0
-    current_job: str | None = None
     started_at: float
     updated_at: float
     interval_s: float = 10
@@ -114,5 +111,30 @@ class RunnerStatus(BaseModel):
         return (time.time() if now is None else now) - self.updated_at
 
     def is_fresh(self, now: float | None = None) -> bool:
-        """Beat within the last STALE_AFTER_BEATS intervals: the runner is alive."""
+        """Beat within the last STALE_AFTER_BEATS intervals: the process is alive."""
         return self.age_s(now) < STALE_AFTER_BEATS * self.interval_s
+
+
+class RunnerStatus(Beat):
+    """A runner's heartbeat at ``status/runners/<runner_id>.json``: who works on what."""
+
+    runner_id: str
+    queue: str
+    device: str = "cpu"  # cpu | cuda:N | mps
+    device_name: str | None = None  # e.g. the GPU's or the CPU's model name
+    gpu: dict[str, Any] | None = None  # name and memory, when a CUDA device is in use
+    loaded_models: list[str] = Field(default_factory=list)
+    jobs_done: int = 0
+    jobs_failed: int = 0
+    current_job: str | None = None
+
+
+class SourceStatus(Beat):
+    """An event source's heartbeat at ``status/sources/<source_id>.json``: what it has fed the
+    handler (``bucketbrush status`` shows it beside the runners)."""
+
+    source_id: str
+    kind: str  # seaweedfs | sqs | ...
+    records: int = 0  # event records handled
+    enqueued: int = 0  # jobs they made
+    last_event_at: float | None = None

@@ -1,7 +1,14 @@
 """Presigned POST uploads into ``inbox/<recipe>/<job_id>/<file>`` for apps and browsers.
 
 The store enforces the policy: the exact key, a size range, an ``image/*`` content type and
-the job params. The job id is in the key, so the app knows which manifest to watch.
+the job params. The job id is in the key, so the app knows which manifest to watch, and the
+reply carries a presigned GET for that manifest (``manifest_url``): manifests are private, so
+an app without credentials reads its job through it. ``presign_manifest`` renews the link.
+
+Recipe and params are checked before anything is signed, by a ``ParamsValidator`` the
+composition root injects (``bucketbrush/cli.py`` passes the runner's own
+``gpu_runner.recipes.validate_params``): one validation, the same codes (``unknown_recipe``,
+``invalid_params``) a failed manifest would carry, and the core never imports the runner.
 """
 
 from __future__ import annotations
@@ -10,16 +17,21 @@ import json
 import mimetypes
 import re
 import time
+from collections.abc import Callable
 from typing import Any
 
 from pydantic import BaseModel
 
 from bucketbrush.errors import InvalidParams
-from bucketbrush.jobs import RECIPE_NAME, new_ticket
+from bucketbrush.jobs import RECIPE_NAME, is_job_id, new_ticket
 from bucketbrush.layout import Layout
 from bucketbrush.settings import Settings
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+# Checks a recipe name and its params; raises UnknownRecipe or InvalidParams. Injected by the
+# composition root (the runner's validator), so presign and the runner share one validation.
+ParamsValidator = Callable[[str, dict[str, Any]], object]
 
 
 class PresignedUpload(BaseModel):
@@ -28,8 +40,38 @@ class PresignedUpload(BaseModel):
     key: str
     job_id: str
     manifest_key: str
+    # A presigned GET for manifest_key, valid as long as the upload's POST (expires_at);
+    # renew it with ``bucketbrush presign-get JOB`` or ``GET /manifest-url?job_id=JOB``.
+    manifest_url: str
     max_bytes: int
     expires_at: float
+
+
+class ManifestLink(BaseModel):
+    """A fresh presigned GET for a job's manifest (and, once it succeeded, for its outputs)."""
+
+    job_id: str
+    manifest_key: str
+    manifest_url: str
+    expires_at: float
+    # Output key -> presigned GET, when the caller looked at the manifest (may be empty).
+    outputs: dict[str, str] = {}
+
+
+def presign_get(s3: Any, settings: Settings, key: str, expires_s: int | None = None) -> str:
+    """A presigned GET for ``key``; ``s3`` should use the endpoint apps can reach."""
+    return s3.generate_presigned_url("get_object", Params={"Bucket": settings.bucket, "Key": key},
+                                     ExpiresIn=expires_s or settings.presign_expires_s)
+
+
+def presign_manifest(s3: Any, settings: Settings, job_id: str, expires_s: int | None = None) -> ManifestLink:
+    """A presigned GET for ``manifests/<job_id>.json`` (the job need not exist yet)."""
+    if not is_job_id(job_id):
+        raise InvalidParams(f"invalid job id {job_id!r}")
+    expires_s = expires_s or settings.presign_expires_s
+    key = Layout(settings).manifest_key(job_id)
+    return ManifestLink(job_id=job_id, manifest_key=key, manifest_url=presign_get(s3, settings, key, expires_s),
+                        expires_at=time.time() + expires_s)
 
 
 def safe_filename(filename: str) -> str:
@@ -47,10 +89,14 @@ def presign_upload(
     params: dict[str, Any] | None = None,
     max_bytes: int | None = None,
     expires_s: int | None = None,
+    validate: ParamsValidator | None = None,
 ) -> PresignedUpload:
-    """A presigned POST for one upload; ``s3`` should use the endpoint apps can reach."""
+    """A presigned POST for one upload; ``s3`` should use the endpoint apps can reach.
+    ``validate`` (recipe, params) refuses an unknown recipe or bad params before signing."""
     if not RECIPE_NAME.match(recipe):
         raise InvalidParams(f"invalid recipe name {recipe!r}: lowercase letters, digits, '_' and '-'")
+    if validate is not None:
+        validate(recipe, dict(params or {}))
     max_bytes = min(max_bytes or settings.max_upload_bytes, settings.max_upload_bytes)
     expires_s = expires_s or settings.presign_expires_s
     content_type = content_type or mimetypes.guess_type(filename)[0] or "image/png"
@@ -76,6 +122,7 @@ def presign_upload(
         key=key,
         job_id=job_id,
         manifest_key=layout.manifest_key(job_id),
+        manifest_url=presign_get(s3, settings, layout.manifest_key(job_id), expires_s),
         max_bytes=max_bytes,
         expires_at=time.time() + expires_s,
     )

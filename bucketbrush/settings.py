@@ -157,3 +157,18 @@ class Settings(BaseSettings):
         if self.s3_secret_key:
             kwargs["aws_secret_access_key"] = self.s3_secret_key.get_secret_value()
         return kwargs
+
+    # -- newcomer fixes (issue 17): job index, heartbeat expiry, hard time limits ----------------
+    index_prefix: str = Field(
+        default="index/", description="time-ordered job index for `jobs list` (bucketbrush/index.py)")
+    heartbeat_expire_s: float = Field(
+        default=3600, ge=0, description="a runner or event source heartbeat older than this is deleted "
+                                        "(`status` and the sweep); 0: never")
+    hard_time_limit_recipes: list[str] = Field(
+        default_factory=list, description="recipes run in a child process killed at the time limit "
+                                          "(not for diffusion recipes: their models live in the runner)")
+
+    @field_validator("index_prefix")
+    @classmethod
+    def _index_folder(cls, v: str) -> str:
+        return cls._folder(v)

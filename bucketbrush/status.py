@@ -1,20 +1,66 @@
-"""``bucketbrush status``: runner heartbeats (from the bucket) and queue depths (from Redis)."""
+"""``bucketbrush status``: every part of the stack and its state.
+
+The store and the broker (reachable or not), the queue's depths (ready, waiting to retry,
+dead-lettered), the event sources and runners from their heartbeats in the bucket
+(``status/sources/``, ``status/runners/``). A heartbeat older than ``heartbeat_expire_s`` is a
+process gone for good: ``prune_heartbeats`` deletes it (``status`` and the sweep call it), so a
+runner killed long ago is listed as STALE for a while, then no more.
+"""
 
 from __future__ import annotations
 
+import logging
+import os
+import socket
+import threading
 import time
+from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import dramatiq
+from botocore.exceptions import BotoCoreError, ClientError
+from pydantic import BaseModel
 
+from bucketbrush.manifest import RunnerStatus, SourceStatus
 from bucketbrush.store import Bucket
+
+log = logging.getLogger(__name__)
+
+
+def _heartbeat_view(status: Any, now: float) -> dict[str, Any]:
+    return {**status.model_dump(), "age_s": round(status.age_s(now), 1), "stale": not status.is_fresh(now)}
 
 
 def runner_heartbeats(bucket: Bucket, now: float | None = None) -> list[dict[str, Any]]:
     """Every runner's last heartbeat, with its ``age_s`` and ``stale`` (missed three beats)."""
     now = time.time() if now is None else now
-    return [{**r.model_dump(), "age_s": round(r.age_s(now), 1), "stale": not r.is_fresh(now)}
-            for r in bucket.runner_statuses()]
+    return [_heartbeat_view(r, now) for r in bucket.runner_statuses()]
+
+
+def source_heartbeats(bucket: Bucket, now: float | None = None) -> list[dict[str, Any]]:
+    """Every event source's last heartbeat, with ``age_s`` and ``stale``."""
+    now = time.time() if now is None else now
+    return [_heartbeat_view(s, now) for s in bucket.source_statuses()]
+
+
+def prune_heartbeats(bucket: Bucket, *, older_than_s: float | None = None, now: float | None = None) -> list[str]:
+    """Delete the heartbeats (runners and event sources) not rewritten for ``older_than_s``
+    (default ``heartbeat_expire_s``; 0: keep all); the ids deleted."""
+    older_than_s = bucket.settings.heartbeat_expire_s if older_than_s is None else older_than_s
+    if older_than_s <= 0:
+        return []
+    now = time.time() if now is None else now
+    gone = []
+    beats: list[tuple[str, RunnerStatus | SourceStatus]] = [
+        *bucket.heartbeats(bucket.layout.runners, RunnerStatus),
+        *bucket.heartbeats(bucket.layout.sources, SourceStatus)]
+    for key, beat in beats:
+        if beat.age_s(now) > older_than_s:
+            bucket.s3.delete_object(Bucket=bucket.name, Key=key)
+            gone.append(key.rsplit("/", 1)[-1].removesuffix(".json"))
+            log.info("removed the heartbeat %s: not updated for %.0f s", key, beat.age_s(now))
+    return gone
 
 
 def queue_depths(broker: dramatiq.Broker, queue_name: str, namespace: str) -> dict[str, int]:
@@ -28,10 +74,87 @@ def queue_depths(broker: dramatiq.Broker, queue_name: str, namespace: str) -> di
     }
 
 
-def status_report(bucket: Bucket, broker: dramatiq.Broker) -> dict[str, Any]:
+def redact(url: str | None) -> str | None:
+    """``url`` without its password."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    if parts.password:
+        host = parts.hostname or ""
+        netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+def _check(call: Callable[[], Any]) -> tuple[bool, str | None, Any]:
+    try:
+        return True, None, call()
+    except Exception as exc:  # noqa: BLE001 - any failure is "unreachable", with its reason
+        return False, f"{type(exc).__name__}: {exc}".splitlines()[0][:300], None
+
+
+def status_report(bucket: Bucket, broker: dramatiq.Broker, *, prune: bool = True) -> dict[str, Any]:
+    """Every part and its state; never raises for a part that is down (it says so)."""
     s = bucket.settings
-    return {
+    store_ok, store_error, _ = _check(lambda: bucket.s3.head_bucket(Bucket=bucket.name))
+    broker_ok, broker_error, _ = _check(lambda: broker.client.ping())
+    report: dict[str, Any] = {
+        "ok": store_ok and broker_ok,
         "bucket": s.bucket,
-        "queue": {"name": s.queue_name, **queue_depths(broker, s.queue_name, s.broker_namespace)},
-        "runners": runner_heartbeats(bucket),
+        "store": {"endpoint": s.s3_endpoint_url or "AWS S3", "bucket": s.bucket, "reachable": store_ok,
+                  "error": store_error},
+        "broker": {"url": redact(s.redis_url), "namespace": s.broker_namespace, "reachable": broker_ok,
+                   "error": broker_error},
+        "queue": None, "event_sources": [], "runners": [], "pruned": [],
     }
+    if broker_ok:
+        ok, error, depths = _check(lambda: queue_depths(broker, s.queue_name, s.broker_namespace))
+        report["queue"] = {"name": s.queue_name, **depths} if ok else {"name": s.queue_name, "error": error}
+    if store_ok:
+        if prune:
+            report["pruned"] = prune_heartbeats(bucket)
+        report["event_sources"] = source_heartbeats(bucket)
+        report["runners"] = runner_heartbeats(bucket)
+    return report
+
+
+class HeartbeatThread:
+    """Rewrites ``key`` with ``status()`` every ``interval_s`` in a daemon thread, and deletes
+    it on ``stop`` (a process that stops cleanly leaves no heartbeat behind)."""
+
+    def __init__(self, bucket: Bucket, key: str, status: Callable[[], BaseModel], *, interval_s: float) -> None:
+        self.bucket = bucket
+        self.key = key
+        self.status = status
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
+
+    def beat(self) -> None:
+        self.bucket.s3.put_object(Bucket=self.bucket.name, Key=self.key, ContentType="application/json",
+                                  Body=self.status().model_dump_json(indent=2).encode())
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                self.beat()
+            except (ClientError, BotoCoreError) as exc:
+                log.warning("heartbeat failed: %s", exc)
+            if self._stop.wait(self.interval_s):
+                return
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        try:
+            self.bucket.s3.delete_object(Bucket=self.bucket.name, Key=self.key)
+        except (ClientError, BotoCoreError):
+            pass
+
+
+def process_id() -> str:
+    """``<host>-<pid>``: how heartbeats name a process."""
+    return f"{socket.gethostname()}-{os.getpid()}"

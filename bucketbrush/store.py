@@ -4,18 +4,24 @@ from __future__ import annotations
 
 import json
 import time
+from collections import OrderedDict
 from functools import cached_property
-from typing import Any
+from typing import Any, TypeVar
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from bucketbrush.index import JobIndex
 from bucketbrush.layout import Layout
-from bucketbrush.manifest import Manifest, RunnerStatus
+from bucketbrush.manifest import Manifest, RunnerStatus, SourceStatus
+from bucketbrush.presign import presign_get
 from bucketbrush.settings import Settings
 
 NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound", "NoSuchVersion"})
+T = TypeVar("T", RunnerStatus, SourceStatus)
+# Index entries this process wrote, remembered so progress rewrites cost no index writes.
+_INDEXED_MEMORY = 4096
 
 
 def s3_client(settings: Settings, *, public: bool = False, probe: bool = False) -> Any:
@@ -43,6 +49,8 @@ class Bucket:
         self.name = settings.bucket
         self.layout = Layout(settings)
         self._s3 = s3
+        self.index = JobIndex(self)
+        self._indexed: OrderedDict[str, str] = OrderedDict()
 
     @cached_property
     def s3(self) -> Any:
@@ -105,36 +113,52 @@ class Bucket:
         }
         if if_match is None:
             self.s3.put_object(**kwargs)
-            return True
-        try:
-            self.s3.put_object(**kwargs, IfMatch=if_match)
-        except ClientError as exc:
-            code = exc.response.get("Error", {}).get("Code")
-            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
-                return False
-            if code != "NotImplemented":
-                raise
-            self.s3.put_object(**kwargs)
+        else:
+            try:
+                self.s3.put_object(**kwargs, IfMatch=if_match)
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code")
+                if code in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                    return False
+                if code != "NotImplemented":
+                    raise
+                self.s3.put_object(**kwargs)
+        self._index(manifest)
         return True
+
+    def _index(self, manifest: Manifest) -> None:
+        """Keep the job index (``bucketbrush.index``) in step: once per status change."""
+        key = self.index.key(manifest)
+        if self._indexed.get(manifest.job_id) == key:
+            return
+        self.index.record(manifest)
+        self._indexed[manifest.job_id] = key
+        self._indexed.move_to_end(manifest.job_id)
+        while len(self._indexed) > _INDEXED_MEMORY:
+            self._indexed.popitem(last=False)
 
     def runner_statuses(self) -> list[RunnerStatus]:
         """Every runner's last heartbeat (``status/runners/<runner_id>.json``), unreadable ones skipped."""
+        return [m for _, m in self.heartbeats(self.layout.runners, RunnerStatus)]
+
+    def source_statuses(self) -> list[SourceStatus]:
+        """Every event source's last heartbeat (``status/sources/<source_id>.json``)."""
+        return [m for _, m in self.heartbeats(self.layout.sources, SourceStatus)]
+
+    def heartbeats(self, prefix: str, model: type[T]) -> list[tuple[str, T]]:
+        """(key, heartbeat) under ``prefix``; unreadable ones skipped."""
         statuses = []
-        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.name, Prefix=self.layout.runners):
+        for page in self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.name, Prefix=prefix):
             for obj in page.get("Contents", []):
                 try:
                     body = self.s3.get_object(Bucket=self.name, Key=obj["Key"])["Body"].read()
-                    statuses.append(RunnerStatus.model_validate_json(body))
+                    statuses.append((obj["Key"], model.model_validate_json(body)))
                 except ClientError as exc:
-                    if not is_not_found(exc):  # gone since the listing: the runner stopped
+                    if not is_not_found(exc):  # gone since the listing: the process stopped
                         raise
                 except ValueError:
                     continue
         return statuses
 
     def presigned_get(self, key: str, expires_s: int | None = None) -> str:
-        return self.public_s3.generate_presigned_url(
-            "get_object",
-            Params={"Bucket": self.name, "Key": key},
-            ExpiresIn=expires_s or self.settings.presign_expires_s,
-        )
+        return presign_get(self.public_s3, self.settings, key, expires_s)

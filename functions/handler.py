@@ -50,6 +50,7 @@ class Handler:
         self.bucket = bucket
         self.broker = broker
         self.claims = Claims(redis, settings)
+        self.stats: dict[str, Any] = {"records": 0, "enqueued": 0, "last_event_at": None}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Handler:
@@ -58,7 +59,12 @@ class Handler:
         return cls(settings, Bucket(settings), broker, broker.client)
 
     def handle(self, records: Iterable[S3Record]) -> list[Outcome]:
-        return [self.handle_record(r) for r in records]
+        outcomes = [self.handle_record(r) for r in records]
+        if outcomes:  # counters for the event source's heartbeat (`bucketbrush status`)
+            self.stats["records"] += len(outcomes)
+            self.stats["enqueued"] += sum(o.action == "enqueued" for o in outcomes)
+            self.stats["last_event_at"] = time.time()
+        return outcomes
 
     def handle_record(self, record: S3Record) -> Outcome:
         key = record.key
@@ -76,7 +82,12 @@ class Handler:
             assert route.recipe is not None
             return self._submit(record.ref, route.recipe, input_ref=record.ref, params={},
                                 preferred_id=route.job_id, recent=self._recent(record))
-        assert route.job_id is not None
+        if route.job_id is None:
+            # A spec under a name that is no job id: leave a trace where the user looks.
+            job_id = job_id_for(record.ref)
+            log.warning("job spec %r rejected: %s (failed manifest under derived id %s)", key, route.problem, job_id)
+            return self._failed_spec(record, job_id, InvalidSpec(
+                f"{route.problem}; this failure is recorded under the id {job_id}, derived from the spec's content"))
         return self._spec(record, route.job_id)
 
     # -- routes ---------------------------------------------------------------------------
@@ -86,15 +97,21 @@ class Handler:
         try:
             recipe, input_ref, params, time_limit_s = self._read_spec(ref)
         except InvalidSpec as exc:
-            # Nothing to run: record the failure where the user will look for it.
-            if not self.claims.claim(job_id, ref.identity):
-                return Outcome(record.key, "duplicate", job_id)
-            self.bucket.write_manifest(Manifest(
-                job_id=job_id, status="failed", recipe="", inputs=[ref], error=ErrorInfo.of(exc),
-            ))
-            return Outcome(record.key, "rejected", job_id, reason=str(exc))
+            return self._failed_spec(record, job_id, exc)
         return self._submit(ref, recipe, input_ref=input_ref, params=params, preferred_id=job_id,
                             time_limit_s=time_limit_s, recent=self._recent(record))
+
+    def _failed_spec(self, record: S3Record, job_id: str, exc: InvalidSpec) -> Outcome:
+        """Nothing to run: record the failure where the user will look for it."""
+        ref = record.ref
+        if not self.claims.claim(job_id, ref.identity):
+            return Outcome(record.key, "duplicate", job_id)
+        now = time.time()
+        self.bucket.write_manifest(Manifest(
+            job_id=job_id, status="failed", recipe="", inputs=[ref], error=ErrorInfo.of(exc),
+            timings={"queued_at": now, "finished_at": now},
+        ))
+        return Outcome(record.key, "rejected", job_id, reason=str(exc))
 
     def _read_spec(self, ref: ObjectRef) -> tuple[str, ObjectRef | None, dict[str, Any], int | None]:
         if ref.size is not None and ref.size > MAX_SPEC_BYTES:

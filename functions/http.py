@@ -6,7 +6,11 @@ Routes (``bucketbrush serve-functions``, port 8080 in the compose file):
 - ``POST /events/s3``: a plain S3 event notification from anything else (same token).
 - ``POST /events/sns``: an SNS HTTP(S) subscription; trusted by topic allow-list and message
   signature instead of the token (see ``functions.sns``). Raw message delivery is refused.
-- ``POST /presign``: ``{recipe, filename, content_type, params}`` -> a presigned POST (token).
+- ``POST /presign``: ``{recipe, filename, content_type, params}`` -> a presigned POST and a
+  presigned GET for the job's manifest (token). Recipe and params are checked first by the
+  validator the composition root injects (400 with ``code`` ``unknown_recipe`` / ``invalid_params``).
+- ``GET /manifest-url?job_id=JOB``: a fresh presigned GET for the job's manifest, plus one per
+  output once it succeeded (token).
 - ``GET /health``: broker and bucket reachability, runner heartbeats, queue depths.
 
 A 2xx means every record was handled (enqueued, or a duplicate/ignored/rejected outcome) and
@@ -32,9 +36,9 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from bucketbrush.broker import build_broker
-from bucketbrush.errors import InvalidParams
+from bucketbrush.errors import BucketbrushError, JobError
 from bucketbrush.layout import unsafe_key
-from bucketbrush.presign import presign_upload
+from bucketbrush.presign import ParamsValidator, presign_manifest, presign_upload
 from bucketbrush.settings import Settings
 from bucketbrush.status import queue_depths, runner_heartbeats
 from bucketbrush.store import Bucket
@@ -50,32 +54,38 @@ HEALTH_PROBE_TIMEOUT_S = 5.0
 class HttpError(Exception):
     """Answer ``status`` with ``{"error": message}``; logged as a warning."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, code: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        self.code = code
 
 
 def _error(request: Request, exc: HttpError) -> JSONResponse:
     client = request.client.host if request.client else "?"
     log.warning("%s %s from %s: %d %s", request.method, request.url.path, client, exc.status, exc.message)
     headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-    return JSONResponse({"error": exc.message}, status_code=exc.status, headers=headers)
+    body = {"error": exc.message} | ({"code": exc.code} if exc.code else {})
+    return JSONResponse(body, status_code=exc.status, headers=headers)
 
 
 class FunctionsApp:
     """The endpoints, bound to one Handler (broker + bucket) and one SNS verifier."""
 
-    def __init__(self, settings: Settings, handler: Handler, bucket: Bucket, fetch: Fetch) -> None:
+    def __init__(self, settings: Settings, handler: Handler, bucket: Bucket, fetch: Fetch,
+                 validate: ParamsValidator | None = None) -> None:
         self.settings = settings
         self.handler = handler
         self.bucket = bucket
+        self.validate = validate
         token = settings.functions_token
         self.token = token.get_secret_value().encode() if token else None
         self.max_body = settings.functions_max_body_bytes
         self.sns = SnsVerifier(settings.sns_topic_arns, fetch=fetch)
         if self.token is None:
             log.warning("no functions_token configured: /events/minio, /events/s3 and /presign refuse every request")
+        if validate is None:
+            log.warning("no params validator: /presign signs any recipe and params (the runner still checks them)")
 
     # -- request plumbing -----------------------------------------------------------------
 
@@ -190,18 +200,42 @@ class FunctionsApp:
                 raise HttpError(400, '"filename" and "content_type" must be strings')
             if not isinstance(params, dict):
                 raise HttpError(400, '"params" must be a JSON object')
-            try:
-                upload = await run_in_threadpool(
-                    lambda: presign_upload(self.bucket.public_s3, self.settings, recipe=doc["recipe"],
-                                           filename=filename, content_type=content_type, params=params))
-            except (InvalidParams, ValueError) as exc:
-                raise HttpError(400, str(exc)) from exc
-            except Exception as exc:
-                log.exception("presign failed")
-                raise HttpError(503, f"could not presign: {type(exc).__name__}") from exc
+            upload = await self._sign(lambda: presign_upload(
+                self.bucket.public_s3, self.settings, recipe=doc["recipe"], filename=filename,
+                content_type=content_type, params=params, validate=self.validate))
             return JSONResponse(upload.model_dump(mode="json"))
         except HttpError as exc:
             return _error(request, exc)
+
+    async def manifest_url(self, request: Request) -> JSONResponse:
+        """A fresh presigned GET for ``manifests/<job_id>.json``, and one per output of a
+        succeeded job: how an app renews the links its presign reply carried."""
+        try:
+            self._check_token(request)
+            job_id = request.query_params.get("job_id", "")
+            link = await self._sign(lambda: self._manifest_link(job_id))
+            return JSONResponse(link.model_dump(mode="json"))
+        except HttpError as exc:
+            return _error(request, exc)
+
+    def _manifest_link(self, job_id: str) -> Any:
+        link = presign_manifest(self.bucket.public_s3, self.settings, job_id)
+        manifest = self.bucket.read_manifest(job_id)
+        if manifest is not None and manifest.status == "succeeded":
+            link.outputs = {o.key: self.bucket.presigned_get(o.key) for o in manifest.outputs}
+        return link
+
+    async def _sign(self, call: Callable[[], Any]) -> Any:
+        """Run a presigning call: bad input is a 400 with its stable code, anything else a 503."""
+        try:
+            return await run_in_threadpool(call)
+        except (JobError, ValueError) as exc:
+            raise HttpError(400, str(exc), getattr(exc, "code", "invalid_argument")) from exc
+        except BucketbrushError as exc:
+            raise HttpError(503, str(exc), exc.code) from exc
+        except Exception as exc:
+            log.exception("presign failed")
+            raise HttpError(503, f"could not presign: {type(exc).__name__}") from exc
 
     async def health(self, request: Request) -> JSONResponse:
         """200 when both the broker and the bucket answer, 503 otherwise (no token needed)."""
@@ -236,29 +270,32 @@ async def _probe(call: Callable[[], Any]) -> tuple[bool, str | None, Any]:
 
 
 def create_app(settings: Settings, handler: Handler | None = None, bucket: Bucket | None = None, *,
-               fetch: Fetch = fetch_url) -> Starlette:
+               fetch: Fetch = fetch_url, validate: ParamsValidator | None = None) -> Starlette:
     """The ASGI app. ``handler`` defaults to one on the settings' broker and bucket; ``fetch``
-    (GET a URL, return its body) is how SNS certificates and SubscribeURLs are fetched."""
+    (GET a URL, return its body) is how SNS certificates and SubscribeURLs are fetched;
+    ``validate`` checks /presign's recipe and params (the composition root passes the runner's)."""
     bucket = bucket or (handler.bucket if handler else Bucket(settings))
     if handler is None:
         broker = build_broker(settings)
         handler = Handler(settings, bucket, broker, broker.client)
-    api = FunctionsApp(settings, handler, bucket, fetch)
+    api = FunctionsApp(settings, handler, bucket, fetch, validate)
     app = Starlette(routes=[
         Route("/events/minio", api.s3_event, methods=["POST"]),
         Route("/events/s3", api.s3_event, methods=["POST"]),
         Route("/events/sns", api.sns_event, methods=["POST"]),
         Route("/presign", api.presign, methods=["POST"]),
+        Route("/manifest-url", api.manifest_url, methods=["GET"]),
         Route("/health", api.health, methods=["GET"]),
     ])
     app.state.functions = api
     return app
 
 
-def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080) -> None:
+def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080, *,
+          validate: ParamsValidator | None = None) -> None:
     """Serve ``create_app(settings)`` with uvicorn until SIGINT/SIGTERM."""
     import uvicorn
 
     # log_config=None: uvicorn's loggers propagate to the CLI's logging setup.
-    uvicorn.run(create_app(settings), host=host, port=port, log_config=None,
+    uvicorn.run(create_app(settings, validate=validate), host=host, port=port, log_config=None,
                 server_header=False, timeout_graceful_shutdown=10)

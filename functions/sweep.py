@@ -26,6 +26,7 @@ from redis.exceptions import RedisError
 from bucketbrush.jobs import ObjectRef, job_id_for
 from bucketbrush.layout import NotAnInput
 from bucketbrush.settings import Settings
+from bucketbrush.status import prune_heartbeats
 from bucketbrush.store import Bucket
 from functions.events import S3Record
 from functions.handler import Handler, Outcome
@@ -57,6 +58,7 @@ class SweepReport:
     rejected: int = 0  # the handler refused it (bad key, bad spec)
     ignored: int = 0  # the handler ignored it
     timed_out: int = 0  # running manifests past their deadline, now failed
+    pruned: int = 0  # heartbeats of runners / event sources gone for over heartbeat_expire_s, deleted
     outcomes: list[Outcome] = field(default_factory=list)  # handler outcomes, one per object fed
     seconds: float = 0.0
 
@@ -90,6 +92,7 @@ def reconcile(settings: Settings, bucket: Bucket, handler: Handler, *, grace_s: 
     report = sweep(settings, bucket, handler, grace_s=grace_s, now=now, manifests=manifests)
     report.timed_out = fail_dead_running(settings, bucket, manifests, now=now, margin_s=timeout_margin_s,
                                          lookback_s=running_lookback_s)
+    report.pruned = len(prune_heartbeats(bucket, now=now))
     report.seconds = time.monotonic() - started
     return report
 

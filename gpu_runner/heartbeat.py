@@ -3,20 +3,15 @@ app can see who is working on what with a plain GET; ``bucketbrush status`` read
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import sys
-import threading
 import time
 from typing import Any
 
-from botocore.exceptions import BotoCoreError, ClientError
-
 from bucketbrush.manifest import RunnerStatus
+from bucketbrush.status import HeartbeatThread, process_id
 from bucketbrush.store import Bucket
-
-log = logging.getLogger(__name__)
 
 
 def gpu_info() -> dict[str, Any] | None:
@@ -40,11 +35,10 @@ class Heartbeat:
         self.info = info or {}
         self.interval_s = interval_s
         self.loaded_models = loaded_models
-        self.runner_id = f"{socket.gethostname()}-{os.getpid()}"
+        self.runner_id = process_id()
         self.key = bucket.layout.heartbeat_key(self.runner_id)
         self.started_at = time.time()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="heartbeat", daemon=True)
+        self._thread = HeartbeatThread(bucket, self.key, self.status, interval_s=interval_s)
 
     def status(self) -> RunnerStatus:
         return RunnerStatus(
@@ -57,25 +51,10 @@ class Heartbeat:
         )
 
     def beat(self) -> None:
-        self.bucket.s3.put_object(Bucket=self.bucket.name, Key=self.key, ContentType="application/json",
-                                  Body=self.status().model_dump_json(indent=2).encode())
-
-    def _loop(self) -> None:
-        while True:
-            try:
-                self.beat()
-            except (ClientError, BotoCoreError) as exc:
-                log.warning("heartbeat failed: %s", exc)
-            if self._stop.wait(self.interval_s):
-                return
+        self._thread.beat()
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-        try:
-            self.bucket.s3.delete_object(Bucket=self.bucket.name, Key=self.key)
-        except (ClientError, BotoCoreError):
-            pass
+        self._thread.stop()

@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 from dramatiq.middleware import TimeLimitExceeded
-from pydantic import ValidationError
 
 from bucketbrush import __version__
 from bucketbrush.errors import (
@@ -31,7 +30,7 @@ from bucketbrush.settings import Settings
 from bucketbrush.store import Bucket, is_not_found
 from gpu_runner.images import decode_image, encode_image
 from gpu_runner.monitor import JobMonitor
-from gpu_runner.recipes import get_recipe
+from gpu_runner.recipes import get_recipe, validate_params
 from gpu_runner.recipes.base import JobContext, Recipe, RecipeParams, RecipeResult
 
 if TYPE_CHECKING:
@@ -139,6 +138,11 @@ class JobRunner:
         manifest.timings["finished_at"] = time.time()
         if days := self.settings.outputs_retention_days:
             manifest.outputs_expire_at = manifest.timings["finished_at"] + days * 86400
+        # Links for apps that hold no credentials (the manifest itself is read through the
+        # presigned GET their presign reply carried).
+        for out in manifest.outputs:
+            out.url = self.bucket.presigned_get(out.key)
+        manifest.urls_expire_at = manifest.timings["finished_at"] + self.settings.presign_expires_s
         self.bucket.write_manifest(manifest)
         self.stats["jobs_done"] += 1
         log.info("job %s succeeded: %d outputs", spec.job_id, len(manifest.outputs))
@@ -242,10 +246,4 @@ def resolve_params(recipe: Recipe, spec_params: dict[str, Any], metadata: dict[s
     # Single metadata fields only count when they name a param (apps add their own metadata).
     merged.update({k: v for k, v in metadata.items() if k in fields})
     merged.update(spec_params)
-    try:
-        return recipe.params.model_validate(merged)
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in e['loc']) or 'params'}: {e['msg']}" for e in exc.errors()
-        )
-        raise InvalidParams(f"invalid params for {recipe.name}: {problems}") from exc
+    return validate_params(recipe.name, merged)

@@ -20,6 +20,8 @@ def lifecycle_rules(settings: Settings) -> list[dict[str, Any]]:
         ("bucketbrush-jobs", settings.jobs_prefix, settings.inbox_retention_days),
         ("bucketbrush-outputs", settings.outputs_prefix, settings.outputs_retention_days),
         ("bucketbrush-manifests", settings.manifests_prefix, settings.manifests_retention_days),
+        # The job index (bucketbrush/index.py) goes with the manifests it points at.
+        ("bucketbrush-index", settings.index_prefix, settings.manifests_retention_days),
     ):
         if days > 0:
             rule: dict[str, Any] = {

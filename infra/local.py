@@ -3,6 +3,11 @@
 ``up`` starts what is missing, waits until each part answers, and records every process it
 started (PID and start time) in ``<state_dir>/stack.json``; ``down`` stops exactly those.
 Everything binds to 127.0.0.1; state and logs live under the state dir.
+
+The stack's identity (its ports and S3 keys) is kept in ``<state_dir>/identity.json`` across
+``down`` and ``up``, so presigned URLs, clients and ``.env`` files made earlier keep working.
+``up --new-credentials`` makes new keys; a remembered port that another process holds is
+replaced by a fresh one, and ``up`` says so.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from infra.procs import (
     StackError,
     StackState,
     free_port,
+    port_free,
     redis_answers,
     start_redis,
     start_with_retries,
@@ -40,6 +46,8 @@ __all__ = ["GRPC_OFFSET", "LocalStack", "StackError"]
 
 # weed derives a gRPC port as HTTP port + 10000 (filer.meta.tail, weed shell): keep both free.
 GRPC_OFFSET = 10000
+IDENTITY_FILE = "identity.json"
+SEAWEEDFS_PORTS = ("master", "volume", "filer", "s3", "admin")
 
 
 class LocalStack:
@@ -49,6 +57,7 @@ class LocalStack:
         self.settings = settings
         self.state_dir = settings.state_dir.resolve()
         self.state_file = self.state_dir / STACK_FILE
+        self.identity_file = self.state_dir / IDENTITY_FILE
         self.logs = self.state_dir / "logs"
 
     # -- state ----------------------------------------------------------------------------
@@ -60,32 +69,51 @@ class LocalStack:
             return None
 
     def _write_state(self, state: StackState) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_file.with_suffix(".tmp")
-        # Holds the local store's generated credentials: owner-only.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(state.to_json())
-        os.replace(tmp, self.state_file)
+        _write_private(self.state_file, state.to_json())
+
+    def read_identity(self) -> dict[str, Any]:
+        """The remembered ports and keys (empty before the first ``up``)."""
+        try:
+            data = json.loads(self.identity_file.read_text())
+        except (FileNotFoundError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+
+    def _remember(self, state: StackState, ports: dict[str, int]) -> None:
+        redis = state.process("redis")
+        identity = {"s3_access_key": state.s3_access_key, "s3_secret_key": state.s3_secret_key,
+                    "seaweedfs_ports": ports}
+        if redis is not None and state.redis_url:
+            identity["redis_port"] = int(state.redis_url.rsplit(":", 1)[1].split("/")[0])
+        _write_private(self.identity_file, json.dumps(identity, indent=2))
 
     def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> tuple[Any, Proc]:
         return procs.spawn(name, cmd, self.logs, env)
 
     # -- up -------------------------------------------------------------------------------
 
-    def up(self, *, runners: int = 1, report: Callable[[str], None] = lambda _: None) -> StackState:
-        """Start the stack (or report the running one) and return its state."""
+    def up(self, *, runners: int = 1, report: Callable[[str], None] = lambda _: None,
+           new_credentials: bool = False) -> StackState:
+        """Start the stack (or report the running one) and return its state. The ports and
+        keys of the last ``up`` in this state dir are reused (``new_credentials``: new keys)."""
         if (state := self.read_state()) and state.is_running():
             report(f"already running (state: {self.state_file})")
+            if new_credentials:
+                report("--new-credentials takes effect on the next start: bucketbrush down, then up")
             return state
         if state:
             self.down(report=report)
         self.state_dir.mkdir(parents=True, exist_ok=True)
+        identity = self.read_identity()
+        if new_credentials and identity:
+            report("new S3 credentials: clients, .env files and presigned URLs made before stop working")
+            identity = {k: v for k, v in identity.items() if k not in ("s3_access_key", "s3_secret_key")}
         state = StackState()
         try:
-            self._start_redis(state, report)
-            self._start_seaweedfs(state, report)
+            self._start_redis(state, report, identity.get("redis_port"))
+            ports = self._start_seaweedfs(state, report, identity)
             self._write_state(state)
+            self._remember(state, ports)
             settings = self._child_settings(state)
             report("bucket: " + "; ".join(apply_bucket(s3_client(settings), settings)))
             # SeaweedFS keeps lifecycle rules without enforcing them: enforce them as path TTLs.
@@ -94,13 +122,18 @@ class LocalStack:
             self._start_child(state, "events", ["events", "seaweedfs", "--filer", state.filer], report)
             for i in range(runners):
                 self._start_child(state, f"runner-{i}", ["runner"], report)
+            if runners:
+                models = self.settings.models_file
+                report(f"models: {models}" if models else
+                       "models: none (BUCKETBRUSH_MODELS_FILE unset where `up` ran: diffusion recipes fail "
+                       "with model_unavailable; README, section Models)")
         except BaseException:
             self._write_state(state)
             self.down(report=report)
             raise
         return state
 
-    def _start_redis(self, state: StackState, report: Callable[[str], None]) -> None:
+    def _start_redis(self, state: StackState, report: Callable[[str], None], port: int | None = None) -> None:
         url = self.settings.redis_url
         state.broker_namespace = self.settings.broker_namespace
         if self.settings.local_redis != "always" and redis_answers(url):
@@ -114,20 +147,34 @@ class LocalStack:
             return
         if self.settings.local_redis == "never":
             raise StackError(f"no Redis answers at {url} and local_redis is 'never'")
-        proc, url = start_redis(self.state_dir / "redis", self.logs, report=report)
+        proc, url = start_redis(self.state_dir / "redis", self.logs, port=port, report=report)
         state.processes.append(proc)
         state.redis_url = url
         report(f"redis: started {url} (pid {proc.pid})")
 
-    def _start_seaweedfs(self, state: StackState, report: Callable[[str], None]) -> None:
+    def _start_seaweedfs(self, state: StackState, report: Callable[[str], None],
+                         identity: dict[str, Any]) -> dict[str, int]:
         data = self.state_dir / "seaweedfs"
         data.mkdir(parents=True, exist_ok=True)
-        access, secret = "bb" + secrets.token_hex(8), secrets.token_urlsafe(24)
+        access = identity.get("s3_access_key") or "bb" + secrets.token_hex(8)
+        secret = identity.get("s3_secret_key") or secrets.token_urlsafe(24)
+        remembered = identity.get("seaweedfs_ports") or {}
+        wanted: list[dict[str, int]] = []
+        if remembered and set(remembered) == set(SEAWEEDFS_PORTS):
+            taken = [f"{n} {p}" for n, p in remembered.items() if not (port_free(p) and port_free(p + GRPC_OFFSET))]
+            if taken:
+                report(f"seaweedfs: remembered port(s) taken ({', '.join(taken)}): starting on fresh ports; "
+                       "the S3 endpoint changes (`bucketbrush env` prints the new one)")
+            else:
+                wanted.append(dict(remembered))
+        used: dict[str, int] = {}
 
         def start() -> Proc:
             # Picked free, not reserved: a port taken before weed binds it makes weed exit,
             # and start_with_retries starts it again on fresh ports.
-            ports = {n: free_port(GRPC_OFFSET) for n in ("master", "volume", "filer", "s3", "admin")}
+            ports = wanted.pop() if wanted else {n: free_port(GRPC_OFFSET) for n in SEAWEEDFS_PORTS}
+            used.clear()
+            used.update(ports)
             cmd = [
                 weed_binary(), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
                 "-master.telemetry=false", "-webdav=false", "-admin.ui=false",
@@ -154,6 +201,7 @@ class LocalStack:
 
         proc = start_with_retries(start, report=report)
         report(f"seaweedfs: S3 at {state.s3_endpoint_url}, filer {state.filer} (pid {proc.pid})")
+        return dict(used)
 
     def _start_child(self, state: StackState, name: str, args: list[str],
                      report: Callable[[str], None]) -> None:
@@ -238,3 +286,13 @@ class LocalStack:
         self.state_file.unlink(missing_ok=True)
         for ready in self.state_dir.glob("*.ready"):
             ready.unlink(missing_ok=True)
+
+
+def _write_private(path: Path, text: str) -> None:
+    """Write ``text`` atomically, owner-only (it holds the local store's credentials)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)

@@ -248,13 +248,17 @@ def redis_answers(url: str) -> bool:
         return False
 
 
-def start_redis(data: Path, logs: Path, *, name: str = "redis",
+def start_redis(data: Path, logs: Path, *, name: str = "redis", port: int | None = None,
                 report: Callable[[str], None] = lambda _: None) -> tuple[Proc, str]:
-    """A private, non-persistent redis-server on a free loopback port: (its Proc, its URL)."""
+    """A private, non-persistent redis-server on a free loopback port: (its Proc, its URL).
+    ``port``: try this one first (a remembered port), if it is free."""
     data.mkdir(parents=True, exist_ok=True)
+    wanted = [port] if port and port_free(port) else []
+    if port and not wanted:
+        report(f"{name}: port {port} is taken; starting on a fresh port")
 
     def start() -> tuple[Proc, str]:
-        port = free_port()
+        port = wanted.pop() if wanted else free_port()
         cmd = [redis_server_binary(), "--bind", "127.0.0.1", "--port", str(port), "--save", "",
                "--appendonly", "no", "--dir", str(data), "--protected-mode", "yes"]
         log = logs / f"{name}.log"

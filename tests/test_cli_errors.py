@@ -51,7 +51,6 @@ CASES = [
     (["jobs", "delete", "abc"], 2, "store_unavailable", "did not answer"),
     (["gallery", "deleted"], 2, "store_unavailable", "did not answer"),
     (["infra", "apply"], 2, "store_unavailable", "did not answer"),
-    (["status"], 2, "broker_unavailable", "Redis did not answer"),
     (["sweep"], 2, "store_unavailable", "did not answer"),
     (["models", "list"], 1, None, "no models file"),
     (["events", "sqs"], 1, None, "no queue"),
@@ -94,3 +93,16 @@ def test_down_with_nothing_running_is_fine(down: Path, capsys: pytest.CaptureFix
 def test_verbose_shows_the_traceback(down: Path) -> None:
     with pytest.raises(FileNotFoundError):
         main(["-v", "submit", "missing.jpg", "--recipe", "filter"])
+
+
+def test_status_with_everything_down_names_each_part(down: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["status"]) == 1
+    out = capsys.readouterr().out
+    assert "store " in out and "broker " in out and out.count("UNREACHABLE") == 2, out
+    assert "Traceback" not in out
+
+
+def test_models_without_a_file_points_at_the_readme(down: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["models", "list"])
+    assert "README" in str(exc.value.code) and "infra/models.example.toml" in str(exc.value.code)

@@ -33,6 +33,7 @@ from bucketbrush.jobs import ObjectRef, job_id_for
 from bucketbrush.presign import PresignedUpload
 from functions.handler import Handler
 from functions.http import create_app
+from gpu_runner.recipes import validate_params
 from tests.conftest import EVENTS, png_bytes, wait_final
 
 pytestmark = pytest.mark.e2e
@@ -124,7 +125,7 @@ def sns() -> FakeSns:
 
 @pytest.fixture(scope="module")
 def server(http_settings, no_event_source, sns) -> Iterator[str]:
-    with running(create_app(http_settings, fetch=sns.fetch)) as url:
+    with running(create_app(http_settings, fetch=sns.fetch, validate=validate_params)) as url:
         yield url
 
 
@@ -402,4 +403,32 @@ def test_presign_over_http_gives_a_working_upload(client, bucket, settings):
     manifest = wait_final(bucket, up.job_id)
     assert manifest.status == "succeeded", manifest.error
     assert manifest.params["style"] == "cartoon"
+    # The reply's manifest_url reads the private manifest without credentials, and the
+    # renewal route gives a fresh one plus a link per output.
+    got = httpx.get(up.manifest_url)
+    assert got.status_code == 200 and got.json()["job_id"] == up.job_id
+    assert httpx.get(f"{settings.s3_endpoint_url}/{bucket.name}/{up.manifest_key}").status_code in (401, 403)
+    assert client.get("/manifest-url", params={"job_id": up.job_id}).status_code == 401
+    link = client.get("/manifest-url", params={"job_id": up.job_id}, headers=AUTH).json()
+    assert httpx.get(link["manifest_url"]).json()["status"] == "succeeded"
+    [(key, url)] = link["outputs"].items()
+    assert key == manifest.outputs[0].key and httpx.get(url).content[:4] == b"\x89PNG"
+    bad = client.get("/manifest-url", params={"job_id": "no such/id"}, headers=AUTH)
+    assert bad.status_code == 400 and bad.json()["code"] == "invalid_params"
+
+
+def test_presign_over_http_validates_recipe_and_params(client, bucket):
+    def inbox_count() -> int:
+        pages = bucket.s3.get_paginator("list_objects_v2").paginate(Bucket=bucket.name, Prefix="inbox/")
+        return sum(len(page.get("Contents", [])) for page in pages)
+
+    before = inbox_count()
+    for body, code in (({"recipe": "nosuch"}, "unknown_recipe"),
+                       ({"recipe": "filter", "params": {"style": "bogus"}}, "invalid_params"),
+                       ({"recipe": "img2img"}, "invalid_params")):  # prompt is required
+        response = client.post("/presign", json=body, headers=AUTH)
+        assert response.status_code == 400, response.text
+        assert response.json()["code"] == code, response.text
+    assert "available: " in client.post("/presign", json={"recipe": "nosuch"}, headers=AUTH).json()["error"]
+    assert inbox_count() == before
 

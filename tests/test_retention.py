@@ -14,7 +14,7 @@ pytestmark = pytest.mark.e2e
 
 def test_rules_become_ttls(settings):
     rules = dict(ttl_rules(lifecycle_rules(settings)))
-    assert rules == {"inbox/": "1d", "jobs/": "1d", "outputs/": "7d", "manifests/": "30d"}
+    assert rules == {"inbox/": "1d", "jobs/": "1d", "outputs/": "7d", "manifests/": "30d", "index/": "30d"}
 
 
 def test_bucket_lifecycle_configuration_is_stored(bucket):

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from types import MappingProxyType
+from typing import Any
 
-from bucketbrush.errors import UnknownRecipe
+from pydantic import ValidationError
+
+from bucketbrush.errors import InvalidParams, UnknownRecipe
 from gpu_runner.recipes import annotate as _annotate
 from gpu_runner.recipes import filter as _filter
 from gpu_runner.recipes import img2img as _img2img
@@ -15,7 +18,7 @@ from gpu_runner.recipes import sketch as _sketch
 from gpu_runner.recipes import stylize as _stylize
 from gpu_runner.recipes import txt2img as _txt2img
 from gpu_runner.recipes import upscale as _upscale
-from gpu_runner.recipes.base import Recipe
+from gpu_runner.recipes.base import Recipe, RecipeParams
 
 RECIPES = MappingProxyType({r.name: r for r in (
     _filter.RECIPE, _upscale.RECIPE, _annotate.RECIPE,
@@ -31,3 +34,17 @@ def get_recipe(name: str) -> Recipe:
         raise UnknownRecipe(
             f"unknown recipe {name!r}; available: {', '.join(sorted(RECIPES))}"
         ) from None
+
+
+def validate_params(name: str, params: dict[str, Any]) -> RecipeParams:
+    """The one validation of a recipe name and its params: the runner's, and the one the
+    composition root injects into presign and submit (``bucketbrush.presign.ParamsValidator``).
+    Raises UnknownRecipe or InvalidParams (the codes a failed manifest carries)."""
+    recipe = get_recipe(name)
+    try:
+        return recipe.params.model_validate(params)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'params'}: {e['msg']}" for e in exc.errors()
+        )
+        raise InvalidParams(f"invalid params for {recipe.name}: {problems}") from exc

@@ -22,6 +22,10 @@ if TYPE_CHECKING:
     from gpu_runner.pipelines import ModelCache, Task
 
 MAX_SEED = 2**32 - 1
+MODELS_HELP = ("no diffusion models are configured on this runner: copy infra/models.example.toml, set "
+               "BUCKETBRUSH_MODELS_FILE to it in the environment of `bucketbrush up` (or of `bucketbrush runner`) "
+               "or in the .env of the directory you run it from, and restart the runner "
+               "(README, section Models)")
 # Pipelines whose per-image generators map one to one onto the images of a batched call, so
 # ``batching="batched"`` may run them as one call. Even then a batched CPU/GPU kernel is not
 # bitwise equal to an unbatched one (about 1e-5 apart), so image k of a batch is only within a
@@ -75,8 +79,7 @@ class Generation:
 def model_cache(ctx: JobContext) -> ModelCache:
     cache = getattr(ctx, "models", None)
     if cache is None:
-        raise ModelUnavailable("no diffusion models are configured on this runner; set "
-                               "BUCKETBRUSH_MODELS_FILE to a models TOML (see gpu_runner/models.py)")
+        raise ModelUnavailable(MODELS_HELP)
     return cache
 
 
