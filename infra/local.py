@@ -161,7 +161,8 @@ class LocalStack:
         remembered = identity.get("seaweedfs_ports") or {}
         wanted: list[dict[str, int]] = []
         if remembered and set(remembered) == set(SEAWEEDFS_PORTS):
-            taken = [f"{n} {p}" for n, p in remembered.items() if not (port_free(p) and port_free(p + GRPC_OFFSET))]
+            taken = [f"{n} {p}" for n, p in remembered.items()
+                     if not (port_free(p, reuse=True) and port_free(p + GRPC_OFFSET, reuse=True))]
             if taken:
                 report(f"seaweedfs: remembered port(s) taken ({', '.join(taken)}): starting on fresh ports; "
                        "the S3 endpoint changes (`bucketbrush env` prints the new one)")

@@ -124,8 +124,12 @@ def free_port(extra_offset: int | None = None) -> int:
     raise StackError("no free port pair found")
 
 
-def port_free(port: int) -> bool:
+def port_free(port: int, *, reuse: bool = False) -> bool:
+    """Whether ``port`` can be bound on loopback. ``reuse``: as a server binds it (SO_REUSEADDR,
+    what Go and Redis set), so connections of a stopped server in TIME_WAIT do not count."""
     with socket.socket() as s:
+        if reuse:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
             return True
@@ -253,7 +257,7 @@ def start_redis(data: Path, logs: Path, *, name: str = "redis", port: int | None
     """A private, non-persistent redis-server on a free loopback port: (its Proc, its URL).
     ``port``: try this one first (a remembered port), if it is free."""
     data.mkdir(parents=True, exist_ok=True)
-    wanted = [port] if port and port_free(port) else []
+    wanted = [port] if port and port_free(port, reuse=True) else []
     if port and not wanted:
         report(f"{name}: port {port} is taken; starting on a fresh port")
 
