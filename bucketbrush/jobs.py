@@ -59,6 +59,9 @@ class JobSpec(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     # A tighter deadline than the recipe's own limit, if the submitter asked for one.
     time_limit_s: int | None = Field(default=None, ge=1)
+    # Run the recipe in a child process killed at the time limit (gpu_runner/isolation.py),
+    # instead of Dramatiq's TimeLimit, which only interrupts between Python bytecodes.
+    hard_time_limit: bool = False
     enqueued_at: float | None = None
 
     @property

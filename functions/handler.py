@@ -95,11 +95,11 @@ class Handler:
     def _spec(self, record: S3Record, job_id: str) -> Outcome:
         ref = record.ref
         try:
-            recipe, input_ref, params, time_limit_s = self._read_spec(ref)
+            recipe, input_ref, params, limits = self._read_spec(ref)
         except InvalidSpec as exc:
             return self._failed_spec(record, job_id, exc)
         return self._submit(ref, recipe, input_ref=input_ref, params=params, preferred_id=job_id,
-                            time_limit_s=time_limit_s, recent=self._recent(record))
+                            recent=self._recent(record), **limits)
 
     def _failed_spec(self, record: S3Record, job_id: str, exc: InvalidSpec) -> Outcome:
         """Nothing to run: record the failure where the user will look for it."""
@@ -113,7 +113,8 @@ class Handler:
         ))
         return Outcome(record.key, "rejected", job_id, reason=str(exc))
 
-    def _read_spec(self, ref: ObjectRef) -> tuple[str, ObjectRef | None, dict[str, Any], int | None]:
+    def _read_spec(self, ref: ObjectRef) -> tuple[str, ObjectRef | None, dict[str, Any], dict[str, Any]]:
+        """(recipe, input, params, time limits: ``time_limit_s`` and ``hard_time_limit``)."""
         if ref.size is not None and ref.size > MAX_SPEC_BYTES:
             raise InvalidSpec(f"job spec is {ref.size} bytes; the limit is {MAX_SPEC_BYTES}")
         body = self.bucket.s3.get_object(Bucket=ref.bucket, Key=ref.key)["Body"].read(MAX_SPEC_BYTES + 1)
@@ -134,13 +135,16 @@ class Handler:
         time_limit_s = doc.get("time_limit_s")
         if time_limit_s is not None and (not isinstance(time_limit_s, int) or time_limit_s < 1):
             raise InvalidSpec('"time_limit_s" must be a positive whole number of seconds')
-        return recipe, input_ref, params, time_limit_s
+        hard = doc.get("hard_time_limit", False)
+        if not isinstance(hard, bool):
+            raise InvalidSpec('"hard_time_limit" must be true or false')
+        return recipe, input_ref, params, {"time_limit_s": time_limit_s, "hard_time_limit": hard}
 
     # -- the common path ------------------------------------------------------------------
 
     def _submit(self, source: ObjectRef, recipe: str, *, input_ref: ObjectRef | None,
                 params: dict[str, Any], preferred_id: str | None,
-                time_limit_s: int | None = None, recent: bool = False) -> Outcome:
+                time_limit_s: int | None = None, hard_time_limit: bool = False, recent: bool = False) -> Outcome:
         claims, identity = self.claims, source.identity
         job_id = preferred_id if preferred_id and claims.claim(preferred_id, identity) else None
         if preferred_id and job_id is None and claims.holder(preferred_id) == identity:
@@ -158,7 +162,7 @@ class Handler:
         if existing and existing.finished_for(source):
             return Outcome(source.key, "duplicate", job_id, reason="already finished")
         spec = JobSpec(job_id=job_id, recipe=recipe, source=source, input=input_ref, params=params,
-                       time_limit_s=time_limit_s)
+                       time_limit_s=time_limit_s, hard_time_limit=hard_time_limit)
         try:
             self.bucket.write_manifest(Manifest(
                 job_id=job_id, status="queued", recipe=recipe, params=params, inputs=spec.inputs,

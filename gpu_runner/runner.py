@@ -7,6 +7,7 @@ import logging
 import platform
 import socket
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -29,8 +30,9 @@ from bucketbrush.manifest import ErrorInfo, Manifest, Output, Progress
 from bucketbrush.settings import Settings
 from bucketbrush.store import Bucket, is_not_found
 from gpu_runner.images import decode_image, encode_image
+from gpu_runner.isolation import run_isolated
 from gpu_runner.monitor import JobMonitor
-from gpu_runner.recipes import get_recipe, validate_params
+from gpu_runner.recipes import MODEL_CACHE_RECIPES, get_recipe, validate_params
 from gpu_runner.recipes.base import JobContext, Recipe, RecipeParams, RecipeResult
 
 if TYPE_CHECKING:
@@ -105,6 +107,8 @@ class JobRunner:
 
     def _run(self, spec: JobSpec, manifest: Manifest, last_attempt: bool) -> Manifest:
         written: list[str] = []
+        limit = self.settings.time_limit_s(spec.recipe, spec.time_limit_s)
+        deadline = time.monotonic() + limit
         try:
             if self.bucket.exists(self.bucket.cancel_key(spec.job_id)):
                 raise JobCancelled("cancelled before it started")
@@ -115,12 +119,16 @@ class JobRunner:
             manifest.params = params.model_dump(mode="json")
             with JobMonitor(self.bucket, manifest, interval_s=PROGRESS_INTERVAL_S) as monitor:
                 started = time.perf_counter()
-                result = recipe.run(self._context(manifest, monitor), image, params)
+                if self._hard_limit(spec, manifest):
+                    result = run_isolated(spec.recipe, image, params, job_id=spec.job_id, settings=self.settings,
+                                          deadline=deadline, limit_s=limit, on_progress=monitor.progress,
+                                          cancelled=monitor.cancelled)
+                else:
+                    result = recipe.run(self._context(manifest, monitor), image, params)
                 manifest.timings["processing_s"] = time.perf_counter() - started
             manifest.outputs = self._write_outputs(spec.job_id, result, params, written)
         except TimeLimitExceeded as exc:
             self._discard(written)
-            limit = self.settings.time_limit_s(spec.recipe, spec.time_limit_s)
             return self._finish_failed(manifest, TimedOut(f"the job ran past its time limit of {limit} s"),
                                        final=True, cause=exc)
         except BucketbrushError as exc:
@@ -150,22 +158,18 @@ class JobRunner:
 
     # -- steps ----------------------------------------------------------------------------
 
+    def _hard_limit(self, spec: JobSpec, manifest: Manifest) -> bool:
+        """Whether to run the recipe in a killable child process (gpu_runner/isolation.py)."""
+        if not (spec.hard_time_limit or spec.recipe in self.settings.hard_time_limit_recipes):
+            return False
+        if spec.recipe in MODEL_CACHE_RECIPES:
+            manifest.warnings.append(f"no hard time limit for {spec.recipe}: its models live in the runner process; "
+                                     "the time limit is Dramatiq's (checked between Python bytecodes)")
+            return False
+        return True
+
     def _get(self, ref: ObjectRef) -> dict[str, Any]:
-        """GET an input object, refusing ones over the upload size limit."""
-        kwargs: dict[str, Any] = {"Bucket": ref.bucket, "Key": ref.key}
-        if ref.version_id:
-            kwargs["VersionId"] = ref.version_id
-        try:
-            obj = self.bucket.s3.get_object(**kwargs)
-        except ClientError as exc:
-            if is_not_found(exc):
-                raise InputMissing(f"the input {ref.key!r} does not exist") from exc
-            raise
-        size, limit = obj.get("ContentLength", 0), self.settings.max_upload_bytes
-        if size > limit:
-            obj["Body"].close()
-            raise InputTooLarge(f"the input {ref.key!r} is {size:,} bytes; the limit is {limit:,}")
-        return obj
+        return get_input(self.bucket, ref)
 
     def _load_input(self, ref: ObjectRef | None) -> tuple[Any, dict[str, str]]:
         if ref is None:
@@ -177,13 +181,7 @@ class JobRunner:
         return image, obj.get("Metadata", {})
 
     def _context(self, manifest: Manifest, monitor: JobMonitor) -> JobContext:
-        def load_bytes(key: str) -> bytes:
-            return self._get(ObjectRef(bucket=self.bucket.name, key=key))["Body"].read()
-
-        def load_image(key: str) -> Any:
-            data = load_bytes(key)
-            return decode_image(data, max_pixels=self.settings.max_image_pixels)
-
+        load_image, load_bytes = bucket_loaders(self.bucket)
         return JobContext(manifest.job_id, monitor.progress, load_image=load_image, load_bytes=load_bytes,
                           cancelled=monitor.cancelled, models=self.models, settings=self.settings)
 
@@ -234,6 +232,36 @@ class JobRunner:
             self.stats["jobs_failed"] += 1
         log.warning("job %s %s: %s: %s", manifest.job_id, manifest.status, exc.code, exc.message)
         raise exc from cause
+
+
+def get_input(bucket: Bucket, ref: ObjectRef) -> dict[str, Any]:
+    """GET an input object, refusing ones over the upload size limit."""
+    kwargs: dict[str, Any] = {"Bucket": ref.bucket, "Key": ref.key}
+    if ref.version_id:
+        kwargs["VersionId"] = ref.version_id
+    try:
+        obj = bucket.s3.get_object(**kwargs)
+    except ClientError as exc:
+        if is_not_found(exc):
+            raise InputMissing(f"the input {ref.key!r} does not exist") from exc
+        raise
+    size, limit = obj.get("ContentLength", 0), bucket.settings.max_upload_bytes
+    if size > limit:
+        obj["Body"].close()
+        raise InputTooLarge(f"the input {ref.key!r} is {size:,} bytes; the limit is {limit:,}")
+    return obj
+
+
+def bucket_loaders(bucket: Bucket) -> tuple[Callable[[str], Any], Callable[[str], bytes]]:
+    """(load_image, load_bytes) for a JobContext: other objects of the bucket, under the same
+    size and pixel guards as the input."""
+    def load_bytes(key: str) -> bytes:
+        return get_input(bucket, ObjectRef(bucket=bucket.name, key=key))["Body"].read()
+
+    def load_image(key: str) -> Any:
+        return decode_image(load_bytes(key), max_pixels=bucket.settings.max_image_pixels)
+
+    return load_image, load_bytes
 
 
 def resolve_params(recipe: Recipe, spec_params: dict[str, Any], metadata: dict[str, str]) -> RecipeParams:

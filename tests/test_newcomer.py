@@ -243,3 +243,27 @@ def test_versioning_keeps_one_upload_one_job(settings, bucket):
         ref = ObjectRef(bucket=bucket.name, key=key, etag=etag, version_id=version_id)
         outcome = handler.handle_record(S3Record.created("test", ref))
         assert (outcome.action, outcome.job_id) == ("duplicate", job_id), outcome
+
+
+# -- 10. a hard time limit: the recipe runs in a child process that is killed -------------------
+
+def test_hard_time_limit_kills_the_recipe_process(bucket):
+    big = "inbox/filter/hard/big.jpg"
+    drop(bucket, big, png_bytes(landscape(1800, 1350), "JPEG"), Metadata={"style": "nope"})
+    drop(bucket, "inbox/filter/hard/small.png", png_bytes(), Metadata={"style": "nope"})
+    specs = {
+        "hard-ok": {"recipe": "filter", "input": "inbox/filter/hard/small.png", "params": {"style": "sepia"},
+                    "hard_time_limit": True},
+        "hard-killed": {"recipe": "filter", "input": big, "params": {"style": "watercolor"},
+                        "time_limit_s": 1, "hard_time_limit": True},
+    }
+    for job_id, doc in specs.items():
+        bucket.s3.put_object(Bucket=bucket.name, Key=f"jobs/{job_id}.json", Body=json.dumps(doc))
+        manifest = wait_final(bucket, job_id, timeout=90)
+        if job_id == "hard-ok":  # the result came back from the child process whole
+            assert manifest.status == "succeeded", manifest.error
+            assert manifest.progress.fraction == 1.0 and manifest.outputs[0].width == 128
+    assert manifest.status == "failed" and manifest.error.code == "timed_out", manifest.error
+    assert "process was killed (hard time limit)" in manifest.error.message and manifest.outputs == []
+    after = drop(bucket, "inbox/filter/hard/after.png", png_bytes(), Metadata={"style": "noir"})
+    assert wait_final(bucket, after).status == "succeeded"  # the runner goes on

@@ -26,6 +26,9 @@ RECIPES = MappingProxyType({r.name: r for r in (
     _layers.RECIPE, _remove_bg.RECIPE,
 )})
 
+# Recipes that use the runner's diffusion model cache: they cannot run in a child process.
+MODEL_CACHE_RECIPES = frozenset({"txt2img", "img2img", "sketch", "stylize", "inpaint", "layers"})
+
 
 def get_recipe(name: str) -> Recipe:
     try:
