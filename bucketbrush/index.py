@@ -80,7 +80,7 @@ class JobIndex:
         key = self.key(manifest)
         s3 = self.bucket.s3
         s3.put_object(Bucket=self.bucket.name, Key=key, Body=b"")
-        if manifest.status != "queued":  # a queued entry is a job's first at its position
+        if manifest.status != "queued" or manifest.attempts:  # a first queued entry has no others
             others = [k for k in self._all_keys(manifest) if k != key]
             s3.delete_objects(Bucket=self.bucket.name, Delete={"Objects": [{"Key": k} for k in others], "Quiet": True})
         return key

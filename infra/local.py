@@ -32,9 +32,9 @@ from infra.procs import (
     Proc,
     StackError,
     StackState,
-    free_port,
     port_free,
     redis_answers,
+    stable_port,
     start_redis,
     start_with_retries,
     terminate,
@@ -173,7 +173,8 @@ class LocalStack:
         def start() -> Proc:
             # Picked free, not reserved: a port taken before weed binds it makes weed exit,
             # and start_with_retries starts it again on fresh ports.
-            ports = wanted.pop() if wanted else {n: free_port(GRPC_OFFSET) for n in SEAWEEDFS_PORTS}
+            # Below the ephemeral range: kept across restarts, so no client should grab one meanwhile.
+            ports = wanted.pop() if wanted else {n: stable_port(GRPC_OFFSET) for n in SEAWEEDFS_PORTS}
             used.clear()
             used.update(ports)
             cmd = [

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -23,7 +24,7 @@ from bucketbrush.errors import StackError
 
 __all__ = [
     "PortInUse", "Proc", "StackError", "StackState", "free_port", "port_free", "proc_start_time", "redis_answers",
-    "redis_server_binary", "spawn", "start_with_retries", "terminate", "wait_until",
+    "redis_server_binary", "spawn", "stable_port", "start_with_retries", "terminate", "wait_until",
 ]
 
 T = TypeVar("T")
@@ -122,6 +123,27 @@ def free_port(extra_offset: int | None = None) -> int:
         if port + extra_offset < 65536 and port_free(port + extra_offset):
             return port
     raise StackError("no free port pair found")
+
+
+def stable_port(extra_offset: int = 0) -> int:
+    """A free loopback port below the kernel's ephemeral range (and port + offset too).
+
+    For ports a stack keeps across restarts: outgoing connections take their local ports from
+    the ephemeral range (Linux: 32768-60999), so a port picked there is likely to be taken by
+    some client while the stack is down; below it only another server would take it.
+    """
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    top = low - 1 - extra_offset
+    if top <= 10000:
+        return free_port(extra_offset or None)
+    for _ in range(200):
+        port = random.randint(10000, top)
+        if port_free(port) and (not extra_offset or port_free(port + extra_offset)):
+            return port
+    return free_port(extra_offset or None)
 
 
 def port_free(port: int, *, reuse: bool = False) -> bool:
@@ -262,7 +284,7 @@ def start_redis(data: Path, logs: Path, *, name: str = "redis", port: int | None
         report(f"{name}: port {port} is taken; starting on a fresh port")
 
     def start() -> tuple[Proc, str]:
-        port = wanted.pop() if wanted else free_port()
+        port = wanted.pop() if wanted else stable_port()
         cmd = [redis_server_binary(), "--bind", "127.0.0.1", "--port", str(port), "--save", "",
                "--appendonly", "no", "--dir", str(data), "--protected-mode", "yes"]
         log = logs / f"{name}.log"

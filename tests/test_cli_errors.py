@@ -106,3 +106,14 @@ def test_models_without_a_file_points_at_the_readme(down: Path, capsys: pytest.C
     with pytest.raises(SystemExit) as exc:
         main(["models", "list"])
     assert "README" in str(exc.value.code) and "infra/models.example.toml" in str(exc.value.code)
+
+
+def test_runner_without_models_points_at_the_readme() -> None:
+    from bucketbrush.errors import ModelUnavailable
+    from gpu_runner.recipes.base import JobContext
+    from gpu_runner.recipes.diffusion import model_cache
+
+    with pytest.raises(ModelUnavailable) as exc:
+        model_cache(JobContext("job"))
+    assert "README, section Models" in str(exc.value) and "infra/models.example.toml" in str(exc.value)
+    assert "environment of `bucketbrush up`" in str(exc.value) and ".env" in str(exc.value)

@@ -173,18 +173,19 @@ def test_status_shows_every_part_and_prunes_dead_heartbeats(bucket, cli):
 
 def test_dead_letters_list_retry_purge(settings, bucket, cli):
     broker = build_broker(settings)
-    key = "inbox/filter/dead/fixable.png"
-    fixable = drop(bucket, key, png_bytes(), Metadata={"params": '{"style": "nope"}'})
+    missing = "inbox/filter/dead/arrives-late.png"
+    fixable = "dead-fixable"  # a spec whose input is not there yet: input_missing, dead-lettered
+    bucket.s3.put_object(Bucket=bucket.name, Key=f"jobs/{fixable}.json", Body=json.dumps(
+        {"recipe": "filter", "input": missing, "params": {"style": "sepia"}}))
     hopeless = drop(bucket, "inbox/filter/dead/hopeless.png", b"never an image")
-    assert wait_final(bucket, fixable).error.code == "invalid_params"
+    assert wait_final(bucket, fixable).error.code == "input_missing"
     wait_final(bucket, hopeless)
     wait_until(lambda: {fixable, hopeless} <= {d.job_id for d in deadletters.list_dead(broker, settings)},
                "both messages dead-lettered")
     code, out, err = cli("jobs", "dead", "list")
     assert code == 0 and "dead-lettered message" in err
-    assert any(fixable in line and "failed invalid_params" in line for line in out.splitlines()), out
-    bucket.s3.copy_object(Bucket=bucket.name, Key=key, CopySource={"Bucket": bucket.name, "Key": key},
-                          Metadata={"style": "sepia"}, MetadataDirective="REPLACE")
+    assert any(fixable in line and "failed input_missing" in line for line in out.splitlines()), out
+    drop(bucket, missing, png_bytes(), Metadata={"style": "nope"})  # its own job fails; the spec's is fine
     code, out, _ = cli("jobs", "dead", "retry", fixable)
     assert code == 0 and f"job {fixable}" in out and "queued again" in out, out
     assert wait_final(bucket, fixable).status == "succeeded"

@@ -26,14 +26,14 @@ def test_up_comes_up_when_a_picked_port_is_taken(tmp_path: Path, monkeypatch: py
     busy.listen()
     busy_port = busy.getsockname()[1]
     picked: list[int] = []
-    real = infra.local.free_port
+    real = infra.local.stable_port
 
     def pick(extra_offset: int | None = None) -> int:
         port = busy_port if len(picked) == PORTS.index(taken) else real(extra_offset)
         picked.append(port)
         return port
 
-    monkeypatch.setattr(infra.local, "free_port", pick)
+    monkeypatch.setattr(infra.local, "stable_port", pick)
     stack = LocalStack(Settings(_env_file=None, state_dir=tmp_path, local_redis="always", bucket="ports"))
     lines: list[str] = []
     try:
