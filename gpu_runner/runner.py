@@ -26,6 +26,7 @@ from bucketbrush.errors import (
     TransientError,
 )
 from bucketbrush.jobs import JobSpec, ObjectRef, json_object
+from bucketbrush.layout import NotAnInput
 from bucketbrush.manifest import ErrorInfo, Manifest, Output, Progress
 from bucketbrush.settings import Settings
 from bucketbrush.store import Bucket, is_not_found
@@ -112,7 +113,7 @@ class JobRunner:
             self.bucket.write_manifest(manifest)
             recipe = get_recipe(spec.recipe)
             image, metadata = self._load_input(spec.input) if recipe.needs_input else (None, {})
-            params = resolve_params(recipe, spec.params, metadata)
+            params = resolve_params(recipe, spec.params, metadata, single_fields=not self._presigned(spec))
             manifest.params = params.model_dump(mode="json")
             with JobMonitor(self.bucket, manifest, interval_s=PROGRESS_INTERVAL_S) as monitor:
                 started = time.perf_counter()
@@ -203,6 +204,14 @@ class JobRunner:
         manifest.warnings = result.warnings
         manifest.details = result.details
 
+    def _presigned(self, spec: JobSpec) -> bool:
+        """Whether the job's upload came through a presigned POST (its key carries a ticket)."""
+        try:
+            key = self.bucket.layout.parse_input(spec.source.key)
+        except NotAnInput:
+            return False
+        return key.kind == "upload" and key.job_id is not None
+
     def _discard(self, keys: list[str]) -> None:
         """Remove outputs of a failed attempt, so nothing half-written is left behind."""
         for key in keys:
@@ -232,15 +241,21 @@ class JobRunner:
         raise exc from cause
 
 
-def resolve_params(recipe: Recipe, spec_params: dict[str, Any], metadata: dict[str, str]) -> RecipeParams:
-    """The recipe's params from upload metadata (``x-amz-meta-params`` JSON and single
-    ``x-amz-meta-<name>`` fields) overlaid by the job spec's params."""
+def resolve_params(recipe: Recipe, spec_params: dict[str, Any], metadata: dict[str, str], *,
+                   single_fields: bool = True) -> RecipeParams:
+    """The recipe's params from upload metadata overlaid by the job spec's params.
+
+    Metadata: the ``x-amz-meta-params`` JSON object, then single ``x-amz-meta-<name>`` fields
+    for params the JSON does not set (the JSON wins: a presigned POST signs it). For presigned
+    uploads (``single_fields=False``) only the signed JSON counts, so a store that does not
+    refuse extra form fields still cannot be used to slip params past the signature."""
     fields = recipe.params.model_fields
     merged: dict[str, Any] = {}
+    if single_fields:
+        # Single metadata fields only count when they name a param (apps add their own metadata).
+        merged.update({k: v for k, v in metadata.items() if k in fields})
     if raw := metadata.get("params"):
         merged.update(json_object(raw, "x-amz-meta-params", InvalidParams))
-    # Single metadata fields only count when they name a param (apps add their own metadata).
-    merged.update({k: v for k, v in metadata.items() if k in fields})
     merged.update(spec_params)
     try:
         return recipe.params.model_validate(merged)

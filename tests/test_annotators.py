@@ -11,16 +11,15 @@ import json
 import cv2
 import numpy as np
 import pytest
+import skimage.data as skdata  # a dev dependency: missing, it fails the run (never skips)
 from PIL import Image
+from skimage.morphology import skeletonize
 
 from bucketbrush.errors import InvalidParams, JobError
 from gpu_runner import annotators as A
 from gpu_runner.recipes import annotate
 from gpu_runner.recipes.base import JobContext
 from gpu_runner.runner import resolve_params
-
-skdata = pytest.importorskip("skimage.data")
-skeletonize = pytest.importorskip("skimage.morphology").skeletonize
 
 
 @pytest.fixture(scope="module")

@@ -365,7 +365,7 @@ def test_dtype_policy(tmp_path: Path) -> None:
     assert not cpu_has_native_bf16(flags)
     assert resolve_dtype("cuda", "auto") == torch.float16
     assert resolve_dtype("mps", "auto") == torch.float16
-    assert resolve_dtype("cpu", "auto") in (torch.float32, torch.bfloat16)
+    assert resolve_dtype("cpu", "auto") == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
     assert resolve_dtype("cpu", "bfloat16") == torch.bfloat16
 
 
