@@ -22,7 +22,7 @@ from functions.events import S3Record
 from functions.handler import Handler
 from functions.presign import presign_upload
 from gpu_runner.recipes.filter import STYLES
-from tests.conftest import png_bytes, wait_final
+from tests.helpers import png_bytes, wait_final
 
 pytestmark = pytest.mark.e2e
 

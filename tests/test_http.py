@@ -34,7 +34,7 @@ from bucketbrush.store import Bucket
 from functions.handler import Handler
 from functions.http import create_app
 from functions.presign import PresignedUpload
-from tests.conftest import EVENTS, png_bytes, wait_final
+from tests.helpers import EVENTS, png_bytes, wait_final
 
 pytestmark = pytest.mark.e2e
 
