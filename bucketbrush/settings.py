@@ -11,19 +11,29 @@ Each group reads from the same sources and can stand alone (``StorageSettings()`
 from __future__ import annotations
 
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
+from pydantic_core import to_jsonable_python
 from pydantic_settings import (
     BaseSettings,
+    DotEnvSettingsSource,
+    EnvSettingsSource,
+    InitSettingsSource,
     JsonConfigSettingsSource,
     PydanticBaseSettingsSource,
+    SecretsSettingsSource,
     SettingsConfigDict,
 )
 
 MB = 1024 * 1024
 STACK_FILE = "stack.json"
+# Values of fields named like this are never shown (nor are SecretStr values, nor URL passwords).
+SECRET_NAME = re.compile(r"key|token|secret|password", re.IGNORECASE)
 
 
 def default_state_dir() -> Path:
@@ -39,6 +49,14 @@ class StackFileSource(JsonConfigSettingsSource):
     def __init__(self, settings_cls: type[BaseSettings]) -> None:
         self.path = default_state_dir() / STACK_FILE
         super().__init__(settings_cls, json_file=self.path)
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a value came from: ``kind`` (default, init, env, dotenv, stack, secrets) and ``where``."""
+
+    kind: str
+    where: str = ""
 
 
 class SettingsGroup(BaseSettings):
@@ -58,6 +76,48 @@ class SettingsGroup(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return init_settings, env_settings, dotenv_settings, StackFileSource(settings_cls), file_secret_settings
+
+    @classmethod
+    def env_var(cls, name: str) -> str:
+        """The environment variable of field ``name``: ``BUCKETBRUSH_<NAME>``."""
+        return f"{cls.model_config.get('env_prefix', '')}{name}".upper()
+
+    @classmethod
+    def field_sources(cls, **init: Any) -> dict[str, tuple[Source, ...]]:
+        """Which sources supply each field of ``cls(**init)``, highest precedence first.
+
+        Builds the same sources pydantic-settings builds and orders them with
+        :meth:`settings_customise_sources`. Empty: the default. More than one only for a dict
+        field, whose dicts pydantic-settings merges across sources.
+        """
+        config = cls.model_config
+        mine: dict[int, Source] = {}
+
+        def made(source: PydanticBaseSettingsSource, label: Source) -> PydanticBaseSettingsSource:
+            mine[id(source)] = label
+            return source
+
+        sources = cls.settings_customise_sources(
+            cls,
+            made(InitSettingsSource(cls, init_kwargs=init), Source("init")),
+            made(EnvSettingsSource(cls), Source("env")),
+            made(DotEnvSettingsSource(cls), Source("dotenv", str(config.get("env_file")))),
+            made(SecretsSettingsSource(cls), Source("secrets", str(config.get("secrets_dir")))),
+        )
+        found: dict[str, list[Source]] = {name: [] for name in cls.model_fields}
+        merges: set[str] = set()  # dict fields: lower sources' dicts are merged into the first one
+        for source in sources:
+            label = mine.get(id(source)) or (
+                Source("stack", str(source.path)) if isinstance(source, StackFileSource)
+                else Source(type(source).__name__))
+            values = source()
+            for name, labels in found.items():
+                if name not in values or (labels and not (name in merges and isinstance(values[name], dict))):
+                    continue
+                if not labels and isinstance(values[name], dict):
+                    merges.add(name)
+                labels.append(Source("env", cls.env_var(name)) if label.kind == "env" else label)
+        return {name: tuple(labels) for name, labels in found.items()}
 
 
 class StorageSettings(SettingsGroup):
@@ -219,3 +279,49 @@ GROUPS: dict[str, type[SettingsGroup]] = {
 class Settings(LocalStackSettings, DiffusionSettings, RetentionSettings, LimitsSettings, FunctionsSettings,
                EventsSettings, BrokerSettings, StorageSettings):
     """Everything a deployable needs to reach the bucket and the queue."""
+
+
+def is_secret(name: str, value: Any) -> bool:
+    return isinstance(value, SecretStr) or bool(SECRET_NAME.search(name))
+
+
+def _mask_url_password(value: str) -> str:
+    try:
+        parts = urlsplit(value)
+        password = parts.password
+    except ValueError:
+        return value
+    if not password:
+        return value
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    return parts._replace(netloc=f"{userinfo.split(':', 1)[0]}:****@{host}").geturl()
+
+
+def explain(settings: SettingsGroup, **init: Any) -> dict[str, dict[str, dict[str, Any]]]:
+    """The effective values by group, secrets masked, each with where it came from.
+
+    ``{group: {field: {"value", "secret", "source", "from", "env", "description"}}}``; a secret's
+    value is ``"****"`` when set, else None; ``init`` as given to ``type(settings)(**init)``.
+    """
+    cls = type(settings)
+    sources = cls.field_sources(**init)
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for group, group_cls in GROUPS.items():
+        for name in group_cls.model_fields:
+            if name not in cls.model_fields:
+                continue
+            value = getattr(settings, name)
+            secret = is_secret(name, value)
+            shown = ("****" if value is not None else None) if secret else to_jsonable_python(value)
+            if isinstance(shown, str):
+                shown = _mask_url_password(shown)
+            found = sources[name]
+            out.setdefault(group, {})[name] = {
+                "value": shown,
+                "secret": secret,
+                "source": "+".join(s.kind for s in found) or "default",
+                "from": ", ".join(s.where for s in found if s.where) or None,
+                "env": cls.env_var(name),
+                "description": cls.model_fields[name].description,
+            }
+    return out

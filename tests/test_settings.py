@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import pydantic
 import pytest
 
-from bucketbrush.settings import GROUPS, Settings, StorageSettings
+from bucketbrush.cli import main
+from bucketbrush.settings import GROUPS, Settings, Source, StorageSettings
 
 # Every variable users set (BUCKETBRUSH_<FIELD>) and attribute code reads: renaming one breaks them.
 FIELDS = """
@@ -107,3 +109,76 @@ def test_a_group_alone_reads_the_same_sources(clean: Path, monkeypatch: pytest.M
     assert (storage.bucket, storage.s3_endpoint_url) == ("alone", "http://127.0.0.1:41234")
     assert not hasattr(storage, "redis_url")
     assert storage.s3_client_kwargs()["endpoint_url"] == "http://127.0.0.1:41234"
+
+
+SECRETS = ("tok-9f3a7c", "stack-sk-51e0b2", "dotenv-ak-77d4", "redis-pw-3c8e")
+
+
+@pytest.fixture
+def layered(clean: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Values from each source: env, a .env file, and the stack's state file; secrets among them."""
+    monkeypatch.setenv("BUCKETBRUSH_REDIS_URL", f"redis://:{SECRETS[3]}@127.0.0.1:6390/0")
+    monkeypatch.setenv("BUCKETBRUSH_FUNCTIONS_TOKEN", SECRETS[0])
+    monkeypatch.setenv("BUCKETBRUSH_RECIPE_TIME_LIMITS_S", '{"upscale": 1200}')
+    (clean / ".env").write_text(f"BUCKETBRUSH_BUCKET=from-dotenv\nBUCKETBRUSH_S3_ACCESS_KEY={SECRETS[2]}\n"
+                                'BUCKETBRUSH_RECIPE_TIME_LIMITS_S={"filter": 30}\n')
+    return write_stack(clean, s3_endpoint_url="http://127.0.0.1:41234", s3_access_key="stack-ak",
+                       s3_secret_key=SECRETS[1], redis_url="redis://127.0.0.1:1/0", filer="127.0.0.1:8888")
+
+
+def run_settings(capsys: pytest.CaptureFixture[str], *args: str) -> str:
+    assert main(["settings", *args]) == 0
+    out = capsys.readouterr().out
+    assert not [secret for secret in SECRETS if secret in out]
+    return out
+
+
+def test_settings_prints_each_value_masked_with_its_source(layered: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = run_settings(capsys)
+    rows = {m[1]: (m[2], m[3]) for m in re.finditer(r"^  (\w+) += (.*?) +\((.*)\)$", out, re.MULTILINE)}
+    assert sorted(rows) == sorted(FIELDS)
+    stack = f"stack: {layered}"
+    assert rows["s3_endpoint_url"] == ("http://127.0.0.1:41234", stack)
+    assert rows["s3_secret_key"] == ("****", stack)
+    assert rows["s3_access_key"] == ("****", "dotenv: .env")  # .env above the state file
+    assert rows["bucket"] == ("from-dotenv", "dotenv: .env")
+    assert rows["redis_url"] == ("redis://:****@127.0.0.1:6390/0", "env: BUCKETBRUSH_REDIS_URL")
+    assert rows["functions_token"] == ("****", "env: BUCKETBRUSH_FUNCTIONS_TOKEN")
+    assert rows["sqs_queue_url"] == ("unset", "default")
+    assert rows["queue_name"] == ("bucketbrush", "default")
+    assert rows["state_dir"] == (str(layered.parent), "env: BUCKETBRUSH_STATE_DIR")
+    # Dicts from several sources are merged, and the row says so.
+    assert rows["recipe_time_limits_s"] == ('{"filter": 30, "upscale": 1200}',
+                                            "env+dotenv: BUCKETBRUSH_RECIPE_TIME_LIMITS_S, .env")
+    headers = re.findall(r"^\[(\w+)\]", out, re.MULTILINE)
+    assert headers == list(GROUPS)
+
+
+def test_settings_json_groups_sources_and_secrets(layered: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    groups = json.loads(run_settings(capsys, "--json"))
+    assert {group: list(fields) for group, fields in groups.items()} == {
+        group: list(cls.model_fields) for group, cls in GROUPS.items()}
+    storage, broker = groups["storage"], groups["broker"]
+    assert storage["s3_endpoint_url"] | {"description": ""} == {
+        "value": "http://127.0.0.1:41234", "secret": False, "source": "stack", "from": str(layered),
+        "env": "BUCKETBRUSH_S3_ENDPOINT_URL", "description": ""}
+    assert (storage["s3_secret_key"]["value"], storage["s3_secret_key"]["secret"]) == ("****", True)
+    assert (broker["redis_url"]["source"], broker["redis_url"]["from"]) == ("env", "BUCKETBRUSH_REDIS_URL")
+    assert groups["functions"]["functions_token"]["value"] == "****"
+    assert groups["events"]["sqs_queue_url"] | {"description": ""} == {
+        "value": None, "secret": False, "source": "default", "from": None,
+        "env": "BUCKETBRUSH_SQS_QUEUE_URL", "description": ""}
+    assert all(field["description"] for fields in groups.values() for field in fields.values())
+
+
+def test_an_unset_secret_is_shown_unset(clean: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    storage = json.loads(run_settings(capsys, "--json"))["storage"]
+    assert (storage["s3_secret_key"]["value"], storage["s3_secret_key"]["source"]) == (None, "default")
+    assert storage["s3_access_key"]["secret"]
+
+
+def test_field_sources_sees_init_above_everything(layered: Path) -> None:
+    sources = Settings.field_sources(bucket="explicit")
+    assert sources["bucket"] == (Source("init"),)
+    assert sources["s3_secret_key"] == (Source("stack", str(layered)),)
+    assert sources["queue_name"] == ()
