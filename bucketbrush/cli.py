@@ -218,6 +218,28 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_settings(settings: Settings, args: argparse.Namespace) -> int:
+    from bucketbrush.settings import GROUPS, explain
+
+    groups = explain(settings)
+    if args.json:
+        print(json.dumps(groups, indent=2))
+        return 0
+
+    def text(value: Any) -> str:
+        return "unset" if value is None else value if isinstance(value, str) else json.dumps(value)
+
+    entries = [(name, e) for fields in groups.values() for name, e in fields.items()]
+    width = max(len(name) for name, _ in entries)
+    column = min(max(len(text(e["value"])) for _, e in entries), 40)
+    for group, fields in groups.items():
+        print(f"[{group}] {(GROUPS[group].__doc__ or '').splitlines()[0]}")
+        for name, e in fields.items():
+            origin = e["source"] + (f": {e['from']}" if e["from"] else "")
+            print(f"  {name:<{width}} = {text(e['value']):<{column}}  ({origin})")
+    return 0
+
+
 def cmd_runner(settings: Settings, args: argparse.Namespace) -> int:
     from gpu_runner.worker import run_worker
 
@@ -405,6 +427,10 @@ def build_parser() -> argparse.ArgumentParser:
     st = sub.add_parser("status", help="runners (heartbeats) and queue depths")
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)
+
+    se = sub.add_parser("settings", help="the effective settings by group, secrets masked, and where each came from")
+    se.add_argument("--json", action="store_true")
+    se.set_defaults(func=cmd_settings)
 
     run = sub.add_parser("runner", help="run a runner process (Dramatiq worker)")
     run.add_argument("--ready-file", type=Path)

@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-import io
 import os
-import time
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
-from bucketbrush.manifest import Manifest
-from bucketbrush.samples import landscape
 from bucketbrush.settings import Settings
 from bucketbrush.store import Bucket
 from infra.local import LocalStack
 from tests.tiny_models import write_tiny_models
 from tests.tiny_vision_models import write_tiny_vision_models
 
-EVENTS = Path(__file__).parent / "events"
 # Fixtures that start servers: a test that uses one (directly or through another fixture) is e2e.
 SERVER_FIXTURES = {"stack", "localstack_endpoint", "private_redis"}
 
@@ -84,18 +78,3 @@ def settings(stack: LocalStack) -> Settings:
 def bucket(settings: Settings) -> Bucket:
     return Bucket(settings)
 
-
-def png_bytes(image: Image.Image | None = None, fmt: str = "PNG") -> bytes:
-    buf = io.BytesIO()
-    (image or landscape(128, 96)).save(buf, fmt)
-    return buf.getvalue()
-
-
-def wait_final(bucket: Bucket, job_id: str, timeout: float = 60) -> Manifest:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        manifest = bucket.read_manifest(job_id)
-        if manifest is not None and manifest.is_final:
-            return manifest
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} not final after {timeout}s: {bucket.read_manifest(job_id)}")

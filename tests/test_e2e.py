@@ -21,7 +21,7 @@ from bucketbrush.store import s3_client
 from functions.events import S3Record
 from functions.handler import Handler
 from gpu_runner.recipes.filter import STYLES
-from tests.conftest import png_bytes, wait_final
+from tests.helpers import png_bytes, wait_final
 
 pytestmark = pytest.mark.e2e
 

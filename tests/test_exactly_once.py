@@ -21,7 +21,7 @@ from bucketbrush.samples import landscape
 from functions.events import S3Record
 from functions.handler import Handler
 from functions.sweep import ABANDONED_CLAIM_S, reconcile, sweep
-from tests.conftest import png_bytes, wait_final
+from tests.helpers import png_bytes, wait_final
 from tests.test_e2e import drop
 
 pytestmark = pytest.mark.e2e

@@ -33,7 +33,7 @@ from bucketbrush.jobs import ObjectRef, job_id_for
 from bucketbrush.presign import PresignedUpload
 from functions.handler import Handler
 from functions.http import create_app
-from tests.conftest import EVENTS, png_bytes, wait_final
+from tests.helpers import EVENTS, png_bytes, wait_final
 
 pytestmark = pytest.mark.e2e
 

@@ -22,7 +22,7 @@ from bucketbrush.management import (
 )
 from bucketbrush.samples import landscape
 from bucketbrush.status import status_report
-from tests.conftest import png_bytes, wait_final
+from tests.helpers import png_bytes, wait_final
 from tests.test_e2e import drop
 
 pytestmark = pytest.mark.e2e

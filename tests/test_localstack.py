@@ -33,7 +33,7 @@ from infra.aws import setup_event_route
 from infra.bucket import apply_bucket
 from infra.procs import free_port, redis_server_binary, wait_until
 from localstack.server import LocalStackServer, ensure_venv
-from tests.conftest import EVENTS, png_bytes, wait_final
+from tests.helpers import EVENTS, png_bytes, wait_final
 
 RECORDED = EVENTS / "localstack"
 

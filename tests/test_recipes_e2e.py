@@ -11,7 +11,7 @@ from PIL import Image, ImageDraw
 
 from bucketbrush.management import cancel_job
 from bucketbrush.samples import landscape, portrait
-from tests.conftest import png_bytes, wait_final
+from tests.helpers import png_bytes, wait_final
 from tests.test_e2e import check_outputs, drop
 
 pytestmark = pytest.mark.e2e
