@@ -55,18 +55,23 @@ def stack(tmp_path_factory: pytest.TempPathFactory, models_toml: Path, vision_mo
     The runner loads the tiny models through its normal registry and ``from_pretrained`` path.
     """
     state_dir = tmp_path_factory.mktemp("stack")
-    # Commands in this process must not find a developer's own stack.
+    # Commands in this process must not find a developer's own stack (restored afterwards).
+    before = os.environ.get("BUCKETBRUSH_STATE_DIR")
     os.environ["BUCKETBRUSH_STATE_DIR"] = str(state_dir)
     settings = Settings(state_dir=state_dir, local_redis="always", bucket="bbtest",
                         max_image_pixels=4_000_000, max_upload_bytes=2 * 1024 * 1024,
                         models_file=models_toml, diffusion_dtype="float32",
                         depth_model=str(vision_models["depth"]), segmentation_model=str(vision_models["segmentation"]))
     local = LocalStack(settings)
-    local.up()
     try:
+        local.up()
         yield local
     finally:
         local.down()
+        if before is None:
+            os.environ.pop("BUCKETBRUSH_STATE_DIR", None)
+        else:
+            os.environ["BUCKETBRUSH_STATE_DIR"] = before
 
 
 @pytest.fixture(scope="session")

@@ -2,7 +2,8 @@
 
 No MinIO server runs here, so the boundary replaced is the connection: a urllib3 PoolManager
 that records each request and answers with responses shaped like MinIO's (status, headers,
-XML bodies as MinIO documents them). Everything above it is the real minio-py.
+XML bodies as MinIO documents them). The replies are hand-written from MinIO's documentation,
+not recorded from a server. Everything above the connection is the real minio-py.
 """
 
 from __future__ import annotations
