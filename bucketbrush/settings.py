@@ -14,7 +14,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator
@@ -222,6 +222,9 @@ class RetentionSettings(SettingsGroup):
     inbox_retention_days: int = Field(default=1, description="uploads")
     outputs_retention_days: int = Field(default=7, description="outputs")
     manifests_retention_days: int = Field(default=30, description="manifests")
+    seaweedfs_ttl_unit: Literal["d", "h", "m"] = Field(
+        default="d", description="the unit SeaweedFS path TTLs count the retention days in (the local "
+                                 "stack enforces lifecycle rules as TTLs): d; tests use m to see rules delete")
 
 
 class DiffusionSettings(SettingsGroup):
@@ -260,6 +263,9 @@ class LocalStackSettings(SettingsGroup):
         default="auto", pattern="^(auto|always|never)$",
         description="auto: use redis_url if it answers, else start a private one; always; never",
     )
+    test_recipes: bool = Field(
+        default=False, description="runners also offer the recipes that exist for tests only (test-slow: "
+                                   "slow by construction); never on in production")
 
 
 GROUPS: dict[str, type[SettingsGroup]] = {

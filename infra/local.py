@@ -22,7 +22,7 @@ from bucketbrush.settings import STACK_FILE, Settings
 from bucketbrush.store import s3_client
 from functions.sources.seaweedfs import weed_binary
 from infra import procs
-from infra.bucket import apply_bucket, lifecycle_rules
+from infra.bucket import apply_bucket
 from infra.procs import (
     Proc,
     StackError,
@@ -34,7 +34,7 @@ from infra.procs import (
     terminate,
     wait_until,
 )
-from infra.seaweedfs import apply_ttl_rules, ttl_rules
+from infra.seaweedfs import apply_retention
 
 __all__ = ["GRPC_OFFSET", "LocalStack", "StackError"]
 
@@ -89,8 +89,7 @@ class LocalStack:
             settings = self._child_settings(state)
             report("bucket: " + "; ".join(apply_bucket(s3_client(settings), settings)))
             # SeaweedFS keeps lifecycle rules without enforcing them: enforce them as path TTLs.
-            report("retention: " + "; ".join(apply_ttl_rules(
-                state.seaweedfs_master, settings.bucket, ttl_rules(lifecycle_rules(settings)))))
+            report("retention: " + "; ".join(apply_retention(state.seaweedfs_master, settings)))
             self._start_child(state, "events", ["events", "seaweedfs", "--filer", state.filer], report)
             for i in range(runners):
                 self._start_child(state, f"runner-{i}", ["runner"], report)

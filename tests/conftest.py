@@ -61,7 +61,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, models_toml: Path, vision_mo
     settings = Settings(state_dir=state_dir, local_redis="always", bucket="bbtest",
                         max_image_pixels=4_000_000, max_upload_bytes=2 * 1024 * 1024,
                         models_file=models_toml, diffusion_dtype="float32",
-                        depth_model=str(vision_models["depth"]), segmentation_model=str(vision_models["segmentation"]))
+                        depth_model=str(vision_models["depth"]), segmentation_model=str(vision_models["segmentation"]),
+                        # test-slow is slow by construction; its -limited twin has a per-recipe limit.
+                        test_recipes=True, recipe_time_limits_s={"test-slow-limited": 2})
     local = LocalStack(settings)
     try:
         local.up()

@@ -76,8 +76,10 @@ def private_redis(tmp_path_factory: pytest.TempPathFactory):
 
 
 def make_settings(endpoint: str, redis_url: str, bucket: str, state_dir: Path) -> Settings:
+    # A broker namespace per bucket: each test's queue and claims are its own, so a runner
+    # never picks up jobs another test left behind.
     return Settings(s3_endpoint_url=endpoint, s3_access_key="test", s3_secret_key="test", redis_url=redis_url,
-                    bucket=bucket, state_dir=state_dir)
+                    bucket=bucket, state_dir=state_dir, broker_namespace=f"bb-{bucket}")
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -87,6 +89,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "BUCKETBRUSH_S3_SECRET_KEY": "test",
         "BUCKETBRUSH_REDIS_URL": settings.redis_url,
         "BUCKETBRUSH_BUCKET": settings.bucket,
+        "BUCKETBRUSH_BROKER_NAMESPACE": settings.broker_namespace,
         "BUCKETBRUSH_STATE_DIR": str(settings.state_dir),
     }
 
@@ -205,11 +208,17 @@ def test_run_loop_backs_off_and_stops(env):
     poller = SqsPoller(sqs, queue_url, failing, wait_time_s=1, visibility_timeout_s=0)
     thread = threading.Thread(target=poller.run, args=(stop,), kwargs={"max_backoff_s": 1})
     thread.start()
-    time.sleep(3)
+    deadline = time.monotonic() + 30
+    while len(calls) < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
     stop.set()
     thread.join(5)
     assert not thread.is_alive()
-    assert 2 <= len(calls) <= 6  # retried, but with backoff rather than in a tight loop
+    assert len(calls) >= 4  # retried...
+    gaps = [b - a for a, b in zip(calls, calls[1:], strict=False)]
+    # ...with backoff 0.5 s, then doubling up to max_backoff_s (1 s), never in a tight loop:
+    # lower bounds only (a timer never fires early), so a slow machine cannot fail this.
+    assert gaps[0] >= 0.45 and gaps[1] >= 0.95 and gaps[2] >= 0.95, gaps
     assert sum(queue_depth(sqs, queue_url)) == 1  # never deleted
 
 
@@ -309,8 +318,15 @@ def test_s3_to_sqs_to_runner_end_to_end(localstack_endpoint, private_redis, tmp_
         image = Image.open(io.BytesIO(data)).convert("RGB")
         r, g, b = (int(np.asarray(c, dtype=np.int64).sum()) for c in image.split())
         assert image.size == (96, 64) and r > g > b
-        time.sleep(1.5)  # let any event for the runner's own writes arrive
-        assert [o.key for o in outcomes] == ["inbox/filter/x.png"]  # outputs/ and manifests/ never notify
+        # A canary written after the runner's own writes: once its event is handled, any event
+        # for those writes (sent earlier) would have been too.
+        s3.put_object(Bucket=settings.bucket, Key="jobs/canary.txt", Body=b"not a spec")
+        deadline = time.monotonic() + 30
+        while "jobs/canary.txt" not in {o.key for o in outcomes} and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # outputs/ and manifests/ never notify; the canary is ignored (not jobs/<id>.json).
+        assert [o.key for o in outcomes] == ["inbox/filter/x.png", "jobs/canary.txt"]
+        assert outcomes[1].action == "ignored"
         assert queue_depth(sqs, route.queue_url) == (0, 0)
     finally:
         stop.set()

@@ -23,7 +23,7 @@ job_time_limit_s recipe_time_limits_s heartbeat_interval_s runner_poll_ms sweep_
 inbox_retention_days outputs_retention_days manifests_retention_days cors_allowed_origins models_file
 preload_models model_cache_bytes diffusion_device diffusion_dtype diffusion_attention_slicing diffusion_vae_tiling
 diffusion_vae_slicing diffusion_cpu_offload diffusion_max_side depth_model segmentation_model segmentation_labels
-state_dir local_redis
+state_dir local_redis seaweedfs_ttl_unit test_recipes
 """.split()
 
 
