@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_settings import (
     BaseSettings,
     JsonConfigSettingsSource,
@@ -24,6 +24,18 @@ STACK_FILE = "stack.json"
 
 def default_state_dir() -> Path:
     return Path(os.environ.get("BUCKETBRUSH_STATE_DIR", ".bucketbrush"))
+
+
+class WebhookSubscription(BaseModel):
+    """A server-wide webhook endpoint (``BUCKETBRUSH_WEBHOOK_SUBSCRIPTIONS``): signed with its
+    own ``whsec_`` secret; ``completed`` is always among its events; ``recipes`` empty: all."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    url: str
+    secret: SecretStr
+    events: list[Literal["started", "progress", "completed"]] = ["started", "progress", "completed"]
+    recipes: list[str] = []
 
 
 class Settings(BaseSettings):
@@ -117,6 +129,24 @@ class Settings(BaseSettings):
         default="auto", pattern="^(auto|always|never)$",
         description="auto: use redis_url if it answers, else start a private one",
     )
+
+    # Outbound webhooks (bucketbrush/webhooks.py), signed to the Standard Webhooks spec.
+    webhook_subscriptions: list[WebhookSubscription] = Field(
+        default_factory=list, description="server-wide endpoints: JSON list of {url, secret, events, recipes}")
+    webhook_job_secret: SecretStr | None = Field(
+        default=None, description="whsec_ secret that signs per-job webhooks; unset: per-job webhooks are refused")
+    webhook_queue_name: str = Field(default="bucketbrush-webhooks", description="Dramatiq queue of deliveries")
+    webhook_retry_schedule_s: list[float] = Field(
+        default=[5, 300, 1800, 7200, 18000, 36000, 36000],
+        description="delays between delivery attempts (the spec's schedule); its length is the number of retries")
+    webhook_timeout_s: float = Field(default=15, gt=0, description="per-attempt HTTP timeout")
+    webhook_allow_private: bool = Field(
+        default=False, description="deliver to loopback/private addresses (never to metadata services)")
+    webhook_worker_threads: int = Field(
+        default=2, ge=0, description="delivery threads in each runner process; 0: run `bucketbrush webhooks worker`")
+    # Manifest events (`bucketbrush watch` on AWS): a queue subscribed to the manifests topic.
+    manifests_queue_url: str | None = Field(
+        default=None, description="SQS queue subscribed to the manifests topic (`infra aws --manifests-queue`)")
 
     @field_validator("inbox_prefix", "jobs_prefix", "outputs_prefix", "manifests_prefix",
                      "cancel_prefix", "status_prefix")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import time
@@ -19,6 +20,13 @@ from tests.tiny_models import write_tiny_models
 from tests.tiny_vision_models import write_tiny_vision_models
 
 EVENTS = Path(__file__).parent / "events"
+# Webhooks in the test stack: a fresh per-job secret, loopback receivers allowed, a short
+# retry schedule (tests/test_webhooks.py).
+WEBHOOK_TEST_SETTINGS = {
+    "webhook_job_secret": "whsec_" + base64.b64encode(os.urandom(24)).decode(),
+    "webhook_allow_private": True,
+    "webhook_retry_schedule_s": [0.5, 0.5, 0.5],
+}
 # Fixtures that start servers: a test that uses one (directly or through another fixture) is e2e.
 SERVER_FIXTURES = {"stack", "localstack_endpoint", "private_redis"}
 
@@ -66,7 +74,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, models_toml: Path, vision_mo
     settings = Settings(state_dir=state_dir, local_redis="always", bucket="bbtest",
                         max_image_pixels=4_000_000, max_upload_bytes=2 * 1024 * 1024,
                         models_file=models_toml, diffusion_dtype="float32",
-                        depth_model=str(vision_models["depth"]), segmentation_model=str(vision_models["segmentation"]))
+                        depth_model=str(vision_models["depth"]), segmentation_model=str(vision_models["segmentation"]),
+                        **WEBHOOK_TEST_SETTINGS)
     local = LocalStack(settings)
     local.up()
     try:
