@@ -278,7 +278,9 @@ def test_s3_to_sqs_to_runner_end_to_end(localstack_endpoint, private_redis, tmp_
     # Unique names: every LocalStack on a machine keeps S3 data in one fixed folder per bucket name
     # under the system temp dir, whatever it is configured with.
     name = f"bb-e2e-{uuid.uuid4().hex[:8]}"
-    settings = make_settings(localstack_endpoint, private_redis, name, tmp_path)
+    # Its own Redis namespace too: jobs other tests enqueued (no runner took them) are not its own.
+    settings = make_settings(localstack_endpoint, private_redis, name, tmp_path).model_copy(
+        update={"broker_namespace": name})
     s3, sqs = s3_client(settings), sqs_client(settings, localstack_endpoint)
     sns = sns_client(settings, localstack_endpoint)
     # The job events go S3 -> SQS; manifests go to a topic with two subscriber queues: one
@@ -292,7 +294,7 @@ def test_s3_to_sqs_to_runner_end_to_end(localstack_endpoint, private_redis, tmp_
     with open(tmp_path / "runner.log", "wb") as log:
         runner = subprocess.Popen(
             [sys.executable, "-m", "bucketbrush.cli", "runner", "--ready-file", str(ready)],
-            env={**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, **settings_env(settings), "BUCKETBRUSH_BROKER_NAMESPACE": name, "PYTHONUNBUFFERED": "1"},
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
     outcomes = []

@@ -22,7 +22,7 @@ import redis
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from bucketbrush.errors import InvalidWebhook
-from bucketbrush.jobs import WebhookTarget
+from bucketbrush.jobs import ObjectRef, WebhookTarget, job_id_for
 from bucketbrush.management import cancel_job
 from bucketbrush.manifest import Manifest
 from bucketbrush.presign import presign_upload
@@ -270,3 +270,15 @@ def test_subscription_is_signed_with_its_own_secret(settings, bucket, receiver):
     [request] = receiver.requests("/ok/subscription")
     assert not request["verified"]  # the receiver checks with the per-job secret...
     assert Webhook(own).verify(request["body"], request["headers"])["type"] == "job.succeeded"  # ...not this one
+
+
+def test_bad_webhooks_fail_the_job_with_a_code(bucket):
+    key = "inbox/filter/bad-hook.png"
+    etag = bucket.s3.put_object(Bucket=bucket.name, Key=key, Body=png_bytes(),
+                                Metadata={"webhook": "gopher://h.example/"})["ETag"]
+    upload_job = job_id_for(ObjectRef(bucket=bucket.name, key=key, etag=etag))
+    spec_job = spec(bucket, "hook-bad-events", {"recipe": "filter", "input": key,
+                                                "webhook": "https://h.example/", "webhook_events": ["done"]})
+    for job in (upload_job, spec_job):
+        manifest = wait_final(bucket, job)
+        assert manifest.status == "failed" and manifest.error.code == "invalid_webhook", manifest.error
