@@ -11,6 +11,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -235,7 +236,7 @@ def test_failing_receiver_gets_the_retries_then_recovers(bucket, receiver):
     assert [(e["attempt"], e["outcome"]) for e in record] == [(1, "retrying"), (2, "retrying"), (3, "delivered")]
 
 
-def test_gone_disables_the_endpoint(bucket, receiver):
+def test_gone_disables_the_endpoint(settings, bucket, receiver):
     url = f"{receiver.base}/gone/x"
     first = spec(bucket, "hook-gone-1", {"recipe": "txt2img", "webhook": url, "params": {"prompt": "x", "steps": 2}})
     assert wait_record(bucket, first, lambda d: bool(d))[-1]["outcome"] == "disabled"
@@ -243,6 +244,19 @@ def test_gone_disables_the_endpoint(bucket, receiver):
     [entry] = wait_record(bucket, second, lambda d: bool(d))
     assert entry["outcome"] == "skipped"
     assert len(receiver.requests("/gone/x")) == 1  # the 410 itself, nothing after it
+    # The CLI shows it, and enables it again.
+    assert url in cli(settings, "webhooks", "list")["disabled"]
+    assert cli(settings, "webhooks", "show", second)["deliveries"][0]["outcome"] == "skipped"
+    assert "enabled again" in cli(settings, "webhooks", "enable", url, raw=True)
+    assert url not in cli(settings, "webhooks", "list")["disabled"]
+
+
+def cli(settings, *args: str, raw: bool = False):
+    env = {**os.environ, "BUCKETBRUSH_BUCKET": settings.bucket, "BUCKETBRUSH_STATE_DIR": str(settings.state_dir)}
+    done = subprocess.run([sys.executable, "-m", "bucketbrush.cli", *args], env=env, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout if raw else json.loads(done.stdout)
 
 
 def _delivery(url: str, kind: str = "job") -> Delivery:
