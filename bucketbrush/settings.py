@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 from pydantic_core import to_jsonable_python
 from pydantic_settings import (
     BaseSettings,
@@ -268,6 +268,40 @@ class LocalStackSettings(SettingsGroup):
                                    "slow by construction); never on in production")
 
 
+class WebhookSubscription(BaseModel):
+    """A server-wide webhook endpoint (``BUCKETBRUSH_WEBHOOK_SUBSCRIPTIONS``): signed with its
+    own ``whsec_`` secret; ``completed`` is always among its events; ``recipes`` empty: all."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    url: str
+    secret: SecretStr
+    events: list[Literal["started", "progress", "completed"]] = ["started", "progress", "completed"]
+    recipes: list[str] = []
+
+
+class WebhooksSettings(SettingsGroup):
+    """Outbound webhooks (bucketbrush/webhooks.py), signed to the Standard Webhooks spec, and
+    manifest events for subscribers."""
+
+    webhook_subscriptions: list[WebhookSubscription] = Field(
+        default_factory=list, description="server-wide endpoints: JSON list of {url, secret, events, recipes}")
+    webhook_job_secret: SecretStr | None = Field(
+        default=None, description="whsec_ secret that signs per-job webhooks; unset: per-job webhooks are refused")
+    webhook_queue_name: str = Field(default="bucketbrush-webhooks", description="Dramatiq queue of deliveries")
+    webhook_retry_schedule_s: list[float] = Field(
+        default=[5, 300, 1800, 7200, 18000, 36000, 36000],
+        description="delays between delivery attempts (the spec's schedule); its length is the number of retries")
+    webhook_timeout_s: float = Field(default=15, gt=0, description="per-attempt HTTP timeout")
+    webhook_allow_private: bool = Field(
+        default=False, description="deliver to loopback/private addresses (never to metadata services)")
+    webhook_worker_threads: int = Field(
+        default=2, ge=0, description="delivery threads in each runner process; 0: run `bucketbrush webhooks worker`")
+    manifests_queue_url: str | None = Field(
+        default=None, description="SQS queue subscribed to the manifests topic (`infra aws --manifests-queue`), "
+                                  "for `bucketbrush watch` on AWS")
+
+
 GROUPS: dict[str, type[SettingsGroup]] = {
     "storage": StorageSettings,
     "broker": BrokerSettings,
@@ -276,14 +310,15 @@ GROUPS: dict[str, type[SettingsGroup]] = {
     "limits": LimitsSettings,
     "retention": RetentionSettings,
     "diffusion": DiffusionSettings,
+    "webhooks": WebhooksSettings,
     "local": LocalStackSettings,
 }
 
 
 # pydantic collects fields from the last base first: the bases are listed in reverse, so the
 # fields (and validation errors) come in the order of GROUPS.
-class Settings(LocalStackSettings, DiffusionSettings, RetentionSettings, LimitsSettings, FunctionsSettings,
-               EventsSettings, BrokerSettings, StorageSettings):
+class Settings(LocalStackSettings, WebhooksSettings, DiffusionSettings, RetentionSettings, LimitsSettings,
+               FunctionsSettings, EventsSettings, BrokerSettings, StorageSettings):
     """Everything a deployable needs to reach the bucket and the queue."""
 
 

@@ -7,6 +7,7 @@ Everything binds to 127.0.0.1; state and logs live under the state dir.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -16,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pydantic import SecretStr
+from pydantic import BaseModel, SecretStr
 
 from bucketbrush.settings import STACK_FILE, Settings
 from bucketbrush.store import s3_client
@@ -85,6 +86,9 @@ class LocalStack:
         try:
             self._start_redis(state, report)
             self._start_seaweedfs(state, report)
+            if not self.settings.webhook_job_secret:
+                state.webhook_job_secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+                report(f"webhooks: per-job webhooks are signed with webhook_job_secret in {self.state_file}")
             self._write_state(state)
             settings = self._child_settings(state)
             report("bucket: " + "; ".join(apply_bucket(s3_client(settings), settings)))
@@ -173,7 +177,8 @@ class LocalStack:
             value = getattr(self.settings, name)
             if isinstance(value, SecretStr):
                 value = value.get_secret_value()
-            env[f"BUCKETBRUSH_{name.upper()}"] = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+            env[f"BUCKETBRUSH_{name.upper()}"] = (json.dumps(value, default=_plain) if isinstance(value, (list, dict))
+                                                  else str(value))
         return env | {
             "BUCKETBRUSH_STATE_DIR": str(self.state_dir),
             "BUCKETBRUSH_S3_ENDPOINT_URL": state.s3_endpoint_url or "",
@@ -237,3 +242,12 @@ class LocalStack:
         self.state_file.unlink(missing_ok=True)
         for ready in self.state_dir.glob("*.ready"):
             ready.unlink(missing_ok=True)
+
+
+def _plain(value: Any) -> Any:
+    """JSON for settings values inside lists (webhook subscriptions): models as dicts, secrets revealed."""
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, BaseModel):
+        return dict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")

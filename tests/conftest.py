@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 from pathlib import Path
 
@@ -13,6 +14,13 @@ from infra.local import LocalStack
 from tests.tiny_models import write_tiny_models
 from tests.tiny_vision_models import write_tiny_vision_models
 
+# Webhooks in the test stack: a fresh per-job secret, loopback receivers allowed, a short
+# retry schedule (tests/test_webhooks.py).
+WEBHOOK_TEST_SETTINGS = {
+    "webhook_job_secret": "whsec_" + base64.b64encode(os.urandom(24)).decode(),
+    "webhook_allow_private": True,
+    "webhook_retry_schedule_s": [0.5, 0.5, 0.5],
+}
 # Fixtures that start servers: a test that uses one (directly or through another fixture) is e2e.
 SERVER_FIXTURES = {"stack", "localstack_endpoint", "private_redis"}
 
@@ -63,7 +71,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, models_toml: Path, vision_mo
                         models_file=models_toml, diffusion_dtype="float32",
                         depth_model=str(vision_models["depth"]), segmentation_model=str(vision_models["segmentation"]),
                         # test-slow is slow by construction; its -limited twin has a per-recipe limit.
-                        test_recipes=True, recipe_time_limits_s={"test-slow-limited": 2})
+                        test_recipes=True, recipe_time_limits_s={"test-slow-limited": 2},
+                        **WEBHOOK_TEST_SETTINGS)
     local = LocalStack(settings)
     try:
         local.up()

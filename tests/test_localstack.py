@@ -7,6 +7,7 @@ three minutes, once) and starts it on a free loopback port (5-15 s).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -29,7 +30,7 @@ from functions import aws_lambda
 from functions.events import InvalidEvent, S3Record, parse_records
 from functions.handler import Handler
 from functions.sources.sqs import SqsPoller, records_from_body, sqs_client
-from infra.aws import setup_event_route
+from infra.aws import setup_event_route, sns_client, subscribe_queue
 from infra.bucket import apply_bucket
 from infra.procs import free_port, redis_server_binary, wait_until
 from localstack.server import LocalStackServer, ensure_venv
@@ -286,15 +287,23 @@ def test_s3_to_sqs_to_runner_end_to_end(localstack_endpoint, private_redis, tmp_
     # Unique names: every LocalStack on a machine keeps S3 data in one fixed folder per bucket name
     # under the system temp dir, whatever it is configured with.
     name = f"bb-e2e-{uuid.uuid4().hex[:8]}"
-    settings = make_settings(localstack_endpoint, private_redis, name, tmp_path)
+    # Its own Redis namespace too: jobs other tests enqueued (no runner took them) are not its own.
+    settings = make_settings(localstack_endpoint, private_redis, name, tmp_path).model_copy(
+        update={"broker_namespace": name})
     s3, sqs = s3_client(settings), sqs_client(settings, localstack_endpoint)
-    route = setup_event_route(settings, s3, sqs, queue_name=f"{name}-events", report=lambda _: None)
+    sns = sns_client(settings, localstack_endpoint)
+    # The job events go S3 -> SQS; manifests go to a topic with two subscriber queues: one
+    # read here, one for `bucketbrush watch`.
+    route = setup_event_route(settings, s3, sqs, queue_name=f"{name}-events", sns=sns, via_sns=False,
+                              manifests_topic=f"{name}-manifests", manifests_queue=f"{name}-sub",
+                              report=lambda _: None)
+    watch_url, _ = subscribe_queue(sqs, sns, route.manifests_topic_arn, f"{name}-watch")
 
     ready = tmp_path / "runner.ready"
     with open(tmp_path / "runner.log", "wb") as log:
         runner = subprocess.Popen(
             [sys.executable, "-m", "bucketbrush.cli", "runner", "--ready-file", str(ready)],
-            env={**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, **settings_env(settings), "BUCKETBRUSH_BROKER_NAMESPACE": name, "PYTHONUNBUFFERED": "1"},
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
     outcomes = []
@@ -304,11 +313,19 @@ def test_s3_to_sqs_to_runner_end_to_end(localstack_endpoint, private_redis, tmp_
     stop = threading.Event()
     thread = threading.Thread(target=poller.run, args=(stop,), daemon=True)
     thread.start()
+    body = png_bytes(landscape(96, 64))
+    job_id = job_id_for(ObjectRef(bucket=settings.bucket, key="inbox/filter/x.png", etag=hashlib.md5(body).hexdigest()))
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "bucketbrush.cli", "watch", "--job", job_id, "--json", "--queue-url", watch_url,
+         "--endpoint-url", localstack_endpoint],
+        env={**os.environ, **settings_env(settings)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
     try:
         wait_until("runner", ready.exists, 60, runner, tmp_path / "runner.log")
-        etag = s3.put_object(Bucket=settings.bucket, Key="inbox/filter/x.png", Body=png_bytes(landscape(96, 64)),
+        assert "watching manifests/" in watch.stderr.readline()
+        etag = s3.put_object(Bucket=settings.bucket, Key="inbox/filter/x.png", Body=body,
                              ContentType="image/png", Metadata={"style": "sepia"})["ETag"]
-        job_id = job_id_for(ObjectRef(bucket=settings.bucket, key="inbox/filter/x.png", etag=etag))
+        assert job_id == job_id_for(ObjectRef(bucket=settings.bucket, key="inbox/filter/x.png", etag=etag))
         bucket = Bucket(settings)
         manifest = wait_final(bucket, job_id, timeout=60)
         assert manifest.status == "succeeded", manifest.error
@@ -328,7 +345,26 @@ def test_s3_to_sqs_to_runner_end_to_end(localstack_endpoint, private_redis, tmp_
         assert [o.key for o in outcomes] == ["inbox/filter/x.png", "jobs/canary.txt"]
         assert outcomes[1].action == "ignored"
         assert queue_depth(sqs, route.queue_url) == (0, 0)
+        # Subscribers: one message per manifest write, exactly one of them for the final manifest.
+        final_etag = s3.head_object(Bucket=settings.bucket, Key=f"manifests/{job_id}.json")["ETag"].strip('"')
+        received = []
+        while batch := sqs.receive_message(QueueUrl=route.manifests_queue_url, MaxNumberOfMessages=10,
+                                           WaitTimeSeconds=1).get("Messages", []):
+            received += [r for m in batch for r in records_from_body(m["Body"])]
+            sqs.delete_message_batch(QueueUrl=route.manifests_queue_url, Entries=[
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(batch)])
+        assert {r.key for r in received} == {f"manifests/{job_id}.json"}
+        assert [r.ref.etag for r in received].count(final_etag) == 1, [r.ref.etag for r in received]
+        assert len(received) >= 2  # queued, running...: each its own message
+        # `bucketbrush watch --job` saw the job end through its own queue, and exited with 0.
+        out, err = watch.communicate(timeout=60)
+        assert watch.returncode == 0, err
+        states = [json.loads(line) for line in out.splitlines()]
+        assert states[-1]["status"] == "succeeded" and states[-1]["job_id"] == job_id
     finally:
+        if watch.poll() is None:
+            watch.terminate()
+            watch.communicate(timeout=30)
         stop.set()
         thread.join(5)
         runner.terminate()
