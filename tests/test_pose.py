@@ -384,14 +384,18 @@ def test_missing_runtime_is_model_unavailable(tmp_path):
 # -- stylize: pose presets on the detected pose (tiny random diffusion models) -----------------
 
 
+SMALL_ASTRONAUT = photo("astronaut").resize((128, 128))
+
+
 @pytest.fixture(scope="module")
 def stylize_ctx(models_toml):
+    """A context with the tiny models; its bucket holds the pose detected in SMALL_ASTRONAUT."""
     from gpu_runner.devices import RuntimeOptions
     from gpu_runner.models import ModelRegistry
     from gpu_runner.pipelines import ModelCache
 
     cache = ModelCache(ModelRegistry.from_toml(models_toml), RuntimeOptions(device="cpu", dtype="float32"))
-    keypoints = json.dumps(pose.detect_poses(photo("astronaut")).openpose_json()).encode()
+    keypoints = json.dumps(pose.detect_poses(SMALL_ASTRONAUT).openpose_json()).encode()
     return JobContext("j", models=cache, load_bytes=lambda key: keypoints)
 
 
@@ -401,8 +405,8 @@ def stylize(ctx: JobContext, image: Image.Image, **params: object):
     return recipe.RECIPE.run(ctx, image, resolve_params(recipe.RECIPE, {"steps": 2, "seed": 5, **params}, {}))
 
 
-def test_stylize_pose_presets_use_the_detected_pose(stylize_ctx, astronaut):
-    small = astronaut.resize((128, 128))
+def test_stylize_pose_presets_use_the_detected_pose(stylize_ctx):
+    small = SMALL_ASTRONAUT
     result = stylize(stylize_ctx, small, style="anime", output_keypoints=True)
     assert result.details["control"] == "openpose" and result.model["controlnet"]["kind"] == "openpose"
     assert result.details["pose"]["people"] == 1 and not any("pose" in w for w in result.warnings)
@@ -413,8 +417,6 @@ def test_stylize_pose_presets_use_the_detected_pose(stylize_ctx, astronaut):
     given = stylize(stylize_ctx, small, style="anime", pose_key="poses/astronaut.json")
     assert given.details["pose"] == {"source": "keypoints"}
     assert np.array_equal(np.asarray(given.artifacts[0].image), np.asarray(image.image))
-    canny = stylize(stylize_ctx, small, style="oil_painting")
-    assert canny.details["control"] == "canny" and "pose" not in canny.details
 
 
 def test_stylize_without_a_person_says_no_pose_found(stylize_ctx):
