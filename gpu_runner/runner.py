@@ -34,7 +34,7 @@ from bucketbrush.store import Bucket, is_not_found
 from gpu_runner.images import decode_image, encode_image
 from gpu_runner.monitor import JobMonitor
 from gpu_runner.recipes import get_recipe
-from gpu_runner.recipes.base import JobContext, Recipe, RecipeParams, RecipeResult
+from gpu_runner.recipes.base import DataArtifact, JobContext, Recipe, RecipeParams, RecipeResult
 
 if TYPE_CHECKING:
     from bucketbrush.webhooks import Event, Notifier
@@ -199,14 +199,17 @@ class JobRunner:
                        written: list[str]) -> list[Output]:
         outputs = []
         for artifact in result.artifacts:
-            data, content_type = encode_image(artifact.image, params.format, params.quality)
-            key = self.bucket.output_key(job_id, f"{artifact.name}.{params.format}")
+            if isinstance(artifact, DataArtifact):  # JSON and other non-image outputs, as they are
+                data, content_type, extension = artifact.data, artifact.content_type, artifact.extension
+                size: dict[str, int] = {}
+            else:
+                data, content_type = encode_image(artifact.image, params.format, params.quality)
+                extension, size = params.format, {"width": artifact.image.width, "height": artifact.image.height}
+            key = self.bucket.output_key(job_id, f"{artifact.name}.{extension}")
             self.bucket.s3.put_object(Bucket=self.bucket.name, Key=key, Body=data, ContentType=content_type)
             written.append(key)
-            outputs.append(Output(
-                key=key, content_type=content_type, width=artifact.image.width,
-                height=artifact.image.height, bytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
-            ))
+            outputs.append(Output(key=key, content_type=content_type, bytes=len(data),
+                                  sha256=hashlib.sha256(data).hexdigest(), **size))
         return outputs
 
     def _record_result(self, manifest: Manifest, result: RecipeResult) -> None:

@@ -331,8 +331,10 @@ def test_annotate_pose_with_bad_keypoints_fails_with_the_stable_code(astronaut):
 @pytest.mark.parametrize(
     "params",
     [
-        {"kind": "pose"},  # no keypoints
         {"kind": "pose", "keypoints": [], "keypoints_key": "k.json"},  # both
+        {"kind": "pose", "keypoints_key": "k.json", "output_keypoints": True},  # detection knob, pose given
+        {"kind": "pose", "max_people": 0},
+        {"kind": "canny", "output_keypoints": True},
         {"kind": "canny", "keypoints_key": "k.json"},  # another kind's knob
         {"kind": "lineart", "line_width": 3},
         {"kind": "canny", "low_threshold": 250, "high_threshold": 100},

@@ -305,7 +305,7 @@ def test_no_models_configured_is_model_unavailable() -> None:
 
 def test_doctor_reports_present_and_missing_weights(models_toml: Path) -> None:
     reports = {r.id: r for r in ModelRegistry.from_toml(models_toml).doctor()}
-    assert reports["tiny"].ok and len(reports["tiny"].components) == 3
+    assert reports["tiny"].ok and len(reports["tiny"].components) == 4  # weights + 3 ControlNets
     assert not reports["gone"].ok
     assert "not-downloaded" in reports["gone"].components[0].hint
 
