@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import dramatiq
+from botocore.exceptions import ClientError
 
 from bucketbrush.broker import enqueue_job
 from bucketbrush.claims import Claims
 from bucketbrush.errors import InvalidCursor, InvalidState, JobNotFound
-from bucketbrush.jobs import JobSpec
+from bucketbrush.jobs import JobSpec, ObjectRef
 from bucketbrush.manifest import Manifest
-from bucketbrush.store import Bucket
+from bucketbrush.store import Bucket, is_not_found
 
 
 @dataclass
@@ -152,7 +153,7 @@ def retry_job(bucket: Bucket, broker: dramatiq.Broker, job_id: str) -> Manifest:
         raise InvalidState(f"job {job_id} is {manifest.status}: only failed or cancelled jobs can be retried")
     if not manifest.inputs:
         raise InvalidState(f"job {job_id} records no input to retry from")
-    source = manifest.inputs[0]
+    source = _latest_same_content(bucket, manifest.inputs[0])
     settings = bucket.settings
     if source.key.startswith(settings.inbox_prefix):
         input_ref = source
@@ -167,6 +168,23 @@ def retry_job(bucket: Bucket, broker: dramatiq.Broker, job_id: str) -> Manifest:
     enqueue_job(broker, settings, JobSpec(job_id=job_id, recipe=manifest.recipe, source=source,
                                           input=input_ref, params=manifest.params))
     return queued
+
+
+def _latest_same_content(bucket: Bucket, ref: ObjectRef) -> ObjectRef:
+    """``ref`` pinned to its key's latest version when that holds the same bytes (ETag): with
+    versioning on, a metadata fix (a copy onto itself) is a new version of the same content,
+    the same job, and a retry must read it. Other bytes under the key: ``ref`` as it was."""
+    if not ref.version_id or not ref.etag:
+        return ref
+    try:
+        head = bucket.s3.head_object(Bucket=ref.bucket, Key=ref.key)
+    except ClientError as exc:
+        if is_not_found(exc):
+            return ref
+        raise
+    if head.get("ETag", "").strip('"') != ref.etag.strip('"'):
+        return ref
+    return ref.model_copy(update={"version_id": head.get("VersionId") or ref.version_id})
 
 
 def cancel_job(bucket: Bucket, job_id: str) -> Manifest:

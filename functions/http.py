@@ -6,9 +6,10 @@ Routes (``bucketbrush serve-functions``, port 8080 in the compose file):
 - ``POST /events/s3``: a plain S3 event notification from anything else (same token).
 - ``POST /events/sns``: an SNS HTTP(S) subscription; trusted by topic allow-list and message
   signature instead of the token (see ``functions.sns``). Raw message delivery is refused.
-- ``POST /presign``: ``{recipe, filename, content_type, params}`` -> a presigned POST and a
-  presigned GET for the job's manifest (token). Recipe and params are checked first by the
-  validator the composition root injects (400 with ``code`` ``unknown_recipe`` / ``invalid_params``).
+- ``POST /presign``: ``{recipe, filename, content_type, params, webhook, webhook_events}`` -> a
+  presigned POST and a presigned GET for the job's manifest (token). Recipe and params are
+  checked first by the validator the composition root injects (400 with ``code``
+  ``unknown_recipe`` / ``invalid_params``).
 - ``GET /manifest-url?job_id=JOB``: a fresh presigned GET for the job's manifest, plus one per
   output once it succeeded (token).
 - ``GET /health``: broker and bucket reachability, runner heartbeats, queue depths.
@@ -202,7 +203,8 @@ class FunctionsApp:
                 raise HttpError(400, '"params" must be a JSON object')
             upload = await self._sign(lambda: presign_upload(
                 self.bucket.public_s3, self.settings, recipe=doc["recipe"], filename=filename,
-                content_type=content_type, params=params, validate=self.validate))
+                content_type=content_type, params=params, validate=self.validate,
+                webhook=doc.get("webhook"), webhook_events=doc.get("webhook_events")))
             return JSONResponse(upload.model_dump(mode="json"))
         except HttpError as exc:
             return _error(request, exc)

@@ -50,7 +50,7 @@ def _child(conn: Connection, recipe_name: str, image: Any, params: RecipeParams,
         load_image, load_bytes = bucket_loaders(Bucket(settings))
         ctx = JobContext(job_id, lambda step, total: conn.send(("progress", step, total)),
                          load_image=load_image, load_bytes=load_bytes, settings=settings)
-        conn.send(("result", get_recipe(recipe_name).run(ctx, image, params)))
+        conn.send(("result", get_recipe(recipe_name, testing=settings.test_recipes).run(ctx, image, params)))
     except BaseException as exc:  # noqa: BLE001 - every failure goes back to the runner
         try:
             conn.send(("error", exc))

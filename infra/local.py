@@ -12,6 +12,7 @@ replaced by a fresh one, and ``up`` says so.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -21,13 +22,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pydantic import SecretStr
+from pydantic import BaseModel, SecretStr
 
 from bucketbrush.settings import STACK_FILE, Settings
 from bucketbrush.store import s3_client
 from functions.sources.seaweedfs import weed_binary
 from infra import procs
-from infra.bucket import apply_bucket, lifecycle_rules
+from infra.bucket import apply_bucket
 from infra.procs import (
     Proc,
     StackError,
@@ -40,7 +41,7 @@ from infra.procs import (
     terminate,
     wait_until,
 )
-from infra.seaweedfs import apply_ttl_rules, ttl_rules
+from infra.seaweedfs import apply_retention
 
 __all__ = ["GRPC_OFFSET", "LocalStack", "StackError"]
 
@@ -85,6 +86,8 @@ class LocalStack:
                     "seaweedfs_ports": ports}
         if redis is not None and state.redis_url:
             identity["redis_port"] = int(state.redis_url.rsplit(":", 1)[1].split("/")[0])
+        if state.webhook_job_secret:
+            identity["webhook_job_secret"] = state.webhook_job_secret
         _write_private(self.identity_file, json.dumps(identity, indent=2))
 
     def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> tuple[Any, Proc]:
@@ -107,18 +110,23 @@ class LocalStack:
         identity = self.read_identity()
         if new_credentials and identity:
             report("new S3 credentials: clients, .env files and presigned URLs made before stop working")
-            identity = {k: v for k, v in identity.items() if k not in ("s3_access_key", "s3_secret_key")}
+            identity = {k: v for k, v in identity.items()
+                        if k not in ("s3_access_key", "s3_secret_key", "webhook_job_secret")}
         state = StackState()
         try:
             self._start_redis(state, report, identity.get("redis_port"))
             ports = self._start_seaweedfs(state, report, identity)
+            if not self.settings.webhook_job_secret:
+                # Remembered with the ports and keys: receivers keep verifying across restarts.
+                state.webhook_job_secret = (identity.get("webhook_job_secret")
+                                            or "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode())
+                report(f"webhooks: per-job webhooks are signed with webhook_job_secret in {self.state_file}")
             self._write_state(state)
             self._remember(state, ports)
             settings = self._child_settings(state)
             report("bucket: " + "; ".join(apply_bucket(s3_client(settings), settings)))
             # SeaweedFS keeps lifecycle rules without enforcing them: enforce them as path TTLs.
-            report("retention: " + "; ".join(apply_ttl_rules(
-                state.seaweedfs_master, settings.bucket, ttl_rules(lifecycle_rules(settings)))))
+            report("retention: " + "; ".join(apply_retention(state.seaweedfs_master, settings)))
             self._start_child(state, "events", ["events", "seaweedfs", "--filer", state.filer], report)
             for i in range(runners):
                 self._start_child(state, f"runner-{i}", ["runner"], report)
@@ -224,7 +232,8 @@ class LocalStack:
             value = getattr(self.settings, name)
             if isinstance(value, SecretStr):
                 value = value.get_secret_value()
-            env[f"BUCKETBRUSH_{name.upper()}"] = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+            env[f"BUCKETBRUSH_{name.upper()}"] = (json.dumps(value, default=_plain) if isinstance(value, (list, dict))
+                                                  else str(value))
         return env | {
             "BUCKETBRUSH_STATE_DIR": str(self.state_dir),
             "BUCKETBRUSH_S3_ENDPOINT_URL": state.s3_endpoint_url or "",
@@ -298,3 +307,10 @@ def _write_private(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as fh:
         fh.write(text)
     os.replace(tmp, path)
+def _plain(value: Any) -> Any:
+    """JSON for settings values inside lists (webhook subscriptions): models as dicts, secrets revealed."""
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, BaseModel):
+        return dict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")

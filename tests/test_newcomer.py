@@ -26,8 +26,7 @@ from bucketbrush.store import s3_client
 from functions.events import S3Record
 from functions.handler import Handler
 from gpu_runner.recipes import validate_params
-from tests.conftest import png_bytes, wait_final
-from tests.test_e2e import drop
+from tests.helpers import drop, png_bytes, wait_final
 
 pytestmark = pytest.mark.e2e
 
