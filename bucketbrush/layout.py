@@ -88,7 +88,7 @@ class Layout:
             if not name or name.endswith("/"):
                 raise NotAnInput("a folder marker")
             if not name.endswith(".json"):
-                raise NotAnInput(f"not jobs/<job_id>.json: {name!r} is no .json file", rejected=True)
+                raise NotAnInput(f"not jobs/<job_id>.json: {name!r} is no .json file")
             job_id = name.removesuffix(".json")
             if "/" in name or not is_spec_job_id(job_id):
                 return InputKey("spec", None, None, problem=(

@@ -26,6 +26,7 @@ diffusion_vae_slicing diffusion_cpu_offload diffusion_max_side depth_model segme
 state_dir local_redis seaweedfs_ttl_unit test_recipes
 webhook_subscriptions webhook_job_secret webhook_queue_name webhook_retry_schedule_s webhook_timeout_s
 webhook_allow_private webhook_worker_threads manifests_queue_url
+index_prefix heartbeat_expire_s hard_time_limit_recipes
 """.split()
 
 
