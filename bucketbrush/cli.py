@@ -91,23 +91,21 @@ def print_manifest(manifest: Any, bucket: Any) -> None:
 
 
 def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
-    from bucketbrush.client import submit_file
-    from bucketbrush.store import Bucket
+    from bucketbrush.client import Studio
+    from bucketbrush.progress import JobProgress
 
-    def show(m: Any) -> None:
-        print(f"  {m.status:<9} {m.progress.fraction:6.0%}", file=sys.stderr)
-
-    upload, manifest = submit_file(settings, Path(args.file), args.recipe, _params(args.param),
-                                   wait=not args.no_wait, timeout=args.timeout, on_update=show)
-    print(f"uploaded {upload.key} -> job {upload.job_id}", file=sys.stderr)
-    if manifest is None:
-        print(upload.job_id)
+    studio = Studio.from_settings(settings)
+    job = studio.submit(Path(args.file), args.recipe, **_params(args.param))
+    print(f"uploaded {job.upload.key} -> job {job.job_id}", file=sys.stderr)
+    if args.no_wait:
+        print(job.job_id)
         return 0
-    bucket = Bucket(settings)
+    with JobProgress(job.job_id) as progress:
+        manifest = job.wait(args.timeout, on_progress=progress)
     if args.json:
         print(manifest.model_dump_json(indent=2))
     else:
-        print_manifest(manifest, bucket)
+        print_manifest(manifest, studio.bucket)
     return 0 if manifest.status == "succeeded" else 1
 
 
@@ -143,10 +141,13 @@ def cmd_jobs_show(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_jobs_download(settings: Settings, args: argparse.Namespace) -> int:
-    from bucketbrush.management import download_outputs
+    from bucketbrush.client import Studio
+    from bucketbrush.progress import ByteProgress
 
-    bucket, _ = _admin(settings)
-    for path in download_outputs(bucket, args.job_id, Path(args.dest) / args.job_id):
+    job = Studio.from_settings(settings).job(args.job_id)
+    with ByteProgress(f"job {args.job_id[:12]}") as progress:
+        paths = job.download(Path(args.dest) / args.job_id, on_progress=progress)
+    for path in paths:
         print(path)
     return 0
 

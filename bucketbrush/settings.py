@@ -118,6 +118,14 @@ class Settings(BaseSettings):
         description="auto: use redis_url if it answers, else start a private one",
     )
 
+    # Studio page and app client (functions/studio_api.py, functions/studio/, bucketbrush/client.py).
+    studio_origins: list[str] = Field(
+        default_factory=list,
+        description="origins allowed to call the functions host's studio API cross-origin (a studio page "
+                    "published into the bucket, `bucketbrush studio publish`); empty: same origin only")
+    test_recipes: bool = Field(
+        default=False, description="register test-only recipes (`hold`: slow by construction); tests only")
+
     @field_validator("inbox_prefix", "jobs_prefix", "outputs_prefix", "manifests_prefix",
                      "cancel_prefix", "status_prefix")
     @classmethod

@@ -110,7 +110,7 @@ class JobRunner:
             if self.bucket.exists(self.bucket.cancel_key(spec.job_id)):
                 raise JobCancelled("cancelled before it started")
             self.bucket.write_manifest(manifest)
-            recipe = get_recipe(spec.recipe)
+            recipe = get_recipe(spec.recipe, include_test=self.settings.test_recipes)
             image, metadata = self._load_input(spec.input) if recipe.needs_input else (None, {})
             params = resolve_params(recipe, spec.params, metadata)
             manifest.params = params.model_dump(mode="json")

@@ -65,7 +65,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory, models_toml: Path, vision_mo
     os.environ["BUCKETBRUSH_STATE_DIR"] = str(state_dir)
     settings = Settings(state_dir=state_dir, local_redis="always", bucket="bbtest",
                         max_image_pixels=4_000_000, max_upload_bytes=2 * 1024 * 1024,
-                        models_file=models_toml, diffusion_dtype="float32",
+                        models_file=models_toml, diffusion_dtype="float32", test_recipes=True,
                         depth_model=str(vision_models["depth"]), segmentation_model=str(vision_models["segmentation"]))
     local = LocalStack(settings)
     local.up()

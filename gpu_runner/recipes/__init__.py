@@ -1,12 +1,16 @@
-"""The recipe registry: a read-only mapping from name to recipe."""
+"""The recipe registry: a read-only mapping from name to recipe, and its catalog (each
+recipe's params as JSON Schema, for forms such as the studio page's)."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from types import MappingProxyType
+from typing import Any
 
 from bucketbrush.errors import UnknownRecipe
 from gpu_runner.recipes import annotate as _annotate
 from gpu_runner.recipes import filter as _filter
+from gpu_runner.recipes import hold as _hold
 from gpu_runner.recipes import img2img as _img2img
 from gpu_runner.recipes import inpaint as _inpaint
 from gpu_runner.recipes import layers as _layers
@@ -24,10 +28,27 @@ RECIPES = MappingProxyType({r.name: r for r in (
 )})
 
 
-def get_recipe(name: str) -> Recipe:
+# Registered only when BUCKETBRUSH_TEST_RECIPES is on (the test stack): never in production.
+TEST_RECIPES = MappingProxyType({r.name: r for r in (_hold.RECIPE,)})
+
+
+def recipes(*, include_test: bool = False) -> Mapping[str, Recipe]:
+    return MappingProxyType({**RECIPES, **TEST_RECIPES}) if include_test else RECIPES
+
+
+def get_recipe(name: str, *, include_test: bool = False) -> Recipe:
+    available = recipes(include_test=include_test)
     try:
-        return RECIPES[name]
+        return available[name]
     except KeyError:
         raise UnknownRecipe(
-            f"unknown recipe {name!r}; available: {', '.join(sorted(RECIPES))}"
+            f"unknown recipe {name!r}; available: {', '.join(sorted(available))}"
         ) from None
+
+
+def catalog(*, include_test: bool = False) -> list[dict[str, Any]]:
+    """Every recipe as ``{name, description, needs_input, schema}``: ``schema`` is the params
+    model's JSON Schema (types, defaults, enums, bounds, descriptions), as pydantic makes it."""
+    return [{"name": r.name, "description": r.description, "needs_input": r.needs_input,
+             "schema": r.params.model_json_schema()}
+            for r in recipes(include_test=include_test).values()]
