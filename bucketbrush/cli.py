@@ -297,8 +297,27 @@ def cmd_sweep(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_serve_functions(settings: Settings, args: argparse.Namespace) -> int:
     from functions.http import serve
+    from gpu_runner.recipes import catalog
 
-    serve(settings, host=args.host, port=args.port)
+    # The functions never import the runner: the recipe schemas the studio page's forms are
+    # made from are computed here, in the composition root, and handed to the app.
+    serve(settings, host=args.host, port=args.port, recipes=catalog(include_test=settings.test_recipes))
+    return 0
+
+
+def cmd_studio_publish(settings: Settings, args: argparse.Namespace) -> int:
+    from bucketbrush.store import s3_client
+    from infra.studio import public_read_policy, publish_studio
+
+    s3 = s3_client(settings)
+    for key in publish_studio(s3, settings, prefix=args.prefix, api=args.api):
+        print(f"uploaded {key}")
+    policy = json.dumps(public_read_policy(settings, args.prefix))
+    if args.public:
+        s3.put_bucket_policy(Bucket=settings.bucket, Policy=policy)
+        print(f"bucket policy: anyone may read {args.prefix}*")
+    else:
+        print(f"anonymous reads need a bucket policy (or --public): {policy}")
     return 0
 
 
@@ -388,10 +407,17 @@ def build_parser() -> argparse.ArgumentParser:
     gal.add_argument("job_id", nargs="?")
     gal.set_defaults(func=cmd_gallery)
 
-    sf = sub.add_parser("serve-functions", help="HTTP: MinIO/S3/SNS event targets, presign, health")
+    sf = sub.add_parser("serve-functions", help="HTTP: MinIO/S3/SNS event targets, presign, health, the studio page")
     sf.add_argument("--host", default="127.0.0.1")
     sf.add_argument("--port", type=int, default=8080)
     sf.set_defaults(func=cmd_serve_functions)
+
+    studio = sub.add_parser("studio", help="the studio page").add_subparsers(dest="studio", required=True)
+    pub = studio.add_parser("publish", help="upload the studio page into the bucket as a static site")
+    pub.add_argument("--api", required=True, help="the functions host's URL the page calls (/presign, /recipes)")
+    pub.add_argument("--prefix", default="studio/")
+    pub.add_argument("--public", action="store_true", help="also set a bucket policy: anyone may read the prefix")
+    pub.set_defaults(func=cmd_studio_publish)
 
     swp = sub.add_parser("sweep", help="enqueue inputs no event announced; fail jobs whose runner died")
     swp.add_argument("--grace", type=float, default=60, help="skip objects younger than this many seconds")

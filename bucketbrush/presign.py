@@ -30,6 +30,9 @@ class PresignedUpload(BaseModel):
     manifest_key: str
     max_bytes: int
     expires_at: float
+    # A presigned GET of the manifest (answered with Cache-Control: no-store), so a browser
+    # without credentials can poll the job's status and progress.
+    manifest_url: str | None = None
 
 
 def safe_filename(filename: str) -> str:
@@ -70,6 +73,8 @@ def presign_upload(
     post = s3.generate_presigned_post(
         Bucket=settings.bucket, Key=key, Fields=fields, Conditions=conditions, ExpiresIn=expires_s
     )
+    manifest_url = s3.generate_presigned_url("get_object", ExpiresIn=expires_s, Params={
+        "Bucket": settings.bucket, "Key": layout.manifest_key(job_id), "ResponseCacheControl": "no-store"})
     return PresignedUpload(
         url=post["url"],
         fields=post["fields"],
@@ -78,4 +83,5 @@ def presign_upload(
         manifest_key=layout.manifest_key(job_id),
         max_bytes=max_bytes,
         expires_at=time.time() + expires_s,
+        manifest_url=manifest_url,
     )
