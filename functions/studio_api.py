@@ -17,6 +17,7 @@ manifest through the presigned GET in its reply (``manifest_url``).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +25,8 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse
-from starlette.routing import Mount, Route
-from starlette.staticfiles import StaticFiles
+from starlette.responses import FileResponse, JSONResponse
+from starlette.routing import Route
 
 from bucketbrush import gallery
 from bucketbrush.errors import BucketbrushError, InvalidState, JobNotFound
@@ -35,6 +35,8 @@ from bucketbrush.management import cancel_job, get_job
 from bucketbrush.manifest import Manifest
 from bucketbrush.store import Bucket
 from functions.http import FunctionsApp, HttpError, _error
+
+log = logging.getLogger(__name__)
 
 STUDIO_DIR = Path(__file__).parent / "studio"
 RECENT_LIMIT = 200
@@ -82,6 +84,9 @@ class StudioApi:
                 raise HttpError(409, str(exc)) from exc
             except BucketbrushError as exc:
                 raise HttpError(400, str(exc)) from exc
+            except Exception as exc:  # the store is down or refuses us: the page may retry
+                log.exception("studio call failed: %s", request.url.path)
+                raise HttpError(503, f"the store did not answer: {type(exc).__name__}") from exc
         except HttpError as exc:
             return _error(request, exc)
 
@@ -130,8 +135,27 @@ class StudioApi:
         return await self._call(request, func, job_id)
 
 
+def page_routes() -> list[Route]:
+    """``/`` and each of the page's files by name (not a catch-all mount: the host's other
+    paths keep their 404 and 405 answers)."""
+    types = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8",
+             ".css": "text/css; charset=utf-8"}
+    routes = []
+    for path in sorted(STUDIO_DIR.iterdir()):
+        if path.suffix not in types:
+            continue
+
+        async def serve(request: Request, path: Path = path) -> FileResponse:
+            return FileResponse(path, media_type=types[path.suffix], headers={"Cache-Control": "no-cache"})
+
+        routes.append(Route(f"/{path.name}", serve, methods=["GET", "HEAD"]))
+        if path.name == "index.html":
+            routes.append(Route("/", serve, methods=["GET", "HEAD"]))
+    return routes
+
+
 def install_studio(app: Starlette, functions: FunctionsApp, recipes: list[dict[str, Any]] | None) -> None:
-    """Add the studio routes and the page (mounted last, at ``/``) to the functions app."""
+    """Add the studio routes and the page (at ``/``) to the functions app."""
     api = StudioApi(functions, recipes)
     app.router.routes.extend([
         Route("/recipes", api.recipes_list, methods=["GET"]),
@@ -141,7 +165,7 @@ def install_studio(app: Starlette, functions: FunctionsApp, recipes: list[dict[s
         Route("/studio/jobs/{job_id}/cancel", api.cancel, methods=["POST"]),
         Route("/studio/jobs/{job_id}/delete", api.delete, methods=["POST"]),
         Route("/studio/jobs/{job_id}/restore", api.restore, methods=["POST"]),
-        Mount("/", StaticFiles(directory=STUDIO_DIR, html=True), name="studio"),
+        *page_routes(),
     ])
     origins = functions.settings.studio_origins
     if origins:  # a page published elsewhere (the bucket) calls this host cross-origin
