@@ -74,13 +74,14 @@ lint: install
 	$(BIN)/ruff check .
 
 # Each prints a Markdown section for BENCHMARKS.md.
-bench: install
+bench: install browser
 	$(BIN)/python -m bench.latency
 	$(BIN)/python -m bench.handler_throughput
 	$(BIN)/python -m bench.put_to_enqueue
 	$(BIN)/python -m bench.diffusion_bucket
 	$(BIN)/python -m bench.upscale
 	$(BIN)/python -m bench.annotators
+	$(BIN)/python -m bench.studio_page
 
 # The AWS flavour on LocalStack (host mode, its own Python 3.13 venv in .venv-localstack/).
 localstack: install

@@ -123,6 +123,9 @@ def test_cors_preflight_against_seaweedfs(server, settings):
 
 
 def test_upload_a_photo_and_see_the_output(page, photo, bucket):
+    page.locator("#recipe").focus()
+    page.keyboard.press("Tab")  # keyboard: from the recipe to the image chooser
+    assert page.evaluate("document.activeElement.id") == "file"
     job_id = start_job(page, photo, "filter", style="watercolor")
     expect(page.locator("#job-status")).to_have_text("succeeded", timeout=WAIT_MS)
     manifest = bucket.read_manifest(job_id)

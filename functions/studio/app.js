@@ -62,6 +62,7 @@ function showFile(file) {
 
 $("recipe").addEventListener("change", showRecipe);
 $("file").addEventListener("change", () => showFile($("file").files[0]));
+$("preview").addEventListener("error", () => { $("preview").hidden = true; });  // not an image we can show
 const drop = $("drop-label");
 for (const name of ["dragenter", "dragover"]) {
   drop.addEventListener(name, (event) => { event.preventDefault(); drop.classList.add("over"); });
