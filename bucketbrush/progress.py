@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import shutil
 import sys
 from typing import IO, Any, Self
 
 from tqdm import tqdm
 
 from bucketbrush.manifest import Manifest
+
+
+def _screen() -> dict[str, int]:
+    """The terminal's size for tqdm; 80x24 where it reports none (a pty without a window
+    size says 0x0, and tqdm then draws nothing)."""
+    size = shutil.get_terminal_size((80, 24))
+    return {"ncols": size.columns or 80, "nrows": size.lines or 24}
 
 
 class _Display:
@@ -47,13 +55,13 @@ class JobProgress(_Display):
                 print(f"  {manifest.status:<9} {fraction:6.0%}", file=self.stream, flush=True)
             self._last = state
             return
+        desc = f"job {self.job_id[:12]} {manifest.status:<9}"
         if self.bar is None:
-            self.bar = tqdm(total=100, unit="%", file=self.stream, leave=True,
+            self.bar = tqdm(total=100, desc=desc, unit="%", file=self.stream, leave=True, **_screen(),
                             bar_format="{desc} |{bar}| {n:.0f}% {elapsed}")
-        self.bar.set_description_str(f"job {self.job_id[:12]} {manifest.status:<9}", refresh=False)
+        self.bar.set_description_str(desc, refresh=False)
         self.bar.n = round(fraction * 100)
         self.bar.refresh()
-
 
 
 class ByteProgress(_Display):
@@ -75,5 +83,6 @@ class ByteProgress(_Display):
             self._quarter = quarter
             return
         if self.bar is None:
-            self.bar = tqdm(total=total, desc=self.label, unit="B", unit_scale=True, file=self.stream, leave=True)
+            self.bar = tqdm(total=total, desc=self.label, unit="B", unit_scale=True, file=self.stream, leave=True,
+                            **_screen())
         self.bar.update(done - self.bar.n)

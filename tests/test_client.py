@@ -67,6 +67,26 @@ def test_progress_is_plain_lines_without_a_terminal_and_a_bar_with_one():
                                              "  job abc: 100 of 100 bytes"]
 
 
+def test_the_bar_shows_on_a_terminal_that_reports_no_size(monkeypatch):
+    """A pty without a window size (e.g. `script` run from a pipe) says 0x0: tqdm alone
+    would draw nothing there."""
+    import os
+    import pty
+
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.delenv("LINES", raising=False)
+    master, slave = pty.openpty()
+    with open(slave, "w", closefd=True) as stream:
+        monkeypatch.setattr("sys.stderr", stream)  # tqdm sizes only sys.stderr / sys.stdout
+        assert stream.isatty() and os.get_terminal_size(slave).columns == 0
+        with JobProgress("abc") as show:
+            show(Manifest(job_id="abc", status="running", recipe="filter",
+                          progress=Progress(step=3, total=4, fraction=0.75)))
+    written = os.read(master, 65536).decode()
+    os.close(master)
+    assert "job abc running" in written and "75%" in written
+
+
 # -- against the stack ---------------------------------------------------------------------------
 
 
