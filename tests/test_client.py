@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
+import time
 
 import pytest
+import urllib3
 
 from bucketbrush.cli import main
-from bucketbrush.client import Studio, raise_for_status
+from bucketbrush.client import Studio, post_upload, raise_for_status
 from bucketbrush.errors import (
     EmptyInput,
     InvalidImage,
@@ -145,3 +148,14 @@ def test_cli_submit_and_download_print_plain_progress_without_a_terminal(setting
     assert main(["jobs", "download", job_id, "--dest", str(tmp_path / "dl")]) == 0
     out, err = capsys.readouterr()
     assert out.strip().endswith("noir.png") and " of " in err and "bytes" in err
+
+
+def test_presign_reply_carries_a_manifest_url_a_browser_can_poll(studio):
+    upload = studio.presign("filter", filename="m.png", params={"style": "hdr"})
+    post_upload(upload, png_bytes(), "m.png", "image/png")
+    deadline = time.monotonic() + 60
+    while (answer := urllib3.request("GET", upload.manifest_url, retries=False)).status == 404:
+        assert time.monotonic() < deadline, "no manifest after 60 s"
+        time.sleep(0.1)
+    assert answer.status == 200 and answer.headers["Cache-Control"] == "no-store"
+    assert json.loads(answer.data)["job_id"] == upload.job_id
