@@ -81,6 +81,8 @@ bench: install browser
 	$(BIN)/python -m bench.diffusion_bucket
 	$(BIN)/python -m bench.upscale
 	$(BIN)/python -m bench.annotators
+	$(BIN)/python -m bench.webhook_latency
+	$(BIN)/python -m bench.pose
 	$(BIN)/python -m bench.studio_page
 
 # The AWS flavour on LocalStack (host mode, its own Python 3.13 venv in .venv-localstack/).

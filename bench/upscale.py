@@ -27,7 +27,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=256, help="input side for the anime networks")
     ap.add_argument("--photo-size", type=int, default=128, help="input side for realesrgan-x4plus (slow)")
     ap.add_argument("--tile", type=int, default=128)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=9)
     ap.add_argument("--threads", type=int, default=None, help="ncnn threads (default: ncnn's choice)")
     ap.add_argument("--models", default="anime,photo", help="comma-separated: anime, photo")
     args = ap.parse_args()

@@ -65,6 +65,7 @@ def cmd_presign(settings: Settings, args: argparse.Namespace) -> int:
     upload = presign_upload(
         s3_client(settings, public=True), settings, recipe=args.recipe, filename=args.filename,
         content_type=args.content_type, params=_params(args.param), expires_s=args.expires,
+        webhook=args.webhook, webhook_events=args.webhook_event or None,
     )
     print(upload.model_dump_json(indent=2))
     return 0
@@ -219,6 +220,28 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_settings(settings: Settings, args: argparse.Namespace) -> int:
+    from bucketbrush.settings import GROUPS, explain
+
+    groups = explain(settings)
+    if args.json:
+        print(json.dumps(groups, indent=2))
+        return 0
+
+    def text(value: Any) -> str:
+        return "unset" if value is None else value if isinstance(value, str) else json.dumps(value)
+
+    entries = [(name, e) for fields in groups.values() for name, e in fields.items()]
+    width = max(len(name) for name, _ in entries)
+    column = min(max(len(text(e["value"])) for _, e in entries), 40)
+    for group, fields in groups.items():
+        print(f"[{group}] {(GROUPS[group].__doc__ or '').splitlines()[0]}")
+        for name, e in fields.items():
+            origin = e["source"] + (f": {e['from']}" if e["from"] else "")
+            print(f"  {name:<{width}} = {text(e['value']):<{column}}  ({origin})")
+    return 0
+
+
 def cmd_runner(settings: Settings, args: argparse.Namespace) -> int:
     from gpu_runner.worker import run_worker
 
@@ -242,6 +265,80 @@ def cmd_events_sqs(settings: Settings, args: argparse.Namespace) -> int:
         raise SystemExit("no queue: pass --queue-url or set BUCKETBRUSH_SQS_QUEUE_URL")
     run_event_source(settings, sqs_source(settings, queue_url=queue_url, endpoint_url=args.endpoint_url),
                      ready_file=args.ready_file)
+    return 0
+
+
+def cmd_watch(settings: Settings, args: argparse.Namespace) -> int:
+    import signal
+    import threading
+
+    from bucketbrush.errors import ConfigError
+    from bucketbrush.store import Bucket
+    from functions.watch import ManifestWatch, human_line, seaweedfs_watch, sqs_watch
+    from infra.local import LocalStack
+
+    bucket = Bucket(settings)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    last: list[Any] = []
+
+    def emit(manifest: Any) -> None:
+        last[:] = [manifest]
+        print(manifest.model_dump_json() if args.json else human_line(manifest), flush=True)
+
+    # Without --job, only what changes from now on (the subscription replays a few seconds).
+    watch = ManifestWatch(bucket, emit, stop, job=args.job, recipe=args.recipe, final=args.final,
+                          since=None if args.job else time.time())
+    queue_url = args.queue_url or settings.manifests_queue_url
+    if queue_url:
+        source, where = sqs_watch(settings, watch, queue_url=queue_url, endpoint_url=args.endpoint_url), queue_url
+    else:
+        state = LocalStack(settings).read_state()
+        filer = args.filer or (state.filer if state else None)
+        if not filer:
+            raise ConfigError("nothing to watch: pass --queue-url (AWS: see `infra aws --manifests-queue`), "
+                              "--filer HOST:PORT, or start the local stack (`bucketbrush up`)")
+        source, where = seaweedfs_watch(settings, watch, filer=filer, state=settings.state_dir), f"filer {filer}"
+    ready = threading.Event()
+    thread = threading.Thread(target=source.run, args=(stop,), kwargs={"on_ready": ready.set}, daemon=True)
+    thread.start()
+    ready.wait()
+    print(f"watching {settings.manifests_prefix} of {settings.bucket} on {where}", file=sys.stderr, flush=True)
+    if args.job:
+        watch.check(args.job)  # already over, or changed before the first event
+    while not stop.wait(0.5):
+        if not thread.is_alive():
+            break
+    stop.set()
+    thread.join(30)
+    if args.job:
+        return 0 if last and last[0].status == "succeeded" else 1
+    return 0
+
+
+def cmd_webhooks(settings: Settings, args: argparse.Namespace) -> int:
+    from bucketbrush.broker import build_broker
+    from bucketbrush.store import Bucket
+    from bucketbrush.webhooks import read_deliveries, run_webhook_worker
+
+    if args.action in ("show", "enable") and not args.arg:
+        raise SystemExit(f"webhooks {args.action} needs {'a job id' if args.action == 'show' else 'a URL'}")
+    if args.action == "worker":
+        run_webhook_worker(settings, threads=args.threads, ready_file=args.ready_file)
+        return 0
+    if args.action == "show":
+        print(json.dumps(read_deliveries(Bucket(settings), args.arg) or {"job_id": args.arg, "deliveries": []},
+                         indent=2))
+        return 0
+    redis = build_broker(settings).client
+    key = f"{settings.broker_namespace}:webhooks:disabled"
+    if args.action == "enable":
+        print(f"{args.arg}: {'enabled again' if redis.srem(key, args.arg) else 'was not disabled'}")
+        return 0
+    subs = [{"url": s.url, "events": s.events, "recipes": s.recipes} for s in settings.webhook_subscriptions]
+    print(json.dumps({"subscriptions": subs, "per_job_secret": settings.webhook_job_secret is not None,
+                      "disabled": sorted(u.decode() for u in redis.smembers(key))}, indent=2))
     return 0
 
 
@@ -301,7 +398,7 @@ def cmd_serve_functions(settings: Settings, args: argparse.Namespace) -> int:
 
     # The functions never import the runner: the recipe schemas the studio page's forms are
     # made from are computed here, in the composition root, and handed to the app.
-    serve(settings, host=args.host, port=args.port, recipes=catalog(include_test=settings.test_recipes))
+    serve(settings, host=args.host, port=args.port, recipes=catalog(testing=settings.test_recipes))
     return 0
 
 
@@ -326,9 +423,10 @@ def cmd_infra_minio(settings: Settings, args: argparse.Namespace) -> int:
 
     if args.print_mc:
         print(mc_commands(settings, alias=args.alias, target_id=args.target_id,
-                          endpoint=args.webhook_endpoint, region=args.region), end="")
+                          endpoint=args.webhook_endpoint, region=args.region, manifests_arn=args.manifests_arn), end="")
         return 0
-    for line in apply_minio(minio_client(settings), settings, arn=webhook_arn(args.target_id, args.region)):
+    for line in apply_minio(minio_client(settings), settings, arn=webhook_arn(args.target_id, args.region),
+                            manifests_arn=args.manifests_arn):
         print(line)
     return 0
 
@@ -358,6 +456,8 @@ def build_parser() -> argparse.ArgumentParser:
     mi.add_argument("--print-mc", action="store_true", help="print the equivalent mc commands instead")
     mi.add_argument("--alias", default="minio", help="mc alias (with --print-mc)")
     mi.add_argument("--webhook-endpoint", default="http://functions:8080/events/minio")
+    mi.add_argument("--manifests-arn", metavar="ARN",
+                    help="also route manifests/*.json to this MinIO target, for event subscribers")
     mi.set_defaults(func=cmd_infra_minio)
 
     pre = sub.add_parser("presign", help="a presigned POST for one upload into inbox/<recipe>/")
@@ -366,6 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--content-type")
     pre.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
     pre.add_argument("--expires", type=int, help="seconds")
+    pre.add_argument("--webhook", metavar="URL", help="POST this job's events there (signed; see Subscribers)")
+    pre.add_argument("--webhook-event", action="append", choices=["started", "progress", "completed"],
+                     help="events to send besides completed (repeat)")
     pre.set_defaults(func=cmd_presign)
 
     sm = sub.add_parser("submit", help="upload a file as a job and wait for its manifest")
@@ -433,9 +536,31 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true")
     st.set_defaults(func=cmd_status)
 
+    se = sub.add_parser("settings", help="the effective settings by group, secrets masked, and where each came from")
+    se.add_argument("--json", action="store_true")
+    se.set_defaults(func=cmd_settings)
+
     run = sub.add_parser("runner", help="run a runner process (Dramatiq worker)")
     run.add_argument("--ready-file", type=Path)
     run.set_defaults(func=cmd_runner)
+
+    wa = sub.add_parser("watch", help="stream manifest changes as they happen (see Subscribers)")
+    wa.add_argument("--job", help="only this job; exit when it ends (0: succeeded, 1: failed or cancelled)")
+    wa.add_argument("--recipe", help="only jobs of this recipe")
+    wa.add_argument("--final", action="store_true", help="only final manifests (succeeded, failed, cancelled)")
+    wa.add_argument("--json", action="store_true", help="one manifest per line, as JSON")
+    wa.add_argument("--queue-url", help="AWS: an SQS queue subscribed to the manifests topic "
+                                        "(default: BUCKETBRUSH_MANIFESTS_QUEUE_URL); unset: the local stack's filer")
+    wa.add_argument("--endpoint-url", help="SQS endpoint (LocalStack); default BUCKETBRUSH_SQS_ENDPOINT_URL")
+    wa.add_argument("--filer", help="SeaweedFS filer HOST:PORT (default: the local stack's)")
+    wa.set_defaults(func=cmd_watch)
+
+    wh = sub.add_parser("webhooks", help="outbound webhooks: list, show JOB, enable URL, worker")
+    wh.add_argument("action", choices=["list", "show", "enable", "worker"])
+    wh.add_argument("arg", nargs="?", help="show: a job id; enable: an endpoint URL disabled by a 410")
+    wh.add_argument("--threads", type=int, default=4, help="worker: delivery threads")
+    wh.add_argument("--ready-file", type=Path, help=argparse.SUPPRESS)
+    wh.set_defaults(func=cmd_webhooks)
 
     ev = sub.add_parser("events", help="run an event source").add_subparsers(dest="source", required=True)
     sw = ev.add_parser("seaweedfs", help="follow the SeaweedFS filer's metadata log")

@@ -168,14 +168,17 @@ class Studio:
         return cls(settings or Settings())
 
     def presign(self, recipe: str, filename: str = "upload.png", content_type: str | None = None,
-                params: dict[str, Any] | None = None, *, expires_s: int | None = None) -> PresignedUpload:
-        """A presigned POST for one upload (``url``, ``fields``, ``job_id``, ``manifest_key``...),
-        signed for the public endpoint, to hand to a browser or another app."""
+                params: dict[str, Any] | None = None, *, expires_s: int | None = None,
+                webhook: str | None = None, webhook_events: list[str] | None = None) -> PresignedUpload:
+        """A presigned POST for one upload (``url``, ``fields``, ``job_id``, ``manifest_url``...),
+        signed for the public endpoint, to hand to a browser or another app; ``webhook`` is the
+        job's own signed webhook target (see the README's *Subscribers*)."""
         return presign_upload(s3_client(self.settings, public=True), self.settings, recipe=recipe,
-                              filename=filename, content_type=content_type, params=params, expires_s=expires_s)
+                              filename=filename, content_type=content_type, params=params, expires_s=expires_s,
+                              webhook=webhook, webhook_events=webhook_events)
 
     def submit(self, source: str | Path | bytes, recipe: str, *, filename: str | None = None,
-               content_type: str | None = None, **params: Any) -> Job:
+               content_type: str | None = None, webhook: str | None = None, **params: Any) -> Job:
         """Upload a file (a path) or ``bytes`` as a job of ``recipe`` with ``params``; returns
         at once (``job.wait()`` follows it). Size is checked before anything is presigned."""
         if isinstance(source, bytes):
@@ -189,7 +192,7 @@ class Studio:
             data, name = path.read_bytes(), filename or path.name
         self._check_size(len(data), name)
         content_type = content_type or mimetypes.guess_type(name)[0] or "image/png"
-        upload = self.presign(recipe, filename=name, content_type=content_type, params=params)
+        upload = self.presign(recipe, filename=name, content_type=content_type, params=params, webhook=webhook)
         post_upload(upload, data, name, content_type)
         return Job(self, upload.job_id, upload)
 

@@ -90,6 +90,12 @@ class TimedOut(JobError):
     code = "timed_out"
 
 
+class InvalidWebhook(JobError):
+    """A per-job webhook that is not an http(s) URL, or asks for unknown events."""
+
+    code = "invalid_webhook"
+
+
 class TransientError(BucketbrushError):
     """A dependency failed (store or broker unreachable); the same job may succeed later."""
 

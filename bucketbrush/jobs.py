@@ -7,6 +7,7 @@ import json
 import re
 import secrets
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -35,6 +36,36 @@ class ObjectRef(BaseModel):
         return "\0".join([self.bucket, self.key, self.version_id or "", (self.etag or "").strip('"')])
 
 
+WEBHOOK_EVENTS = ("started", "progress", "completed")
+
+
+class WebhookTarget(BaseModel):
+    """A per-job webhook: where to POST the job's events (``completed`` is always sent)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    url: str
+    events: tuple[str, ...] = ("completed",)
+
+    @classmethod
+    def parse(cls, url: Any, events: Any, error: type[Exception]) -> WebhookTarget:
+        """From a job spec (``events`` a list) or upload metadata (a comma-separated string);
+        ``error`` (InvalidWebhook) says what is wrong."""
+        if not isinstance(url, str) or urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).hostname:
+            raise error(f"webhook must be an http(s) URL, not {url!r}")
+        if len(url) > 2048:
+            raise error("webhook URL is over 2048 characters")
+        if events is None:
+            events = []
+        if isinstance(events, str):
+            events = [e.strip() for e in events.split(",") if e.strip()]
+        if not isinstance(events, list) or not all(isinstance(e, str) for e in events):
+            raise error("webhook_events must be a list of event names")
+        if unknown := sorted(set(events) - set(WEBHOOK_EVENTS)):
+            raise error(f"unknown webhook events {unknown}; valid: {', '.join(WEBHOOK_EVENTS)}")
+        return cls(url=url, events=tuple(e for e in WEBHOOK_EVENTS if e in events or e == "completed"))
+
+
 class JobSpec(BaseModel):
     """What the runner needs to do one job. Never carries image bytes."""
 
@@ -51,6 +82,8 @@ class JobSpec(BaseModel):
     # A tighter deadline than the recipe's own limit, if the submitter asked for one.
     time_limit_s: int | None = Field(default=None, ge=1)
     enqueued_at: float | None = None
+    # Where to send this job's events (a job spec's "webhook"); uploads carry theirs in metadata.
+    webhook: WebhookTarget | None = None
 
     @property
     def inputs(self) -> list[ObjectRef]:

@@ -14,8 +14,8 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from bucketbrush.errors import InvalidParams
-from bucketbrush.jobs import RECIPE_NAME, new_ticket
+from bucketbrush.errors import InvalidParams, InvalidWebhook
+from bucketbrush.jobs import RECIPE_NAME, WebhookTarget, new_ticket
 from bucketbrush.layout import Layout
 from bucketbrush.settings import Settings
 
@@ -50,6 +50,8 @@ def presign_upload(
     params: dict[str, Any] | None = None,
     max_bytes: int | None = None,
     expires_s: int | None = None,
+    webhook: str | None = None,
+    webhook_events: list[str] | None = None,
 ) -> PresignedUpload:
     """A presigned POST for one upload; ``s3`` should use the endpoint apps can reach."""
     if not RECIPE_NAME.match(recipe):
@@ -70,6 +72,14 @@ def presign_upload(
     if params:
         fields["x-amz-meta-params"] = json.dumps(params, separators=(",", ":"), sort_keys=True)
         conditions.append({"x-amz-meta-params": fields["x-amz-meta-params"]})
+    if webhook is not None:
+        # Signed into the policy like the params: the app cannot redirect another job's events.
+        target = WebhookTarget.parse(webhook, webhook_events, InvalidWebhook)
+        fields["x-amz-meta-webhook"] = target.url
+        fields["x-amz-meta-webhook-events"] = ",".join(target.events)
+        conditions += [{name: fields[name]} for name in ("x-amz-meta-webhook", "x-amz-meta-webhook-events")]
+    elif webhook_events:
+        raise InvalidWebhook("webhook_events needs a webhook URL")
     post = s3.generate_presigned_post(
         Bucket=settings.bucket, Key=key, Fields=fields, Conditions=conditions, ExpiresIn=expires_s
     )

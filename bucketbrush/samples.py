@@ -1,9 +1,21 @@
-"""Sample images generated on the spot, so the demo and tests need no downloads."""
+"""Sample images, generated on the spot or shipped in the package, so the demo and tests need
+no downloads."""
 
 from __future__ import annotations
 
+from importlib import resources
+
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+
+
+def astronaut() -> Image.Image:
+    """A real photo of a person (384 px): NASA's portrait of astronaut Eileen Collins, public
+    domain, the same picture scikit-image ships as ``skimage.data.astronaut``."""
+    with resources.files("bucketbrush").joinpath("data/astronaut.jpg").open("rb") as fh:
+        image = Image.open(fh)
+        image.load()
+    return image.convert("RGB")
 
 
 def landscape(width: int = 512, height: int = 384, seed: int = 7) -> Image.Image:

@@ -2,138 +2,69 @@
 
 Precedence (highest first): explicit arguments, environment, ``.env``, the state file written
 by ``bucketbrush up`` (so commands find the local servers it started), then defaults.
+
+The fields come in groups (:data:`GROUPS`), one class each; :class:`Settings` combines them,
+so every field keeps its flat name (``settings.bucket``) and its variable (``BUCKETBRUSH_BUCKET``).
+Each group reads from the same sources and can stand alone (``StorageSettings()``).
 """
 
 from __future__ import annotations
 
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
+from pydantic_core import to_jsonable_python
 from pydantic_settings import (
     BaseSettings,
+    DotEnvSettingsSource,
+    EnvSettingsSource,
+    InitSettingsSource,
     JsonConfigSettingsSource,
     PydanticBaseSettingsSource,
+    SecretsSettingsSource,
     SettingsConfigDict,
 )
 
 MB = 1024 * 1024
 STACK_FILE = "stack.json"
+# Values of fields named like this are never shown (nor are SecretStr values, nor URL passwords).
+SECRET_NAME = re.compile(r"key|token|secret|password", re.IGNORECASE)
 
 
 def default_state_dir() -> Path:
     return Path(os.environ.get("BUCKETBRUSH_STATE_DIR", ".bucketbrush"))
 
 
-class Settings(BaseSettings):
-    """Everything a deployable needs to reach the bucket and the queue."""
+class StackFileSource(JsonConfigSettingsSource):
+    """The local stack's state file, ``<state_dir>/stack.json``, written by ``bucketbrush up``.
+
+    The state dir here is ``BUCKETBRUSH_STATE_DIR`` from the environment, else ``.bucketbrush``.
+    """
+
+    def __init__(self, settings_cls: type[BaseSettings]) -> None:
+        self.path = default_state_dir() / STACK_FILE
+        super().__init__(settings_cls, json_file=self.path)
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a value came from: ``kind`` (default, init, env, dotenv, stack, secrets) and ``where``."""
+
+    kind: str
+    where: str = ""
+
+
+class SettingsGroup(BaseSettings):
+    """The sources and rules every group shares."""
 
     model_config = SettingsConfigDict(
         env_prefix="BUCKETBRUSH_", env_file=".env", extra="ignore", frozen=True
     )
-
-    # Storage. An unset endpoint means AWS S3 itself.
-    s3_endpoint_url: str | None = None
-    s3_region: str = "us-east-1"
-    s3_access_key: str | None = None
-    s3_secret_key: SecretStr | None = None
-    s3_addressing_style: str = "path"
-    bucket: str = "bucketbrush"
-    # Optional public endpoint for presigned URLs handed to apps (when the functions reach
-    # the store on an internal address).
-    s3_public_endpoint_url: str | None = None
-
-    # SQS event source (S3 -> SQS, or S3 -> SNS -> SQS): `bucketbrush events sqs`.
-    sqs_queue_url: str | None = None
-    sqs_endpoint_url: str | None = None  # unset: AWS; LocalStack serves SQS on its S3 endpoint
-    sqs_wait_time_s: int = Field(default=20, ge=0, le=20)
-    sqs_visibility_timeout_s: int | None = Field(default=60, ge=0, le=43200)
-
-    # HTTP functions host (`bucketbrush serve-functions`): functions/http.py.
-    functions_token: SecretStr | None = Field(
-        default=None, description="bearer token for /events/minio, /events/s3 and /presign; unset: refuse them")
-    sns_topic_arns: list[str] = Field(default_factory=list, description="SNS topics /events/sns trusts; empty: none")
-    functions_max_body_bytes: int = Field(default=1 * MB, ge=1024)
-
-    # Queue.
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    broker_namespace: str = "bucketbrush"
-    queue_name: str = "bucketbrush"
-    max_retries: int = Field(default=3, ge=0, description="retries for transient failures only")
-
-    # Bucket layout.
-    inbox_prefix: str = "inbox/"
-    jobs_prefix: str = "jobs/"
-    outputs_prefix: str = "outputs/"
-    manifests_prefix: str = "manifests/"
-    cancel_prefix: str = "cancel/"
-    status_prefix: str = "status/"
-
-    # Limits.
-    max_upload_bytes: int = 50 * MB
-    max_image_pixels: int = 40_000_000
-    presign_expires_s: int = 3600
-    dedupe_ttl_s: int = 7 * 24 * 3600
-    # Time limits per job: a default and per-recipe overrides ({"upscale": 1200}).
-    job_time_limit_s: int = Field(default=600, ge=1)
-    recipe_time_limits_s: dict[str, int] = Field(default_factory=dict)
-    heartbeat_interval_s: float = Field(default=10, gt=0)
-    # How long an idle runner waits between polls of Redis (Dramatiq's worker_timeout): the
-    # upper bound of the queue wait after a quiet spell, against idle Redis traffic.
-    runner_poll_ms: int = Field(default=100, ge=5, le=10_000)
-    # Reconciling sweep (functions/sweep.py), run in the event source process; 0 disables it.
-    sweep_interval_s: float = Field(default=300, ge=0)
-    sweep_grace_s: float = Field(default=60, ge=0)
-
-    # Retention, in days (0 disables the rule).
-    inbox_retention_days: int = 1
-    outputs_retention_days: int = 7
-    manifests_retention_days: int = 30
-    cors_allowed_origins: list[str] = ["*"]
-
-    # Diffusion models (runner only; needs the `diffusion` extra).
-    models_file: Path | None = Field(default=None, description="models TOML (gpu_runner/models.py)")
-    preload_models: list[str] = Field(default_factory=list, description="model ids loaded at worker start")
-    model_cache_bytes: int = Field(default=0, ge=0, description="budget for cached models; 0: no limit")
-    diffusion_device: str = Field(default="auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$")
-    diffusion_dtype: str = Field(default="auto", pattern="^(auto|float32|bfloat16|float16)$")
-    diffusion_attention_slicing: bool = False
-    diffusion_vae_tiling: bool = False
-    diffusion_vae_slicing: bool = False
-    diffusion_cpu_offload: bool = False
-    diffusion_max_side: int = Field(default=1024, ge=64, multiple_of=8)
-    # Vision models (runner only): a transformers save_pretrained folder, or a repo id already
-    # in the local HF cache; never downloaded, never remote code (gpu_runner/vision.py).
-    depth_model: str | None = Field(default=None, description="depth estimation model for `layers`")
-    segmentation_model: str | None = Field(
-        default=None, description="semantic segmentation model for `remove-bg`; unset: GrabCut fallback")
-    segmentation_labels: list[str] = Field(
-        default_factory=list, description="labels of segmentation_model that are foreground; empty: automatic")
-
-    # Local stack.
-    state_dir: Path = Field(default_factory=default_state_dir)
-    local_redis: str = Field(
-        default="auto", pattern="^(auto|always|never)$",
-        description="auto: use redis_url if it answers, else start a private one",
-    )
-
-    # Studio page and app client (functions/studio_api.py, functions/studio/, bucketbrush/client.py).
-    studio_origins: list[str] = Field(
-        default_factory=list,
-        description="origins allowed to call the functions host's studio API cross-origin (a studio page "
-                    "published into the bucket, `bucketbrush studio publish`); empty: same origin only")
-    test_recipes: bool = Field(
-        default=False, description="register test-only recipes (`hold`: slow by construction); tests only")
-
-    @field_validator("inbox_prefix", "jobs_prefix", "outputs_prefix", "manifests_prefix",
-                     "cancel_prefix", "status_prefix")
-    @classmethod
-    def _folder(cls, v: str) -> str:
-        v = v.strip("/")
-        if not v:
-            raise ValueError("prefix must not be empty")
-        return v + "/"
 
     @classmethod
     def settings_customise_sources(
@@ -144,15 +75,79 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        stack = JsonConfigSettingsSource(
-            settings_cls, json_file=default_state_dir() / STACK_FILE
-        )
-        return init_settings, env_settings, dotenv_settings, stack, file_secret_settings
+        return init_settings, env_settings, dotenv_settings, StackFileSource(settings_cls), file_secret_settings
 
-    def time_limit_s(self, recipe: str, requested: int | None = None) -> int:
-        """The recipe's limit, or a tighter one the job asked for."""
-        limit = self.recipe_time_limits_s.get(recipe, self.job_time_limit_s)
-        return min(limit, requested) if requested else limit
+    @classmethod
+    def env_var(cls, name: str) -> str:
+        """The environment variable of field ``name``: ``BUCKETBRUSH_<NAME>``."""
+        return f"{cls.model_config.get('env_prefix', '')}{name}".upper()
+
+    @classmethod
+    def field_sources(cls, **init: Any) -> dict[str, tuple[Source, ...]]:
+        """Which sources supply each field of ``cls(**init)``, highest precedence first.
+
+        Builds the same sources pydantic-settings builds and orders them with
+        :meth:`settings_customise_sources`. Empty: the default. More than one only for a dict
+        field, whose dicts pydantic-settings merges across sources.
+        """
+        config = cls.model_config
+        mine: dict[int, Source] = {}
+
+        def made(source: PydanticBaseSettingsSource, label: Source) -> PydanticBaseSettingsSource:
+            mine[id(source)] = label
+            return source
+
+        sources = cls.settings_customise_sources(
+            cls,
+            made(InitSettingsSource(cls, init_kwargs=init), Source("init")),
+            made(EnvSettingsSource(cls), Source("env")),
+            made(DotEnvSettingsSource(cls), Source("dotenv", str(config.get("env_file")))),
+            made(SecretsSettingsSource(cls), Source("secrets", str(config.get("secrets_dir")))),
+        )
+        found: dict[str, list[Source]] = {name: [] for name in cls.model_fields}
+        merges: set[str] = set()  # dict fields: lower sources' dicts are merged into the first one
+        for source in sources:
+            label = mine.get(id(source)) or (
+                Source("stack", str(source.path)) if isinstance(source, StackFileSource)
+                else Source(type(source).__name__))
+            values = source()
+            for name, labels in found.items():
+                if name not in values or (labels and not (name in merges and isinstance(values[name], dict))):
+                    continue
+                if not labels and isinstance(values[name], dict):
+                    merges.add(name)
+                labels.append(Source("env", cls.env_var(name)) if label.kind == "env" else label)
+        return {name: tuple(labels) for name, labels in found.items()}
+
+
+class StorageSettings(SettingsGroup):
+    """The S3 store: endpoint, credentials, the bucket, its layout and CORS."""
+
+    s3_endpoint_url: str | None = Field(default=None, description="S3 endpoint, e.g. http://minio:9000; unset: AWS")
+    s3_public_endpoint_url: str | None = Field(
+        default=None, description="endpoint to sign presigned URLs for, when apps reach the store at another address")
+    s3_region: str = Field(default="us-east-1", description="region")
+    s3_access_key: str | None = Field(
+        default=None, description="access key id; unset: boto3's chain (env, profile, instance role)")
+    s3_secret_key: SecretStr | None = Field(default=None, description="secret access key")
+    s3_addressing_style: str = Field(default="path", description="path or virtual")
+    bucket: str = Field(default="bucketbrush", description="the bucket")
+    inbox_prefix: str = Field(default="inbox/", description="uploads, one folder per recipe: inbox/<recipe>/")
+    jobs_prefix: str = Field(default="jobs/", description="job specs without an upload: jobs/<job_id>.json")
+    outputs_prefix: str = Field(default="outputs/", description="job outputs")
+    manifests_prefix: str = Field(default="manifests/", description="one JSON manifest per job")
+    cancel_prefix: str = Field(default="cancel/", description="cancel requests: cancel/<job_id>")
+    status_prefix: str = Field(default="status/", description="runner heartbeats: status/runners/")
+    cors_allowed_origins: list[str] = Field(default=["*"], description="CORS origins for browser uploads (JSON list)")
+
+    @field_validator("inbox_prefix", "jobs_prefix", "outputs_prefix", "manifests_prefix",
+                     "cancel_prefix", "status_prefix")
+    @classmethod
+    def _folder(cls, v: str) -> str:
+        v = v.strip("/")
+        if not v:
+            raise ValueError("prefix must not be empty")
+        return v + "/"
 
     def s3_client_kwargs(self, *, public: bool = False) -> dict[str, Any]:
         """Keyword arguments for ``boto3.client("s3", ...)``."""
@@ -165,3 +160,214 @@ class Settings(BaseSettings):
         if self.s3_secret_key:
             kwargs["aws_secret_access_key"] = self.s3_secret_key.get_secret_value()
         return kwargs
+
+
+class BrokerSettings(SettingsGroup):
+    """The queue: Redis and the Dramatiq broker on it."""
+
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Dramatiq broker")
+    broker_namespace: str = Field(default="bucketbrush", description="Redis key namespace")
+    queue_name: str = Field(default="bucketbrush", description="the queue")
+    max_retries: int = Field(default=3, ge=0, description="retries for transient failures only (never for bad input)")
+    runner_poll_ms: int = Field(
+        default=100, ge=5, le=10_000,
+        description="an idle runner's Redis poll interval (Dramatiq's worker_timeout): the most a job waits "
+                    "in the queue after a quiet spell, against idle Redis traffic")
+    dedupe_ttl_s: int = Field(default=7 * 24 * 3600, description="how long a seen object identity is remembered")
+
+
+class EventsSettings(SettingsGroup):
+    """The event sources: SQS (S3 -> SQS, or S3 -> SNS -> SQS) and the reconciling sweep."""
+
+    sqs_queue_url: str | None = Field(default=None, description="queue of `bucketbrush events sqs`")
+    sqs_endpoint_url: str | None = Field(
+        default=None, description="SQS endpoint; unset: AWS (LocalStack serves SQS on its S3 endpoint)")
+    sqs_wait_time_s: int = Field(default=20, ge=0, le=20, description="long-poll wait")
+    sqs_visibility_timeout_s: int | None = Field(
+        default=60, ge=0, le=43200, description="how long a received message stays hidden")
+    sweep_interval_s: float = Field(
+        default=300, ge=0, description="period of the sweep (functions/sweep.py) in the event source; 0: off")
+    sweep_grace_s: float = Field(default=60, ge=0, description="how old an input must be before the sweep takes it")
+
+
+class FunctionsSettings(SettingsGroup):
+    """The HTTP functions host, `bucketbrush serve-functions` (functions/http.py)."""
+
+    functions_token: SecretStr | None = Field(
+        default=None, description="bearer token for /events/minio, /events/s3 and /presign; unset: refuse them")
+    sns_topic_arns: list[str] = Field(default_factory=list, description="SNS topics /events/sns trusts; empty: none")
+    functions_max_body_bytes: int = Field(default=1 * MB, ge=1024, description="request body limit (413)")
+    # The studio page (functions/studio_api.py).
+    studio_origins: list[str] = Field(
+        default_factory=list,
+        description="origins allowed to call the studio API cross-origin (a page published into the bucket, "
+                    "`bucketbrush studio publish`); empty: same origin only")
+
+
+class LimitsSettings(SettingsGroup):
+    """Sizes, lifetimes and time limits of jobs."""
+
+    max_upload_bytes: int = Field(default=50 * MB, description="upload size limit (presign policy and runner)")
+    max_image_pixels: int = Field(default=40_000_000, description="decompression-bomb limit")
+    presign_expires_s: int = Field(default=3600, description="presigned URL lifetime")
+    job_time_limit_s: int = Field(default=600, ge=1, description="time limit per job")
+    recipe_time_limits_s: dict[str, int] = Field(
+        default_factory=dict, description='per-recipe time limits, e.g. {"upscale": 1200}')
+    heartbeat_interval_s: float = Field(default=10, gt=0, description="runner heartbeat period")
+
+    def time_limit_s(self, recipe: str, requested: int | None = None) -> int:
+        """The recipe's limit, or a tighter one the job asked for."""
+        limit = self.recipe_time_limits_s.get(recipe, self.job_time_limit_s)
+        return min(limit, requested) if requested else limit
+
+
+class RetentionSettings(SettingsGroup):
+    """Lifecycle rules, in days (0: no rule)."""
+
+    inbox_retention_days: int = Field(default=1, description="uploads")
+    outputs_retention_days: int = Field(default=7, description="outputs")
+    manifests_retention_days: int = Field(default=30, description="manifests")
+    seaweedfs_ttl_unit: Literal["d", "h", "m"] = Field(
+        default="d", description="the unit SeaweedFS path TTLs count the retention days in (the local "
+                                 "stack enforces lifecycle rules as TTLs): d; tests use m to see rules delete")
+
+
+class DiffusionSettings(SettingsGroup):
+    """Diffusion and vision models (runner only; diffusion needs the `diffusion` extra).
+
+    Vision models are a transformers ``save_pretrained`` folder, or a repo id already in the
+    local HF cache; never downloaded, never remote code (gpu_runner/vision.py).
+    """
+
+    models_file: Path | None = Field(default=None, description="models TOML (gpu_runner/models.py)")
+    preload_models: list[str] = Field(default_factory=list, description="model ids loaded at worker start")
+    model_cache_bytes: int = Field(default=0, ge=0, description="budget for cached models; 0: no limit")
+    diffusion_device: str = Field(
+        default="auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$", description="auto, cpu, mps, cuda or cuda:N")
+    diffusion_dtype: str = Field(
+        default="auto", pattern="^(auto|float32|bfloat16|float16)$", description="auto, float32, bfloat16 or float16")
+    diffusion_attention_slicing: bool = Field(default=False, description="memory saver: attention slicing")
+    diffusion_vae_tiling: bool = Field(default=False, description="memory saver: VAE tiling")
+    diffusion_vae_slicing: bool = Field(default=False, description="memory saver: VAE slicing")
+    diffusion_cpu_offload: bool = Field(default=False, description="memory saver: model CPU offload")
+    diffusion_max_side: int = Field(
+        default=1024, ge=64, multiple_of=8, description="largest width/height a job may ask for")
+    depth_model: str | None = Field(default=None, description="depth estimation model for `layers`")
+    segmentation_model: str | None = Field(
+        default=None, description="semantic segmentation model for `remove-bg`; unset: GrabCut fallback")
+    segmentation_labels: list[str] = Field(
+        default_factory=list, description="labels of segmentation_model that are foreground; empty: automatic")
+
+
+class LocalStackSettings(SettingsGroup):
+    """The local stack of `bucketbrush up`."""
+
+    state_dir: Path = Field(
+        default_factory=default_state_dir, description="local stack state (stack.json), data and logs")
+    local_redis: str = Field(
+        default="auto", pattern="^(auto|always|never)$",
+        description="auto: use redis_url if it answers, else start a private one; always; never",
+    )
+    test_recipes: bool = Field(
+        default=False, description="runners also offer the recipes that exist for tests only (test-slow: "
+                                   "slow by construction); never on in production")
+
+
+class WebhookSubscription(BaseModel):
+    """A server-wide webhook endpoint (``BUCKETBRUSH_WEBHOOK_SUBSCRIPTIONS``): signed with its
+    own ``whsec_`` secret; ``completed`` is always among its events; ``recipes`` empty: all."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    url: str
+    secret: SecretStr
+    events: list[Literal["started", "progress", "completed"]] = ["started", "progress", "completed"]
+    recipes: list[str] = []
+
+
+class WebhooksSettings(SettingsGroup):
+    """Outbound webhooks (bucketbrush/webhooks.py), signed to the Standard Webhooks spec, and
+    manifest events for subscribers."""
+
+    webhook_subscriptions: list[WebhookSubscription] = Field(
+        default_factory=list, description="server-wide endpoints: JSON list of {url, secret, events, recipes}")
+    webhook_job_secret: SecretStr | None = Field(
+        default=None, description="whsec_ secret that signs per-job webhooks; unset: per-job webhooks are refused")
+    webhook_queue_name: str = Field(default="bucketbrush-webhooks", description="Dramatiq queue of deliveries")
+    webhook_retry_schedule_s: list[float] = Field(
+        default=[5, 300, 1800, 7200, 18000, 36000, 36000],
+        description="delays between delivery attempts (the spec's schedule); its length is the number of retries")
+    webhook_timeout_s: float = Field(default=15, gt=0, description="per-attempt HTTP timeout")
+    webhook_allow_private: bool = Field(
+        default=False, description="deliver to loopback/private addresses (never to metadata services)")
+    webhook_worker_threads: int = Field(
+        default=2, ge=0, description="delivery threads in each runner process; 0: run `bucketbrush webhooks worker`")
+    manifests_queue_url: str | None = Field(
+        default=None, description="SQS queue subscribed to the manifests topic (`infra aws --manifests-queue`), "
+                                  "for `bucketbrush watch` on AWS")
+
+
+GROUPS: dict[str, type[SettingsGroup]] = {
+    "storage": StorageSettings,
+    "broker": BrokerSettings,
+    "events": EventsSettings,
+    "functions": FunctionsSettings,
+    "limits": LimitsSettings,
+    "retention": RetentionSettings,
+    "diffusion": DiffusionSettings,
+    "webhooks": WebhooksSettings,
+    "local": LocalStackSettings,
+}
+
+
+# pydantic collects fields from the last base first: the bases are listed in reverse, so the
+# fields (and validation errors) come in the order of GROUPS.
+class Settings(LocalStackSettings, WebhooksSettings, DiffusionSettings, RetentionSettings, LimitsSettings,
+               FunctionsSettings, EventsSettings, BrokerSettings, StorageSettings):
+    """Everything a deployable needs to reach the bucket and the queue."""
+
+
+def is_secret(name: str, value: Any) -> bool:
+    return isinstance(value, SecretStr) or bool(SECRET_NAME.search(name))
+
+
+def _mask_url_password(value: str) -> str:
+    try:
+        parts = urlsplit(value)
+        password = parts.password
+    except ValueError:
+        return value
+    if not password:
+        return value
+    userinfo, host = parts.netloc.rsplit("@", 1)
+    return parts._replace(netloc=f"{userinfo.split(':', 1)[0]}:****@{host}").geturl()
+
+
+def explain(settings: SettingsGroup, **init: Any) -> dict[str, dict[str, dict[str, Any]]]:
+    """The effective values by group, secrets masked, each with where it came from.
+
+    ``{group: {field: {"value", "secret", "source", "from", "env", "description"}}}``; a secret's
+    value is ``"****"`` when set, else None; ``init`` as given to ``type(settings)(**init)``.
+    """
+    cls = type(settings)
+    sources = cls.field_sources(**init)
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for group, group_cls in GROUPS.items():
+        for name in group_cls.model_fields:
+            if name not in cls.model_fields:
+                continue
+            value = getattr(settings, name)
+            secret = is_secret(name, value)
+            shown = ("****" if value is not None else None) if secret else to_jsonable_python(value)
+            if isinstance(shown, str):
+                shown = _mask_url_password(shown)
+            found = sources[name]
+            out.setdefault(group, {})[name] = {
+                "value": shown,
+                "secret": secret,
+                "source": "+".join(s.kind for s in found) or "default",
+                "from": ", ".join(s.where for s in found if s.where) or None,
+                "env": cls.env_var(name),
+                "description": cls.model_fields[name].description,
+            }
+    return out

@@ -16,8 +16,8 @@ import dramatiq
 
 from bucketbrush.broker import build_broker, enqueue_job
 from bucketbrush.claims import Claims
-from bucketbrush.errors import InvalidSpec
-from bucketbrush.jobs import RECIPE_NAME, JobSpec, ObjectRef, job_id_for, json_object
+from bucketbrush.errors import InvalidSpec, InvalidWebhook
+from bucketbrush.jobs import RECIPE_NAME, JobSpec, ObjectRef, WebhookTarget, job_id_for, json_object
 from bucketbrush.layout import NotAnInput, unsafe_key
 from bucketbrush.manifest import ErrorInfo, Manifest
 from bucketbrush.settings import Settings
@@ -84,8 +84,8 @@ class Handler:
     def _spec(self, record: S3Record, job_id: str) -> Outcome:
         ref = record.ref
         try:
-            recipe, input_ref, params, time_limit_s = self._read_spec(ref)
-        except InvalidSpec as exc:
+            recipe, input_ref, params, time_limit_s, webhook = self._read_spec(ref)
+        except (InvalidSpec, InvalidWebhook) as exc:
             # Nothing to run: record the failure where the user will look for it.
             if not self.claims.claim(job_id, ref.identity):
                 return Outcome(record.key, "duplicate", job_id)
@@ -94,9 +94,10 @@ class Handler:
             ))
             return Outcome(record.key, "rejected", job_id, reason=str(exc))
         return self._submit(ref, recipe, input_ref=input_ref, params=params, preferred_id=job_id,
-                            time_limit_s=time_limit_s, recent=self._recent(record))
+                            time_limit_s=time_limit_s, recent=self._recent(record), webhook=webhook)
 
-    def _read_spec(self, ref: ObjectRef) -> tuple[str, ObjectRef | None, dict[str, Any], int | None]:
+    def _read_spec(self, ref: ObjectRef
+                   ) -> tuple[str, ObjectRef | None, dict[str, Any], int | None, WebhookTarget | None]:
         if ref.size is not None and ref.size > MAX_SPEC_BYTES:
             raise InvalidSpec(f"job spec is {ref.size} bytes; the limit is {MAX_SPEC_BYTES}")
         body = self.bucket.s3.get_object(Bucket=ref.bucket, Key=ref.key)["Body"].read(MAX_SPEC_BYTES + 1)
@@ -117,13 +118,17 @@ class Handler:
         time_limit_s = doc.get("time_limit_s")
         if time_limit_s is not None and (not isinstance(time_limit_s, int) or time_limit_s < 1):
             raise InvalidSpec('"time_limit_s" must be a positive whole number of seconds')
-        return recipe, input_ref, params, time_limit_s
+        webhook = None
+        if doc.get("webhook") is not None:
+            webhook = WebhookTarget.parse(doc["webhook"], doc.get("webhook_events"), InvalidWebhook)
+        return recipe, input_ref, params, time_limit_s, webhook
 
     # -- the common path ------------------------------------------------------------------
 
     def _submit(self, source: ObjectRef, recipe: str, *, input_ref: ObjectRef | None,
                 params: dict[str, Any], preferred_id: str | None,
-                time_limit_s: int | None = None, recent: bool = False) -> Outcome:
+                time_limit_s: int | None = None, recent: bool = False,
+                webhook: WebhookTarget | None = None) -> Outcome:
         claims, identity = self.claims, source.identity
         job_id = preferred_id if preferred_id and claims.claim(preferred_id, identity) else None
         if preferred_id and job_id is None and claims.holder(preferred_id) == identity:
@@ -141,7 +146,7 @@ class Handler:
         if existing and existing.finished_for(source):
             return Outcome(source.key, "duplicate", job_id, reason="already finished")
         spec = JobSpec(job_id=job_id, recipe=recipe, source=source, input=input_ref, params=params,
-                       time_limit_s=time_limit_s)
+                       time_limit_s=time_limit_s, webhook=webhook)
         try:
             self.bucket.write_manifest(Manifest(
                 job_id=job_id, status="queued", recipe=recipe, params=params, inputs=spec.inputs,

@@ -6,7 +6,8 @@ Routes (``bucketbrush serve-functions``, port 8080 in the compose file):
 - ``POST /events/s3``: a plain S3 event notification from anything else (same token).
 - ``POST /events/sns``: an SNS HTTP(S) subscription; trusted by topic allow-list and message
   signature instead of the token (see ``functions.sns``). Raw message delivery is refused.
-- ``POST /presign``: ``{recipe, filename, content_type, params}`` -> a presigned POST (token).
+- ``POST /presign``: ``{recipe, filename, content_type, params, webhook, webhook_events}`` -> a presigned
+  POST (token).
 - ``GET /health``: broker and bucket reachability, runner heartbeats, queue depths.
 - ``GET /`` (the studio page), ``GET /recipes`` and ``/studio/...``: see ``functions.studio_api``.
 
@@ -33,7 +34,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from bucketbrush.broker import build_broker
-from bucketbrush.errors import InvalidParams
+from bucketbrush.errors import InvalidParams, InvalidWebhook
 from bucketbrush.layout import unsafe_key
 from bucketbrush.presign import presign_upload
 from bucketbrush.settings import Settings
@@ -194,8 +195,9 @@ class FunctionsApp:
             try:
                 upload = await run_in_threadpool(
                     lambda: presign_upload(self.bucket.public_s3, self.settings, recipe=doc["recipe"],
-                                           filename=filename, content_type=content_type, params=params))
-            except (InvalidParams, ValueError) as exc:
+                                           filename=filename, content_type=content_type, params=params,
+                                           webhook=doc.get("webhook"), webhook_events=doc.get("webhook_events")))
+            except (InvalidParams, InvalidWebhook, ValueError) as exc:
                 raise HttpError(400, str(exc)) from exc
             except Exception as exc:
                 log.exception("presign failed")

@@ -34,6 +34,10 @@ Fetch = Callable[[str], bytes]
 """GET a URL and return its body; raises on any failure (network, non-200)."""
 
 MAX_CERT_BYTES = 64 * 1024
+# Messages older than this are refused as replays. SNS's default HTTP delivery policy retries
+# for well under a minute; custom policies can retry for up to an hour.
+MAX_MESSAGE_AGE_S = 3600
+MAX_CLOCK_SKEW_S = 300
 MAX_CACHED_CERTS = 32
 _TOPIC_ARN = re.compile(r"^arn:aws[a-z-]*:sns:([a-z0-9-]+):\d{12}:[A-Za-z0-9_.-]{1,256}$")
 
@@ -112,9 +116,11 @@ def string_to_sign(message: Mapping[str, Any]) -> bytes:
 class SnsVerifier:
     """Checks SNS messages for one set of allowed topics; caches signing certificates by URL."""
 
-    def __init__(self, allowed_topics: list[str] | tuple[str, ...], fetch: Fetch = fetch_url) -> None:
+    def __init__(self, allowed_topics: list[str] | tuple[str, ...], fetch: Fetch = fetch_url, *,
+                 max_age_s: float = MAX_MESSAGE_AGE_S) -> None:
         self.allowed_topics = frozenset(allowed_topics)
         self.fetch = fetch
+        self.max_age_s = max_age_s
         self._certs: dict[str, x509.Certificate] = {}
         self._lock = threading.Lock()
 
@@ -127,6 +133,7 @@ class SnsVerifier:
             # Checked before any fetch: an unknown topic never makes us reach out.
             raise SnsRejected(f"topic {topic} is not in the allow-list")
         region = topic_region(topic)
+        self._check_timestamp(message.get("Timestamp"))
         version = message.get("SignatureVersion")
         if version not in _HASHES:
             raise SnsRejected(f"unsupported SignatureVersion {version!r}")
@@ -143,6 +150,19 @@ class SnsVerifier:
             key.verify(signature, data, padding.PKCS1v15(), _HASHES[version]())
         except InvalidSignature as exc:
             raise SnsRejected("signature does not match") from exc
+
+    def _check_timestamp(self, value: Any) -> None:
+        """Refuse replays: a signed message stays valid forever, so its (signed) Timestamp must be
+        recent. Checked before any certificate fetch; the signature check then proves it."""
+        try:
+            sent = dt.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+        except ValueError as exc:
+            raise SnsMalformed(f"Timestamp {value!r} is not an ISO 8601 time") from exc
+        if sent.tzinfo is None:
+            raise SnsMalformed(f"Timestamp {value!r} has no time zone")
+        age = (dt.datetime.now(dt.UTC) - sent).total_seconds()
+        if age > self.max_age_s or age < -MAX_CLOCK_SKEW_S:
+            raise SnsRejected(f"message sent {age:.0f} s ago: outside the {self.max_age_s:.0f} s window")
 
     def confirm(self, message: Mapping[str, Any]) -> None:
         """Confirm a (verified) SubscriptionConfirmation by visiting its SubscribeURL."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -19,8 +20,11 @@ log = logging.getLogger(__name__)
 
 
 class JobMonitor:
-    def __init__(self, bucket: Bucket, manifest: Manifest, *, interval_s: float = 0.5) -> None:
+    def __init__(self, bucket: Bucket, manifest: Manifest, *, interval_s: float = 0.5,
+                 on_write: Callable[[Manifest], None] | None = None) -> None:
         self.bucket = bucket
+        # Told each progress manifest written (the runner sends progress webhooks from it).
+        self.on_write = on_write
         self.manifest = manifest
         self.interval_s = interval_s
         self.cancel_requested = threading.Event()
@@ -53,7 +57,10 @@ class JobMonitor:
                 progress = self.manifest.progress
                 # The last step is left to the final manifest.
                 if progress != self._written and progress.step < progress.total:
-                    self.bucket.write_manifest(self.manifest.model_copy(update={"progress": progress}))
+                    written = self.manifest.model_copy(update={"progress": progress})
+                    self.bucket.write_manifest(written)
                     self._written = progress
+                    if self.on_write:
+                        self.on_write(written)
             except (ClientError, BotoCoreError) as exc:
                 log.warning("job %s: progress/cancel check failed: %s", self.manifest.job_id, exc)

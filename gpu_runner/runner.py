@@ -20,21 +20,24 @@ from bucketbrush.errors import (
     InputMissing,
     InputTooLarge,
     InvalidParams,
+    InvalidWebhook,
     JobCancelled,
     JobError,
     TimedOut,
     TransientError,
 )
-from bucketbrush.jobs import JobSpec, ObjectRef, json_object
+from bucketbrush.jobs import JobSpec, ObjectRef, WebhookTarget, json_object
+from bucketbrush.layout import NotAnInput
 from bucketbrush.manifest import ErrorInfo, Manifest, Output, Progress
 from bucketbrush.settings import Settings
 from bucketbrush.store import Bucket, is_not_found
 from gpu_runner.images import decode_image, encode_image
 from gpu_runner.monitor import JobMonitor
 from gpu_runner.recipes import get_recipe
-from gpu_runner.recipes.base import JobContext, Recipe, RecipeParams, RecipeResult
+from gpu_runner.recipes.base import DataArtifact, JobContext, Recipe, RecipeParams, RecipeResult
 
 if TYPE_CHECKING:
+    from bucketbrush.webhooks import Event, Notifier
     from gpu_runner.pipelines import ModelCache
 
 log = logging.getLogger(__name__)
@@ -73,8 +76,10 @@ def runner_info(settings: Settings) -> dict[str, Any]:
 class JobRunner:
     """Executes job specs against the bucket. One instance per worker process."""
 
-    def __init__(self, bucket: Bucket, models: ModelCache | None = None) -> None:
+    def __init__(self, bucket: Bucket, models: ModelCache | None = None, notifier: Notifier | None = None) -> None:
         self.bucket = bucket
+        # Enqueues webhook deliveries (bucketbrush/webhooks.py); None: no webhooks.
+        self.notifier = notifier
         self.settings = bucket.settings
         # Diffusion pipelines, loaded once per process (None: no models file configured).
         self.models = models
@@ -106,15 +111,21 @@ class JobRunner:
 
     def _run(self, spec: JobSpec, manifest: Manifest, last_attempt: bool) -> Manifest:
         written: list[str] = []
+        # The job's own webhook: from its spec, else from the upload's metadata (below).
+        target = [spec.webhook]
         try:
             if self.bucket.exists(self.bucket.cancel_key(spec.job_id)):
                 raise JobCancelled("cancelled before it started")
             self.bucket.write_manifest(manifest)
-            recipe = get_recipe(spec.recipe, include_test=self.settings.test_recipes)
+            recipe = get_recipe(spec.recipe, testing=self.settings.test_recipes)
             image, metadata = self._load_input(spec.input) if recipe.needs_input else (None, {})
-            params = resolve_params(recipe, spec.params, metadata)
+            if target[0] is None and "webhook" in metadata:
+                target[0] = WebhookTarget.parse(metadata["webhook"], metadata.get("webhook-events"), InvalidWebhook)
+            self._emit("started", manifest, target[0])
+            params = resolve_params(recipe, spec.params, metadata, single_fields=not self._presigned(spec))
             manifest.params = params.model_dump(mode="json")
-            with JobMonitor(self.bucket, manifest, interval_s=PROGRESS_INTERVAL_S) as monitor:
+            with JobMonitor(self.bucket, manifest, interval_s=PROGRESS_INTERVAL_S,
+                            on_write=lambda m: self._emit("progress", m, target[0])) as monitor:
                 started = time.perf_counter()
                 result = recipe.run(self._context(manifest, monitor), image, params)
                 manifest.timings["processing_s"] = time.perf_counter() - started
@@ -123,15 +134,15 @@ class JobRunner:
             self._discard(written)
             limit = self.settings.time_limit_s(spec.recipe, spec.time_limit_s)
             return self._finish_failed(manifest, TimedOut(f"the job ran past its time limit of {limit} s"),
-                                       final=True, cause=exc)
+                                       final=True, cause=exc, target=target[0])
         except BucketbrushError as exc:
             self._discard(written)
             final = isinstance(exc, JobError) or last_attempt
-            return self._finish_failed(manifest, exc, final=final)
+            return self._finish_failed(manifest, exc, final=final, target=target[0])
         except (ClientError, BotoCoreError) as exc:
             self._discard(written)
             error = TransientError(f"storage error: {exc}")
-            return self._finish_failed(manifest, error, final=last_attempt, cause=exc)
+            return self._finish_failed(manifest, error, final=last_attempt, cause=exc, target=target[0])
         self._record_result(manifest, result)
         manifest.status = "succeeded"
         total = manifest.progress.total or 1
@@ -140,6 +151,7 @@ class JobRunner:
         if days := self.settings.outputs_retention_days:
             manifest.outputs_expire_at = manifest.timings["finished_at"] + days * 86400
         self.bucket.write_manifest(manifest)
+        self._emit("completed", manifest, target[0])
         self.stats["jobs_done"] += 1
         log.info("job %s succeeded: %d outputs", spec.job_id, len(manifest.outputs))
         return manifest
@@ -187,14 +199,17 @@ class JobRunner:
                        written: list[str]) -> list[Output]:
         outputs = []
         for artifact in result.artifacts:
-            data, content_type = encode_image(artifact.image, params.format, params.quality)
-            key = self.bucket.output_key(job_id, f"{artifact.name}.{params.format}")
+            if isinstance(artifact, DataArtifact):  # JSON and other non-image outputs, as they are
+                data, content_type, extension = artifact.data, artifact.content_type, artifact.extension
+                size: dict[str, int] = {}
+            else:
+                data, content_type = encode_image(artifact.image, params.format, params.quality)
+                extension, size = params.format, {"width": artifact.image.width, "height": artifact.image.height}
+            key = self.bucket.output_key(job_id, f"{artifact.name}.{extension}")
             self.bucket.s3.put_object(Bucket=self.bucket.name, Key=key, Body=data, ContentType=content_type)
             written.append(key)
-            outputs.append(Output(
-                key=key, content_type=content_type, width=artifact.image.width,
-                height=artifact.image.height, bytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
-            ))
+            outputs.append(Output(key=key, content_type=content_type, bytes=len(data),
+                                  sha256=hashlib.sha256(data).hexdigest(), **size))
         return outputs
 
     def _record_result(self, manifest: Manifest, result: RecipeResult) -> None:
@@ -202,6 +217,18 @@ class JobRunner:
         manifest.seeds = result.seeds
         manifest.warnings = result.warnings
         manifest.details = result.details
+
+    def _presigned(self, spec: JobSpec) -> bool:
+        """Whether the job's upload came through a presigned POST (its key carries a ticket)."""
+        try:
+            key = self.bucket.layout.parse_input(spec.source.key)
+        except NotAnInput:
+            return False
+        return key.kind == "upload" and key.job_id is not None
+
+    def _emit(self, event: Event, manifest: Manifest, target: WebhookTarget | None) -> None:
+        if self.notifier:
+            self.notifier.emit(event, manifest, target)
 
     def _discard(self, keys: list[str]) -> None:
         """Remove outputs of a failed attempt, so nothing half-written is left behind."""
@@ -212,7 +239,7 @@ class JobRunner:
                 log.warning("could not remove partial output %s", key)
 
     def _finish_failed(self, manifest: Manifest, exc: BucketbrushError, *, final: bool,
-                       cause: BaseException | None = None) -> Manifest:
+                       cause: BaseException | None = None, target: WebhookTarget | None = None) -> Manifest:
         """Record the failure, then raise: JobErrors are in the actor's ``throws`` (never
         retried); anything else is retried by Dramatiq until ``last_attempt``."""
         manifest.outputs = []
@@ -227,20 +254,27 @@ class JobRunner:
         except (ClientError, BotoCoreError):
             log.exception("could not write the manifest of job %s", manifest.job_id)
         if final:
+            self._emit("completed", manifest, target)
             self.stats["jobs_failed"] += 1
         log.warning("job %s %s: %s: %s", manifest.job_id, manifest.status, exc.code, exc.message)
         raise exc from cause
 
 
-def resolve_params(recipe: Recipe, spec_params: dict[str, Any], metadata: dict[str, str]) -> RecipeParams:
-    """The recipe's params from upload metadata (``x-amz-meta-params`` JSON and single
-    ``x-amz-meta-<name>`` fields) overlaid by the job spec's params."""
+def resolve_params(recipe: Recipe, spec_params: dict[str, Any], metadata: dict[str, str], *,
+                   single_fields: bool = True) -> RecipeParams:
+    """The recipe's params from upload metadata overlaid by the job spec's params.
+
+    Metadata: the ``x-amz-meta-params`` JSON object, then single ``x-amz-meta-<name>`` fields
+    for params the JSON does not set (the JSON wins: a presigned POST signs it). For presigned
+    uploads (``single_fields=False``) only the signed JSON counts, so a store that does not
+    refuse extra form fields still cannot be used to slip params past the signature."""
     fields = recipe.params.model_fields
     merged: dict[str, Any] = {}
+    if single_fields:
+        # Single metadata fields only count when they name a param (apps add their own metadata).
+        merged.update({k: v for k, v in metadata.items() if k in fields})
     if raw := metadata.get("params"):
         merged.update(json_object(raw, "x-amz-meta-params", InvalidParams))
-    # Single metadata fields only count when they name a param (apps add their own metadata).
-    merged.update({k: v for k, v in metadata.items() if k in fields})
     merged.update(spec_params)
     try:
         return recipe.params.model_validate(merged)

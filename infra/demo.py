@@ -11,7 +11,7 @@ from pathlib import Path
 
 from bucketbrush.client import submit_file
 from bucketbrush.manifest import Manifest
-from bucketbrush.samples import landscape, portrait
+from bucketbrush.samples import astronaut, landscape, portrait
 from bucketbrush.settings import Settings
 from bucketbrush.store import Bucket
 from gpu_runner.recipes.filter import STYLES
@@ -31,6 +31,12 @@ def demo_jobs(sample_dir: Path) -> list[tuple[Path, str, dict]]:
     jobs.append((person, "annotate", {"kind": "lineart"}))
     # Background removal; without a configured segmentation model it says it used GrabCut.
     jobs.append((person, "remove-bg", {"output_mask": True}))
+    # Real pose detection and person segmentation on a real photo: MediaPipe's models, which
+    # ship in the mediapipe wheel, run with LiteRT.
+    photo = sample_dir / "astronaut.jpg"
+    astronaut().save(photo, quality=92)
+    jobs.append((photo, "annotate", {"kind": "pose", "output_keypoints": True}))
+    jobs.append((photo, "remove-bg", {"method": "person", "output_mask": True}))
     return jobs
 
 

@@ -7,6 +7,7 @@ Everything binds to 127.0.0.1; state and logs live under the state dir.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -16,13 +17,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pydantic import SecretStr
+from pydantic import BaseModel, SecretStr
 
 from bucketbrush.settings import STACK_FILE, Settings
 from bucketbrush.store import s3_client
 from functions.sources.seaweedfs import weed_binary
 from infra import procs
-from infra.bucket import apply_bucket, lifecycle_rules
+from infra.bucket import apply_bucket
 from infra.procs import (
     Proc,
     StackError,
@@ -34,7 +35,7 @@ from infra.procs import (
     terminate,
     wait_until,
 )
-from infra.seaweedfs import apply_ttl_rules, ttl_rules
+from infra.seaweedfs import apply_retention
 
 __all__ = ["GRPC_OFFSET", "LocalStack", "StackError"]
 
@@ -85,12 +86,14 @@ class LocalStack:
         try:
             self._start_redis(state, report)
             self._start_seaweedfs(state, report)
+            if not self.settings.webhook_job_secret:
+                state.webhook_job_secret = "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+                report(f"webhooks: per-job webhooks are signed with webhook_job_secret in {self.state_file}")
             self._write_state(state)
             settings = self._child_settings(state)
             report("bucket: " + "; ".join(apply_bucket(s3_client(settings), settings)))
             # SeaweedFS keeps lifecycle rules without enforcing them: enforce them as path TTLs.
-            report("retention: " + "; ".join(apply_ttl_rules(
-                state.seaweedfs_master, settings.bucket, ttl_rules(lifecycle_rules(settings)))))
+            report("retention: " + "; ".join(apply_retention(state.seaweedfs_master, settings)))
             self._start_child(state, "events", ["events", "seaweedfs", "--filer", state.filer], report)
             for i in range(runners):
                 self._start_child(state, f"runner-{i}", ["runner"], report)
@@ -174,7 +177,8 @@ class LocalStack:
             value = getattr(self.settings, name)
             if isinstance(value, SecretStr):
                 value = value.get_secret_value()
-            env[f"BUCKETBRUSH_{name.upper()}"] = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
+            env[f"BUCKETBRUSH_{name.upper()}"] = (json.dumps(value, default=_plain) if isinstance(value, (list, dict))
+                                                  else str(value))
         return env | {
             "BUCKETBRUSH_STATE_DIR": str(self.state_dir),
             "BUCKETBRUSH_S3_ENDPOINT_URL": state.s3_endpoint_url or "",
@@ -238,3 +242,12 @@ class LocalStack:
         self.state_file.unlink(missing_ok=True)
         for ready in self.state_dir.glob("*.ready"):
             ready.unlink(missing_ok=True)
+
+
+def _plain(value: Any) -> Any:
+    """JSON for settings values inside lists (webhook subscriptions): models as dicts, secrets revealed."""
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    if isinstance(value, BaseModel):
+        return dict(value)
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")

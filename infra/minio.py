@@ -26,7 +26,7 @@ from minio.lifecycleconfig import (
     NoncurrentVersionExpiration,
     Rule,
 )
-from minio.notificationconfig import NotificationConfig, PrefixFilterRule, QueueConfig
+from minio.notificationconfig import NotificationConfig, PrefixFilterRule, QueueConfig, SuffixFilterRule
 
 from bucketbrush.errors import BucketbrushError
 from bucketbrush.settings import Settings
@@ -54,24 +54,36 @@ def minio_client(settings: Settings, http_client: urllib3.PoolManager | None = N
                  secure=parts.scheme == "https", region=settings.s3_region, http_client=http_client)
 
 
-def notification_routes(settings: Settings, arn: str) -> list[QueueConfig]:
+def notification_routes(settings: Settings, arn: str, manifests_arn: str | None = None) -> list[QueueConfig]:
     """Object creations under the inbox and jobs prefixes go to the webhook, nothing else
-    (our own outputs and manifests must never come back as events)."""
-    return [
+    (our own outputs and manifests must never come back as events). ``manifests_arn``: also
+    route ``manifests/*.json`` to that target (any MinIO target: a subscriber's webhook, Kafka,
+    AMQP, NATS...), for event subscribers; never to the functions' own webhook."""
+    routes = [
         QueueConfig(queue=arn, events=list(CREATED_EVENTS), config_id=f"{_CONFIG_ID_PREFIX}{name}",
                     prefix_filter_rule=PrefixFilterRule(prefix))
         for name, prefix in (("inbox", settings.inbox_prefix), ("jobs", settings.jobs_prefix))
     ]
+    if manifests_arn:
+        if manifests_arn == arn:
+            raise BucketbrushError("the manifests route must not go to the functions' webhook target",
+                                   code="invalid_route")
+        routes.append(QueueConfig(queue=manifests_arn, events=list(CREATED_EVENTS),
+                                  config_id=f"{_CONFIG_ID_PREFIX}manifests",
+                                  prefix_filter_rule=PrefixFilterRule(settings.manifests_prefix),
+                                  suffix_filter_rule=SuffixFilterRule(".json")))
+    return routes
 
 
-def notification_config(settings: Settings, arn: str, existing: NotificationConfig | None = None) -> NotificationConfig:
+def notification_config(settings: Settings, arn: str, existing: NotificationConfig | None = None,
+                        manifests_arn: str | None = None) -> NotificationConfig:
     """``existing`` with bucketbrush's routes replaced and everyone else's kept."""
     existing = existing or NotificationConfig()
     others = [q for q in existing.queue_config_list
               if not (q.config_id or "").startswith(_CONFIG_ID_PREFIX)]
     return NotificationConfig(
         cloud_func_config_list=list(existing.cloud_func_config_list),
-        queue_config_list=others + notification_routes(settings, arn),
+        queue_config_list=others + notification_routes(settings, arn, manifests_arn),
         topic_config_list=list(existing.topic_config_list),
     )
 
@@ -95,7 +107,8 @@ def lifecycle_config(settings: Settings) -> LifecycleConfig | None:
     return LifecycleConfig(rules) if rules else None
 
 
-def apply_minio(client: Minio, settings: Settings, *, arn: str | None = None) -> list[str]:
+def apply_minio(client: Minio, settings: Settings, *, arn: str | None = None,
+                manifests_arn: str | None = None) -> list[str]:
     """Converge the bucket on MinIO: exists, routes events to the webhook, has the ILM rules.
 
     Idempotent; returns a line per action.
@@ -108,18 +121,25 @@ def apply_minio(client: Minio, settings: Settings, *, arn: str | None = None) ->
     else:
         client.make_bucket(bucket)
         done.append(f"bucket {bucket}: created")
-    config = notification_config(settings, arn, client.get_bucket_notification(bucket))
+    config = notification_config(settings, arn, client.get_bucket_notification(bucket), manifests_arn)
     try:
         client.set_bucket_notification(bucket, config)
     except S3Error as exc:
         if exc.code == "InvalidArgument" and "ARN" in (exc.message or ""):
             target = arn.split(":")[-2]  # the ARN keeps the case of the variables' suffix
+            if manifests_arn:
+                raise BucketbrushError(
+                    f"MinIO has no target {arn} or {manifests_arn}: configure both targets on the server "
+                    f"(MINIO_NOTIFY_<TYPE>_ENABLE_<ID>=on, see infra/compose.yaml) and restart MinIO",
+                    code="minio_webhook_missing") from exc
             raise BucketbrushError(
                 f"MinIO has no webhook target {arn}: set MINIO_NOTIFY_WEBHOOK_ENABLE_{target}=on and "
                 f"MINIO_NOTIFY_WEBHOOK_ENDPOINT_{target} (see infra/compose.yaml) and restart MinIO",
                 code="minio_webhook_missing") from exc
         raise
     done.append(f"events: s3:ObjectCreated:* under {settings.inbox_prefix}, {settings.jobs_prefix} -> {arn}")
+    if manifests_arn:
+        done.append(f"events: s3:ObjectCreated:* under {settings.manifests_prefix}*.json -> {manifests_arn}")
     lifecycle = lifecycle_config(settings)
     if lifecycle:
         client.set_bucket_lifecycle(bucket, lifecycle)
@@ -132,7 +152,8 @@ def apply_minio(client: Minio, settings: Settings, *, arn: str | None = None) ->
 
 
 def mc_commands(settings: Settings, *, alias: str = "minio", target_id: str = WEBHOOK_ID,
-                endpoint: str = "http://functions:8080/events/minio", region: str = "") -> str:
+                endpoint: str = "http://functions:8080/events/minio", region: str = "",
+                manifests_arn: str | None = None) -> str:
     """The same setup as ``mc`` commands (shell text, for the README or a runbook)."""
     target = f"{alias}/{settings.bucket}"
     arn = webhook_arn(target_id, region)
@@ -147,6 +168,10 @@ def mc_commands(settings: Settings, *, alias: str = "minio", target_id: str = WE
         f"mc event add {target} {arn} --event put --prefix {settings.inbox_prefix}",
         f"mc event add {target} {arn} --event put --prefix {settings.jobs_prefix}",
     ]
+    if manifests_arn:
+        lines += ["# Manifest events for subscribers (to a target of theirs, never the functions' webhook)",
+                  f"mc event add {target} {manifests_arn} --event put --prefix {settings.manifests_prefix} "
+                  "--suffix .json"]
     if rules["Rules"]:
         lines += ["# Lifecycle (ILM): the rules of `bucketbrush infra apply`",
                   f"mc ilm rule import {target} <<'EOF'", json.dumps(rules, indent=2), "EOF"]

@@ -74,6 +74,8 @@ class StackState:
     s3_secret_key: str | None = None
     filer: str | None = None  # the SeaweedFS filer, HOST:PORT
     seaweedfs_master: str | None = None
+    # Generated when the settings have none, so per-job webhooks work out of the box.
+    webhook_job_secret: str | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)

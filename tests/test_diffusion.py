@@ -305,7 +305,7 @@ def test_no_models_configured_is_model_unavailable() -> None:
 
 def test_doctor_reports_present_and_missing_weights(models_toml: Path) -> None:
     reports = {r.id: r for r in ModelRegistry.from_toml(models_toml).doctor()}
-    assert reports["tiny"].ok and len(reports["tiny"].components) == 3
+    assert reports["tiny"].ok and len(reports["tiny"].components) == 4  # weights + 3 ControlNets
     assert not reports["gone"].ok
     assert "not-downloaded" in reports["gone"].components[0].hint
 
@@ -365,7 +365,7 @@ def test_dtype_policy(tmp_path: Path) -> None:
     assert not cpu_has_native_bf16(flags)
     assert resolve_dtype("cuda", "auto") == torch.float16
     assert resolve_dtype("mps", "auto") == torch.float16
-    assert resolve_dtype("cpu", "auto") in (torch.float32, torch.bfloat16)
+    assert resolve_dtype("cpu", "auto") == (torch.bfloat16 if cpu_has_native_bf16() else torch.float32)
     assert resolve_dtype("cpu", "bfloat16") == torch.bfloat16
 
 

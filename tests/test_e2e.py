@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import time
@@ -13,7 +12,7 @@ import urllib3
 from PIL import Image
 
 from bucketbrush.client import post_upload, submit_file
-from bucketbrush.errors import InvalidParams
+from bucketbrush.errors import InvalidParams, UploadRejected
 from bucketbrush.jobs import ObjectRef, job_id_for
 from bucketbrush.presign import presign_upload
 from bucketbrush.samples import landscape, portrait
@@ -21,29 +20,9 @@ from bucketbrush.store import s3_client
 from functions.events import S3Record
 from functions.handler import Handler
 from gpu_runner.recipes.filter import STYLES
-from tests.conftest import png_bytes, wait_final
+from tests.helpers import check_outputs, delayed_job_ids, drop, flush_pipeline, png_bytes, wait_final
 
 pytestmark = pytest.mark.e2e
-
-
-def drop(bucket, key: str, body: bytes, **kwargs) -> str:
-    """Put an object as a person or script would; return the job id it will produce."""
-    put = bucket.s3.put_object(Bucket=bucket.name, Key=key, Body=body, **kwargs)
-    ref = ObjectRef(bucket=bucket.name, key=key, etag=put["ETag"].strip('"'), version_id=put.get("VersionId"))
-    return job_id_for(ref)
-
-
-def check_outputs(bucket, manifest) -> list[Image.Image]:
-    images = []
-    for out in manifest.outputs:
-        data = bucket.s3.get_object(Bucket=bucket.name, Key=out.key)["Body"].read()
-        assert hashlib.sha256(data).hexdigest() == out.sha256
-        assert len(data) == out.bytes
-        image = Image.open(io.BytesIO(data))
-        image.load()
-        assert image.size == (out.width, out.height)
-        images.append(image)
-    return images
 
 
 def test_presigned_post_upload_succeeds(settings, bucket, tmp_path):
@@ -60,6 +39,9 @@ def test_presigned_post_upload_succeeds(settings, bucket, tmp_path):
     assert r > g > b  # sepia
     assert manifest.timings["processing_s"] > 0
     assert manifest.runner["versions"]["dramatiq"]
+    assert manifest.runner["device"] == "cpu" and manifest.runner["device_name"]
+    days = settings.outputs_retention_days
+    assert manifest.outputs_expire_at == pytest.approx(manifest.timings["finished_at"] + days * 86400)
 
 
 @pytest.mark.parametrize("style", STYLES)
@@ -73,20 +55,41 @@ def test_drop_folder_each_style(bucket, style):
     assert manifest.outputs[0].key == f"outputs/{job_id}/{style}.png"
 
 
-def test_presign_policy_is_enforced_by_the_store(settings):
+def test_presign_policy_is_enforced_by_the_store(settings, bucket):
     s3 = s3_client(settings)
     up = presign_upload(s3, settings, recipe="filter", filename="a.png", max_bytes=1000)
-    with pytest.raises(Exception, match="400|EntityTooLarge"):
+    with pytest.raises(UploadRejected, match=r"\(400\).*EntityTooLarge"):
         post_upload(up, b"x" * 5000, "a.png", "image/png")
-    up = presign_upload(s3, settings, recipe="filter", filename="a.png")
-    tampered = up.model_copy(update={"fields": {**up.fields, "Content-Type": "text/html"}})
-    with pytest.raises(Exception, match="403"):
-        post_upload(tampered, png_bytes(), "a.png", "text/html")
-    tampered = up.model_copy(update={"fields": {**up.fields, "key": "inbox/filter/elsewhere.png"}})
-    with pytest.raises(Exception, match="403"):
-        post_upload(tampered, png_bytes(), "a.png", "image/png")
+    with pytest.raises(UploadRejected, match=r"\(400\).*EntityTooSmall"):  # the 1-byte minimum
+        post_upload(up, b"", "a.png", "image/png")
+    up = presign_upload(s3, settings, recipe="filter", filename="a.png", params={"style": "noir"})
+    refused = {
+        "content type": ({**up.fields, "Content-Type": "text/html"}, "text/html"),
+        "key": ({**up.fields, "key": "inbox/filter/elsewhere.png"}, "image/png"),
+        "signed params": ({**up.fields, "x-amz-meta-params": '{"style":"sepia"}'}, "image/png"),
+        # A field the policy does not name (SeaweedFS 4.48: "Extra input fields").
+        "extra param field": ({**up.fields, "x-amz-meta-style": "sepia"}, "image/png"),
+    }
+    for what, (fields, content_type) in refused.items():
+        with pytest.raises(UploadRejected, match=r"\(403\)"):
+            post_upload(up.model_copy(update={"fields": fields}), png_bytes(), "a.png", content_type)
+        assert not bucket.exists(up.key), what
     with pytest.raises(InvalidParams, match="image/"):
         presign_upload(s3, settings, recipe="filter", filename="a.txt", content_type="text/plain")
+    # The untouched form still works: the refusals above were about what was changed.
+    post_upload(up, png_bytes(), "a.png", "image/png")
+    manifest = wait_final(bucket, up.job_id)
+    assert manifest.status == "succeeded" and manifest.params["style"] == "noir"
+
+
+def test_presigned_post_expires(settings, bucket):
+    up = presign_upload(s3_client(settings), settings, recipe="filter", filename="late.png", expires_s=1)
+    deadline = up.expires_at + 1.5  # past the policy's expiration (whole seconds), by construction
+    while time.time() < deadline:
+        time.sleep(deadline - time.time())
+    with pytest.raises(UploadRejected, match=r"\(403\)"):
+        post_upload(up, png_bytes(), "late.png", "image/png")
+    assert not bucket.exists(up.key)
 
 
 def _truncated() -> bytes:
@@ -115,7 +118,7 @@ BAD_INPUTS = [
 
 
 @pytest.mark.parametrize("name,body,metadata,code", BAD_INPUTS, ids=[b[0] for b in BAD_INPUTS])
-def test_bad_input_fails_cleanly(bucket, name, body, metadata, code):
+def test_bad_input_fails_cleanly(settings, bucket, name, body, metadata, code):
     job_id = drop(bucket, f"inbox/filter/bad/{name}", body, Metadata=metadata)
     manifest = wait_final(bucket, job_id)
     assert manifest.status == "failed"
@@ -125,8 +128,10 @@ def test_bad_input_fails_cleanly(bucket, name, body, metadata, code):
     assert manifest.outputs == []
     listed = bucket.s3.list_objects_v2(Bucket=bucket.name, Prefix=f"outputs/{job_id}/")
     assert listed.get("KeyCount", 0) == 0
-    # Not retried: a retry would bump attempts and rewrite the manifest.
-    time.sleep(1.5)
+    # Not retried: once a later job has run, no retry of it waits in Dramatiq's delay queue,
+    # and its manifest was not rewritten (a retry would bump attempts).
+    flush_pipeline(bucket)
+    assert job_id not in delayed_job_ids(settings)
     again = bucket.read_manifest(job_id)
     assert again.attempts == 1 and again.updated_at == manifest.updated_at
 
@@ -157,8 +162,8 @@ def test_same_event_twice_is_one_job(settings, bucket):
     job_id = job_id_for(ref)
     first = wait_final(bucket, job_id)
     outcomes = handler.handle([record, record])
-    assert [o.action for o in outcomes] == ["duplicate", "duplicate"]
-    time.sleep(1)
+    assert [o.action for o in outcomes] == ["duplicate", "duplicate"]  # nothing enqueued
+    flush_pipeline(bucket)
     assert bucket.read_manifest(job_id).updated_at == first.updated_at
 
 
@@ -188,7 +193,7 @@ def test_uploads_while_event_source_is_down_are_processed_after_restart(stack, b
     assert stack.stop_process("events")
     job_ids = [drop(bucket, f"inbox/filter/offline/{i}.png", png_bytes(), Metadata={"style": "hdr"})
                for i in range(3)]
-    time.sleep(1)
+    # Nothing else turns uploads into jobs (the sweep runs inside the stopped event source).
     assert all(bucket.read_manifest(j) is None for j in job_ids)
     stack.restart_process("events")
     for job_id in job_ids:
@@ -215,6 +220,5 @@ def test_redelivery_after_the_claim_expired_is_still_one_job(settings, bucket):
     # An old event (created before the claim TTL) makes the handler check the manifest.
     old = S3Record.created("test", first.inputs[0], event_time="2020-01-01T00:00:00.000Z")
     [outcome] = handler.handle([old])
-    assert outcome.action == "duplicate" and outcome.reason == "already finished"
-    time.sleep(1)
+    assert outcome.action == "duplicate" and outcome.reason == "already finished"  # nothing enqueued
     assert bucket.read_manifest(job_id).updated_at == first.updated_at

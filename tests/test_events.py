@@ -9,7 +9,7 @@ import pytest
 from bucketbrush.jobs import job_id_for
 from functions.events import InvalidEvent, parse_records
 from functions.sources.seaweedfs import iter_json_objects, record_from_event
-from tests.conftest import EVENTS
+from tests.helpers import EVENTS
 
 
 def load(path: str):

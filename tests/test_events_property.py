@@ -15,7 +15,7 @@ from bucketbrush.jobs import ObjectRef, job_id_for
 from bucketbrush.layout import unsafe_key
 from functions.events import InvalidEvent, S3Record, parse_records
 from functions.sources.seaweedfs import iter_json_objects, record_from_event
-from tests.conftest import EVENTS
+from tests.helpers import EVENTS
 
 # Field names the parsers look for, so random structures reach past the first check.
 FIELDS = [

@@ -21,8 +21,7 @@ from bucketbrush.samples import landscape
 from functions.events import S3Record
 from functions.handler import Handler
 from functions.sweep import ABANDONED_CLAIM_S, reconcile, sweep
-from tests.conftest import png_bytes, wait_final
-from tests.test_e2e import drop
+from tests.helpers import drop, flush_pipeline, png_bytes, wait_final
 
 pytestmark = pytest.mark.e2e
 
@@ -107,7 +106,7 @@ def test_same_event_ten_times_at_once_is_one_job(stack, settings, bucket):
         first = wait_final(bucket, job_id_for(ref))
     # The restarted event source replays the real event too: still the same single job.
     wait_cursor_past(stack, settings, put_ns)
-    time.sleep(0.5)
+    flush_pipeline(bucket)  # had the replay enqueued a second run, it would have run by now
     after = bucket.read_manifest(first.job_id)
     assert first.status == "succeeded" and first.attempts == 1
     assert after.updated_at == first.updated_at
@@ -162,18 +161,19 @@ def test_sweep_leaves_finished_jobs_alone(settings, bucket, handler):
     swept = {o.key for o in report.outcomes}
     assert not swept & {m.inputs[0].key for m in before}
     assert report.has_manifest >= len(job_ids)
-    time.sleep(0.5)
+    flush_pipeline(bucket)
     assert [bucket.read_manifest(j).updated_at for j in job_ids] == [m.updated_at for m in before]
 
 
-def test_sweep_releases_a_claim_whose_handler_died(settings, bucket, handler):
+def test_sweep_releases_a_claim_whose_handler_died(stack, settings, bucket, handler):
     key = "inbox/filter/abandoned/a.png"
     body = png_bytes(landscape(32, 33))  # content no other test uploads
     job_id = job_id_for(ObjectRef(bucket=bucket.name, key=key, etag=hashlib.md5(body).hexdigest()))
     # A handler claimed the job a while ago and died before writing the manifest.
     handler.claims.redis.set(handler.claims.key(job_id), "someone", ex=settings.dedupe_ttl_s - ABANDONED_CLAIM_S - 5)
+    put_ns = time.time_ns()
     assert drop(bucket, key, body, Metadata=SEPIA) == job_id
-    time.sleep(1)  # the real event arrives and finds the claim taken
+    wait_cursor_past(stack, settings, put_ns)  # the real event arrived, and found the claim taken
     assert bucket.read_manifest(job_id) is None
     report = sweep(settings, bucket, handler, grace_s=0)
     assert report.reclaimed >= 1 and key in enqueued_keys(report)

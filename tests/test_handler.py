@@ -17,7 +17,7 @@ from bucketbrush.settings import Settings
 from bucketbrush.store import Bucket
 from functions.events import S3Record
 from functions.handler import Handler
-from tests.conftest import png_bytes
+from tests.helpers import png_bytes
 
 
 @pytest.fixture(scope="module")

@@ -33,7 +33,7 @@ from bucketbrush.jobs import ObjectRef, job_id_for
 from bucketbrush.presign import PresignedUpload
 from functions.handler import Handler
 from functions.http import create_app
-from tests.conftest import EVENTS, png_bytes, wait_final
+from tests.helpers import EVENTS, png_bytes, wait_final
 
 pytestmark = pytest.mark.e2e
 
@@ -168,11 +168,17 @@ def claims(settings) -> int:
     return sum(1 for _ in redis.scan_iter(f"{settings.broker_namespace}:claim:*"))
 
 
+def sns_time(age_s: float = 0) -> str:
+    """An SNS Timestamp (ISO 8601, milliseconds, Z) ``age_s`` seconds ago."""
+    when = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=age_s)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+
+
 def notification(ref: ObjectRef, topic: str = TOPIC) -> dict:
     return {
         "Type": "Notification", "MessageId": "5c1b1a4e-0000-4000-8000-000000000001", "TopicArn": topic,
         "Subject": "Amazon S3 Notification", "Message": json.dumps(s3_notification(ref)),
-        "Timestamp": "2026-11-22T00:10:45.971Z",
+        "Timestamp": sns_time(),
         "UnsubscribeURL": "https://sns.us-east-1.amazonaws.com/?Action=Unsubscribe&SubscriptionArn=x",
     }
 
@@ -309,10 +315,15 @@ def test_sns_bad_signatures_are_403(client, bucket, sns, http_settings):
         {**signed, "SigningCertURL": CERT_URL.replace("us-east-1", "eu-west-1")},  # not the topic's region
         {**signed, "SigningCertURL": "https://sns.us-east-1.amazonaws.com.evil.example/cert.pem"},
         sns.sign(notification(ref, OTHER_TOPIC)),  # signed, but not our topic
+        sns.sign({**notification(ref), "Timestamp": sns_time(2 * 3600)}),  # a captured message replayed
+        sns.sign({**notification(ref), "Timestamp": sns_time(-3600)}),  # from the future
+        {**signed, "Timestamp": sns_time(2 * 3600)},  # an old time on a fresh signature: the signature breaks
     ):
         response = sns_post(client, message)
         assert response.status_code == 403, (message, response.text)
     assert sns.fetched[fetched:] in ([], [CERT_URL])  # never a URL off the SNS host
+    replayed = sns_post(client, sns.sign({**notification(ref), "Timestamp": sns_time(2 * 3600)}))
+    assert replayed.status_code == 403 and "window" in replayed.text, replayed.text
     assert claims(http_settings) == before
     assert bucket.read_manifest(job_id) is None
 
@@ -322,7 +333,7 @@ def test_sns_subscription_confirmation(client, sns):
         "Type": "SubscriptionConfirmation", "MessageId": "165545c9-2a5c-472c-8df2-7ff2be2b3b1b",
         "Token": "2336412f37fb687f5d51e6e241d09c805a5a57b30d712f794cc5f6a988666d92768dd60a747ba6f3beb718",
         "TopicArn": TOPIC, "Message": f"You have chosen to subscribe to the topic {TOPIC}.",
-        "SubscribeURL": SUBSCRIBE_URL, "Timestamp": "2026-11-22T00:00:00.000Z",
+        "SubscribeURL": SUBSCRIBE_URL, "Timestamp": sns_time(),
     }
     # Another topic: refused before anything is fetched.
     fetched = len(sns.fetched)
@@ -330,7 +341,8 @@ def test_sns_subscription_confirmation(client, sns):
     assert response.status_code == 403 and sns.fetched[fetched:] == []
     # A SubscribeURL off the SNS host is never visited.
     response = sns_post(client, sns.sign({**confirmation, "SubscribeURL": "https://evil.example.com/?Action=x"}))
-    assert response.status_code == 403 and SUBSCRIBE_URL not in sns.fetched
+    assert response.status_code == 403 and not [u for u in sns.fetched[fetched:] if "evil" in u]
+    assert "evil.example.com" in response.text
     response = sns_post(client, sns.sign(confirmation, "1"))
     assert response.status_code == 200, response.text
     assert response.json() == {"confirmed": TOPIC}

@@ -20,14 +20,12 @@ from bucketbrush.management import (
     list_jobs,
     retry_job,
 )
-from bucketbrush.samples import landscape
 from bucketbrush.status import status_report
-from tests.conftest import png_bytes, wait_final
-from tests.test_e2e import drop
+from tests.helpers import drop, flush_pipeline, png_bytes, wait_final
 
 pytestmark = pytest.mark.e2e
 
-SLOW = {"style": "watercolor"}  # watercolor on ~2.4 MP takes seconds on this CPU
+SLOW = {"seconds": 60}  # test-slow: a minute by construction (cancelled or timed out long before)
 
 
 @pytest.fixture(scope="module")
@@ -93,32 +91,54 @@ def test_retry_only_failed_or_cancelled(bucket, broker):
         retry_job(bucket, broker, "0" * 24)
 
 
-def test_cancel_a_queued_job(bucket):
-    big = png_bytes(landscape(1800, 1350), "JPEG")
-    busy = drop(bucket, "inbox/filter/cancel/busy.jpg", big, Metadata=SLOW)
+def wait_running(bucket, job_id: str, timeout: float = 30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (m := bucket.read_manifest(job_id)) is not None and m.status == "running":
+            return m
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} not running after {timeout}s: {bucket.read_manifest(job_id)}")
+
+
+def test_cancel_a_running_then_a_queued_job(bucket):
+    busy = drop(bucket, "inbox/test-slow/cancel/busy.png", png_bytes(), Metadata={"seconds": "60"})
     victim = drop(bucket, "inbox/filter/cancel/victim.png", png_bytes(), Metadata={"style": "sepia"})
+    wait_running(bucket, busy)  # the one runner is busy for a minute: the victim must be queued
     deadline = time.monotonic() + 20
     while (m := bucket.read_manifest(victim)) is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert m is not None and m.status == "queued"  # the runner is busy with the big one
+    assert m is not None and m.status == "queued"
     cancel_job(bucket, victim)
+    cancel_job(bucket, busy)
+    stopped = wait_final(bucket, busy)
+    assert stopped.status == "cancelled" and stopped.outputs == []
+    assert 0 < stopped.progress.step < stopped.progress.total  # stopped between steps, mid-run
     cancelled = wait_final(bucket, victim)
     assert cancelled.status == "cancelled" and cancelled.error.code == "cancelled"
-    assert cancelled.outputs == []
-    assert wait_final(bucket, busy).status == "succeeded"
+    assert cancelled.outputs == [] and "before it started" in cancelled.error.message
 
 
-def test_time_limit_ends_job_as_timed_out(bucket):
-    drop(bucket, "inbox/filter/slow/big.jpg", png_bytes(landscape(1800, 1350), "JPEG"), Metadata={"style": "nope"})
-    bucket.s3.put_object(Bucket=bucket.name, Key="jobs/too-slow.json", Body=json.dumps({
-        "recipe": "filter", "input": "inbox/filter/slow/big.jpg", "params": SLOW, "time_limit_s": 1}))
-    manifest = wait_final(bucket, "too-slow", timeout=90)
-    assert manifest.status == "failed" and manifest.error.code == "timed_out"
+@pytest.mark.parametrize(("job_id", "spec"), [
+    # The job's own limit, in its spec.
+    ("too-slow", {"recipe": "test-slow", "params": SLOW, "time_limit_s": 1}),
+    # The per-recipe limit from settings (the test stack sets test-slow-limited: 2 s).
+    ("too-slow-by-settings", {"recipe": "test-slow-limited", "params": SLOW}),
+])
+def test_time_limit_ends_job_as_timed_out(bucket, job_id, spec):
+    drop(bucket, "inbox/filter/slow/in.png", png_bytes(), Metadata={"style": "nope"})
+    bucket.s3.put_object(Bucket=bucket.name, Key=f"jobs/{job_id}.json",
+                         Body=json.dumps({**spec, "input": "inbox/filter/slow/in.png"}))
+    manifest = wait_final(bucket, job_id, timeout=90)
+    assert manifest.status == "failed" and manifest.error.code == "timed_out", manifest.error
+    limit = spec.get("time_limit_s", 2)
+    assert f"time limit of {limit} s" in manifest.error.message
     assert manifest.outputs == [] and manifest.error.retryable is False
+    # The limit cut a one-minute job short (an upper bound with a wide margin: not a timing test).
+    assert manifest.timings["finished_at"] - manifest.timings["started_at"] < 30
     # The worker is free again.
-    job_id = drop(bucket, "inbox/filter/slow/after.png", png_bytes(), Metadata={"style": "sepia"})
-    assert wait_final(bucket, job_id).status == "succeeded"
-    assert get_job(bucket, "too-slow").attempts == 1
+    after = drop(bucket, "inbox/filter/slow/after.png", png_bytes(), Metadata={"style": "sepia"})
+    assert wait_final(bucket, after).status == "succeeded"
+    assert get_job(bucket, job_id).attempts == 1
 
 
 def test_gallery_soft_delete_restore_purge(bucket):
@@ -143,10 +163,20 @@ def test_gallery_soft_delete_restore_purge(bucket):
 
 
 def test_status_shows_runner_heartbeat_and_queue(bucket, broker):
-    job_id = drop(bucket, "inbox/filter/status/x.png", png_bytes(), Metadata={"style": "sepia"})
-    wait_final(bucket, job_id)
-    report = status_report(bucket, broker)
-    [runner] = report["runners"]
+    before = status_report(bucket, broker)["queue"]["dead_lettered"]
+    bad = drop(bucket, "inbox/filter/status/bad.png", b"not an image")
+    assert wait_final(bucket, bad).error.code == "invalid_image"
+    flush_pipeline(bucket)  # the runner has acked the failed message by now
+    # The heartbeat publishes the runner's counters every heartbeat_interval_s: wait for a beat
+    # that counts the canary.
+    deadline = time.monotonic() + 3 * bucket.settings.heartbeat_interval_s + 5
+    while True:
+        report = status_report(bucket, broker)
+        [runner] = report["runners"]
+        if runner["jobs_done"] >= 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     assert runner["stale"] is False and runner["jobs_done"] >= 1 and runner["device"] == "cpu"
+    assert runner["device_name"]  # the CPU's model name
     assert set(report["queue"]) >= {"ready", "delayed", "dead_lettered"}
-    assert report["queue"]["dead_lettered"] >= 1  # the bad inputs failed (not retried) earlier
+    assert report["queue"]["dead_lettered"] == before + 1  # failed, not retried: dead-lettered once

@@ -13,8 +13,7 @@ import numpy as np
 import pytest
 
 from bucketbrush.samples import landscape, portrait
-from tests.conftest import png_bytes, wait_final
-from tests.test_e2e import check_outputs, drop
+from tests.helpers import check_outputs, drop, png_bytes, wait_final
 from tests.test_layers import GRABCUT_MIN_IOU, centred_subject, iou
 
 pytestmark = pytest.mark.e2e

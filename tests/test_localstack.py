@@ -7,6 +7,7 @@ three minutes, once) and starts it on a free loopback port (5-15 s).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -29,11 +30,11 @@ from functions import aws_lambda
 from functions.events import InvalidEvent, S3Record, parse_records
 from functions.handler import Handler
 from functions.sources.sqs import SqsPoller, records_from_body, sqs_client
-from infra.aws import setup_event_route
+from infra.aws import setup_event_route, sns_client, subscribe_queue
 from infra.bucket import apply_bucket
 from infra.procs import free_port, redis_server_binary, wait_until
 from localstack.server import LocalStackServer, ensure_venv
-from tests.conftest import EVENTS, png_bytes, wait_final
+from tests.helpers import EVENTS, png_bytes, wait_final
 
 RECORDED = EVENTS / "localstack"
 
@@ -76,8 +77,10 @@ def private_redis(tmp_path_factory: pytest.TempPathFactory):
 
 
 def make_settings(endpoint: str, redis_url: str, bucket: str, state_dir: Path) -> Settings:
+    # A broker namespace per bucket: each test's queue and claims are its own, so a runner
+    # never picks up jobs another test left behind.
     return Settings(s3_endpoint_url=endpoint, s3_access_key="test", s3_secret_key="test", redis_url=redis_url,
-                    bucket=bucket, state_dir=state_dir)
+                    bucket=bucket, state_dir=state_dir, broker_namespace=f"bb-{bucket}")
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -87,6 +90,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
         "BUCKETBRUSH_S3_SECRET_KEY": "test",
         "BUCKETBRUSH_REDIS_URL": settings.redis_url,
         "BUCKETBRUSH_BUCKET": settings.bucket,
+        "BUCKETBRUSH_BROKER_NAMESPACE": settings.broker_namespace,
         "BUCKETBRUSH_STATE_DIR": str(settings.state_dir),
     }
 
@@ -205,11 +209,17 @@ def test_run_loop_backs_off_and_stops(env):
     poller = SqsPoller(sqs, queue_url, failing, wait_time_s=1, visibility_timeout_s=0)
     thread = threading.Thread(target=poller.run, args=(stop,), kwargs={"max_backoff_s": 1})
     thread.start()
-    time.sleep(3)
+    deadline = time.monotonic() + 30
+    while len(calls) < 4 and time.monotonic() < deadline:
+        time.sleep(0.05)
     stop.set()
     thread.join(5)
     assert not thread.is_alive()
-    assert 2 <= len(calls) <= 6  # retried, but with backoff rather than in a tight loop
+    assert len(calls) >= 4  # retried...
+    gaps = [b - a for a, b in zip(calls, calls[1:], strict=False)]
+    # ...with backoff 0.5 s, then doubling up to max_backoff_s (1 s), never in a tight loop:
+    # lower bounds only (a timer never fires early), so a slow machine cannot fail this.
+    assert gaps[0] >= 0.45 and gaps[1] >= 0.95 and gaps[2] >= 0.95, gaps
     assert sum(queue_depth(sqs, queue_url)) == 1  # never deleted
 
 
@@ -277,15 +287,23 @@ def test_s3_to_sqs_to_runner_end_to_end(localstack_endpoint, private_redis, tmp_
     # Unique names: every LocalStack on a machine keeps S3 data in one fixed folder per bucket name
     # under the system temp dir, whatever it is configured with.
     name = f"bb-e2e-{uuid.uuid4().hex[:8]}"
-    settings = make_settings(localstack_endpoint, private_redis, name, tmp_path)
+    # Its own Redis namespace too: jobs other tests enqueued (no runner took them) are not its own.
+    settings = make_settings(localstack_endpoint, private_redis, name, tmp_path).model_copy(
+        update={"broker_namespace": name})
     s3, sqs = s3_client(settings), sqs_client(settings, localstack_endpoint)
-    route = setup_event_route(settings, s3, sqs, queue_name=f"{name}-events", report=lambda _: None)
+    sns = sns_client(settings, localstack_endpoint)
+    # The job events go S3 -> SQS; manifests go to a topic with two subscriber queues: one
+    # read here, one for `bucketbrush watch`.
+    route = setup_event_route(settings, s3, sqs, queue_name=f"{name}-events", sns=sns, via_sns=False,
+                              manifests_topic=f"{name}-manifests", manifests_queue=f"{name}-sub",
+                              report=lambda _: None)
+    watch_url, _ = subscribe_queue(sqs, sns, route.manifests_topic_arn, f"{name}-watch")
 
     ready = tmp_path / "runner.ready"
     with open(tmp_path / "runner.log", "wb") as log:
         runner = subprocess.Popen(
             [sys.executable, "-m", "bucketbrush.cli", "runner", "--ready-file", str(ready)],
-            env={**os.environ, **settings_env(settings), "PYTHONUNBUFFERED": "1"},
+            env={**os.environ, **settings_env(settings), "BUCKETBRUSH_BROKER_NAMESPACE": name, "PYTHONUNBUFFERED": "1"},
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
     outcomes = []
@@ -295,11 +313,19 @@ def test_s3_to_sqs_to_runner_end_to_end(localstack_endpoint, private_redis, tmp_
     stop = threading.Event()
     thread = threading.Thread(target=poller.run, args=(stop,), daemon=True)
     thread.start()
+    body = png_bytes(landscape(96, 64))
+    job_id = job_id_for(ObjectRef(bucket=settings.bucket, key="inbox/filter/x.png", etag=hashlib.md5(body).hexdigest()))
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "bucketbrush.cli", "watch", "--job", job_id, "--json", "--queue-url", watch_url,
+         "--endpoint-url", localstack_endpoint],
+        env={**os.environ, **settings_env(settings)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
     try:
         wait_until("runner", ready.exists, 60, runner, tmp_path / "runner.log")
-        etag = s3.put_object(Bucket=settings.bucket, Key="inbox/filter/x.png", Body=png_bytes(landscape(96, 64)),
+        assert "watching manifests/" in watch.stderr.readline()
+        etag = s3.put_object(Bucket=settings.bucket, Key="inbox/filter/x.png", Body=body,
                              ContentType="image/png", Metadata={"style": "sepia"})["ETag"]
-        job_id = job_id_for(ObjectRef(bucket=settings.bucket, key="inbox/filter/x.png", etag=etag))
+        assert job_id == job_id_for(ObjectRef(bucket=settings.bucket, key="inbox/filter/x.png", etag=etag))
         bucket = Bucket(settings)
         manifest = wait_final(bucket, job_id, timeout=60)
         assert manifest.status == "succeeded", manifest.error
@@ -309,10 +335,36 @@ def test_s3_to_sqs_to_runner_end_to_end(localstack_endpoint, private_redis, tmp_
         image = Image.open(io.BytesIO(data)).convert("RGB")
         r, g, b = (int(np.asarray(c, dtype=np.int64).sum()) for c in image.split())
         assert image.size == (96, 64) and r > g > b
-        time.sleep(1.5)  # let any event for the runner's own writes arrive
-        assert [o.key for o in outcomes] == ["inbox/filter/x.png"]  # outputs/ and manifests/ never notify
+        # A canary written after the runner's own writes: once its event is handled, any event
+        # for those writes (sent earlier) would have been too.
+        s3.put_object(Bucket=settings.bucket, Key="jobs/canary.txt", Body=b"not a spec")
+        deadline = time.monotonic() + 30
+        while "jobs/canary.txt" not in {o.key for o in outcomes} and time.monotonic() < deadline:
+            time.sleep(0.05)
+        # outputs/ and manifests/ never notify; the canary is ignored (not jobs/<id>.json).
+        assert [o.key for o in outcomes] == ["inbox/filter/x.png", "jobs/canary.txt"]
+        assert outcomes[1].action == "ignored"
         assert queue_depth(sqs, route.queue_url) == (0, 0)
+        # Subscribers: one message per manifest write, exactly one of them for the final manifest.
+        final_etag = s3.head_object(Bucket=settings.bucket, Key=f"manifests/{job_id}.json")["ETag"].strip('"')
+        received = []
+        while batch := sqs.receive_message(QueueUrl=route.manifests_queue_url, MaxNumberOfMessages=10,
+                                           WaitTimeSeconds=1).get("Messages", []):
+            received += [r for m in batch for r in records_from_body(m["Body"])]
+            sqs.delete_message_batch(QueueUrl=route.manifests_queue_url, Entries=[
+                {"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(batch)])
+        assert {r.key for r in received} == {f"manifests/{job_id}.json"}
+        assert [r.ref.etag for r in received].count(final_etag) == 1, [r.ref.etag for r in received]
+        assert len(received) >= 2  # queued, running...: each its own message
+        # `bucketbrush watch --job` saw the job end through its own queue, and exited with 0.
+        out, err = watch.communicate(timeout=60)
+        assert watch.returncode == 0, err
+        states = [json.loads(line) for line in out.splitlines()]
+        assert states[-1]["status"] == "succeeded" and states[-1]["job_id"] == job_id
     finally:
+        if watch.poll() is None:
+            watch.terminate()
+            watch.communicate(timeout=30)
         stop.set()
         thread.join(5)
         runner.terminate()

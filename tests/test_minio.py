@@ -2,7 +2,8 @@
 
 No MinIO server runs here, so the boundary replaced is the connection: a urllib3 PoolManager
 that records each request and answers with responses shaped like MinIO's (status, headers,
-XML bodies as MinIO documents them). Everything above it is the real minio-py.
+XML bodies as MinIO documents them). The replies are hand-written from MinIO's documentation,
+not recorded from a server. Everything above the connection is the real minio-py.
 """
 
 from __future__ import annotations
@@ -192,3 +193,25 @@ def test_client_follows_the_endpoint_scheme(settings):
     assert client._base_url.is_https and client._base_url.host == "minio.example.com"
     with pytest.raises(BucketbrushError):
         minio_client(settings.model_copy(update={"s3_endpoint_url": None}))
+
+
+def test_manifests_route_for_subscribers(settings):
+    subscribers = "arn:minio:sqs::subscribers:webhook"
+    client, pool = client_with(settings, {("GET", "notification"): (200, FOREIGN_NOTIFICATION)})
+    lines = apply_minio(client, settings, manifests_arn=subscribers)
+    routes = _queue_configs(pool.sent("PUT", "notification")["body"])
+    assert set(routes) == {"audit", "bucketbrush-inbox", "bucketbrush-jobs", "bucketbrush-manifests"}
+    assert routes["bucketbrush-manifests"] == {"queue": subscribers, "events": ["s3:ObjectCreated:*"],
+                                               "rules": [("prefix", "manifests/"), ("suffix", ".json")]}
+    assert "events: s3:ObjectCreated:* under manifests/*.json -> arn:minio:sqs::subscribers:webhook" in lines
+    # Applied again without it, the route goes away (it is ours), the others stay.
+    client, pool = client_with(settings, {("GET", "notification"): (200, pool.sent("PUT", "notification")["body"])})
+    apply_minio(client, settings)
+    assert set(_queue_configs(pool.sent("PUT", "notification")["body"])) == {
+        "audit", "bucketbrush-inbox", "bucketbrush-jobs"}
+    text = mc_commands(settings, alias="prod", manifests_arn=subscribers)
+    assert f"mc event add prod/images {subscribers} --event put --prefix manifests/ --suffix .json" in text
+    # Manifests must never reach the functions' own webhook: it would get every manifest write.
+    with pytest.raises(BucketbrushError) as info:
+        apply_minio(client, settings, manifests_arn=webhook_arn())
+    assert info.value.code == "invalid_route"

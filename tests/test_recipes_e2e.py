@@ -11,8 +11,7 @@ from PIL import Image, ImageDraw
 
 from bucketbrush.management import cancel_job
 from bucketbrush.samples import landscape, portrait
-from tests.conftest import png_bytes, wait_final
-from tests.test_e2e import check_outputs, drop
+from tests.helpers import check_outputs, drop, png_bytes, wait_final
 
 pytestmark = pytest.mark.e2e
 FAST = {"steps": 2, "seed": 7}
@@ -90,10 +89,11 @@ def test_diffusion_bad_params(bucket, params, code):
 
 
 def test_progress_updates_then_cancel_mid_run(bucket):
-    job = spec(bucket, "long-run", {"recipe": "txt2img", "params": {
-        "prompt": "slow", "steps": 150, "width": 256, "height": 256, "seed": 1}})
+    drop(bucket, "inbox/filter/long-run/in.png", png_bytes(), Metadata={"style": "nope"})
+    job = spec(bucket, "long-run", {"recipe": "test-slow", "input": "inbox/filter/long-run/in.png",
+                                    "params": {"seconds": 60, "steps": 600}})
     seen = []
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         m = bucket.read_manifest(job)
         if m and m.status == "running" and m.progress.step > 0:
@@ -102,11 +102,11 @@ def test_progress_updates_then_cancel_mid_run(bucket):
                 break
         time.sleep(0.1)
     assert len(set(seen)) >= 2, f"no progress updates seen: {seen}"
-    assert all(0 < s < 150 for s in seen)
+    assert all(0 < s < 600 for s in seen)
     cancel_job(bucket, job)
     manifest = wait_final(bucket, job, timeout=60)
     assert manifest.status == "cancelled" and manifest.outputs == []
-    assert manifest.progress.step < 150
+    assert 0 < manifest.progress.step < 600
 
 
 def test_upscale_with_shipped_weights(bucket):

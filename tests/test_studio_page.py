@@ -39,7 +39,7 @@ def server(settings) -> Iterator[str]:
     # The page published into the bucket (test_published_page) calls this host from the store's origin.
     app_settings = settings.model_copy(update={"functions_token": SecretStr(TOKEN),
                                                "studio_origins": [settings.s3_endpoint_url.rstrip("/")]})
-    with running(create_app(app_settings, recipes=catalog(include_test=True))) as url:
+    with running(create_app(app_settings, recipes=catalog(testing=True))) as url:
         yield url
 
 
@@ -105,7 +105,7 @@ def test_recipes_are_json_schemas(server):
     style = recipes["filter"]["schema"]["properties"]["style"]
     assert style["enum"][:2] == ["sketch", "sepia"] and style["default"] == "sketch"
     assert recipes["filter"]["schema"]["properties"]["intensity"]["maximum"] == 1.0
-    assert recipes["hold"]["needs_input"] and not recipes["txt2img"]["needs_input"]
+    assert recipes["test-slow"]["needs_input"] and not recipes["txt2img"]["needs_input"]
     assert httpx.get(server + "/studio/jobs").status_code == 401  # the API keeps the token
 
 
@@ -153,7 +153,7 @@ def test_a_corrupt_file_shows_its_error_code(page, tmp_path, bucket):
 
 
 def test_cancel_a_slow_job(page, photo, bucket):
-    job_id = start_job(page, photo, "hold", steps="600", step_s="0.1")
+    job_id = start_job(page, photo, "test-slow", seconds="60", steps="600")
     # Live progress: the status shows a running percentage above zero before the cancel.
     expect(page.locator("#job-status")).to_have_text(re.compile(r"^running — [1-9]\d?%$"), timeout=WAIT_MS)
     page.get_by_role("button", name="Cancel job").click()

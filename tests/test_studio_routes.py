@@ -41,7 +41,7 @@ def test_the_page_and_its_files_are_served(client):
 
 def test_recipes_route_and_token(client):
     names = [r["name"] for r in client.get("/recipes").json()["recipes"]]
-    assert "filter" in names and "hold" not in names  # test recipes only when asked for
+    assert "filter" in names and "test-slow" not in names  # test recipes only when asked for
     assert client.get("/studio/jobs").status_code == 401
     auth = {"Authorization": "Bearer t"}
     assert client.post("/studio/jobs/a.b/cancel", headers=auth).status_code == 400  # not a job id

@@ -108,6 +108,7 @@ def write_tiny_models(root: Path) -> Path:
     base = build_tiny_sd15(root / "tiny-sd15")
     canny = build_tiny_controlnet(base, root / "tiny-cn-canny", seed=1)
     scribble = build_tiny_controlnet(base, root / "tiny-cn-scribble", seed=2)
+    openpose = build_tiny_controlnet(base, root / "tiny-cn-openpose", seed=3)
     toml = root / "models.toml"
     toml.write_text(
         'default = "tiny"\n\n'
@@ -118,7 +119,8 @@ def write_tiny_models(root: Path) -> Path:
         f"width = {TINY_SIZE}\nheight = {TINY_SIZE}\n\n"
         "[models.tiny.controlnets]\n"
         f'canny = "{canny}"\n'
-        f'scribble = "{scribble}"\n\n'
+        f'scribble = "{scribble}"\n'
+        f'openpose = "{openpose}"\n\n'
         "[models.tiny-alias]\n"
         'family = "sd15"\n'
         f'path = "{base}"\n'

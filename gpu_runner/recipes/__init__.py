@@ -3,14 +3,12 @@ recipe's params as JSON Schema, for forms such as the studio page's)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
 from bucketbrush.errors import UnknownRecipe
 from gpu_runner.recipes import annotate as _annotate
 from gpu_runner.recipes import filter as _filter
-from gpu_runner.recipes import hold as _hold
 from gpu_runner.recipes import img2img as _img2img
 from gpu_runner.recipes import inpaint as _inpaint
 from gpu_runner.recipes import layers as _layers
@@ -28,27 +26,30 @@ RECIPES = MappingProxyType({r.name: r for r in (
 )})
 
 
-# Registered only when BUCKETBRUSH_TEST_RECIPES is on (the test stack): never in production.
-TEST_RECIPES = MappingProxyType({r.name: r for r in (_hold.RECIPE,)})
-
-
-def recipes(*, include_test: bool = False) -> Mapping[str, Recipe]:
-    return MappingProxyType({**RECIPES, **TEST_RECIPES}) if include_test else RECIPES
-
-
-def get_recipe(name: str, *, include_test: bool = False) -> Recipe:
-    available = recipes(include_test=include_test)
+def get_recipe(name: str, *, testing: bool = False) -> Recipe:
+    """The recipe called ``name``; with ``testing`` (the ``test_recipes`` setting) also the
+    recipes that exist for tests only (gpu_runner/recipes/testing.py)."""
     try:
-        return available[name]
+        return RECIPES[name]
     except KeyError:
-        raise UnknownRecipe(
-            f"unknown recipe {name!r}; available: {', '.join(sorted(available))}"
-        ) from None
+        pass
+    if testing:
+        from gpu_runner.recipes.testing import TEST_RECIPES
+
+        for recipe in TEST_RECIPES:
+            if recipe.name == name:
+                return recipe
+    raise UnknownRecipe(f"unknown recipe {name!r}; available: {', '.join(sorted(RECIPES))}")
 
 
-def catalog(*, include_test: bool = False) -> list[dict[str, Any]]:
+def catalog(*, testing: bool = False) -> list[dict[str, Any]]:
     """Every recipe as ``{name, description, needs_input, schema}``: ``schema`` is the params
-    model's JSON Schema (types, defaults, enums, bounds, descriptions), as pydantic makes it."""
+    model's JSON Schema (types, defaults, enums, bounds, descriptions), as pydantic makes it.
+    With ``testing``, the recipes that exist for tests only come last."""
+    recipes = list(RECIPES.values())
+    if testing:
+        from gpu_runner.recipes.testing import TEST_RECIPES
+
+        recipes += TEST_RECIPES
     return [{"name": r.name, "description": r.description, "needs_input": r.needs_input,
-             "schema": r.params.model_json_schema()}
-            for r in recipes(include_test=include_test).values()]
+             "schema": r.params.model_json_schema()} for r in recipes]

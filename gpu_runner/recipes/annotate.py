@@ -1,4 +1,10 @@
-"""``annotate``: a ControlNet control image (edges, scribble, line art, shuffle, pose), no model."""
+"""``annotate``: a ControlNet control image (edges, scribble, line art, shuffle, pose).
+
+Everything but pose needs no model. A pose map is drawn from keypoints the job gives
+(``keypoints`` inline or ``keypoints_key`` in the bucket), or, with neither, from the people
+MediaPipe's BlazePose finds in the photo (``gpu_runner/pose.py``; the ``pose`` extra). When
+nobody is found the job still succeeds: a ``no_pose_found`` warning and the canny edges instead.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +13,8 @@ from typing import Any, Literal
 from PIL import Image
 from pydantic import Field, model_validator
 
-from gpu_runner import annotators
-from gpu_runner.recipes.base import Artifact, JobContext, Recipe, RecipeParams, RecipeResult
+from gpu_runner import annotators, pose
+from gpu_runner.recipes.base import Artifact, DataArtifact, JobContext, Recipe, RecipeParams, RecipeResult
 
 Kind = Literal["canny", "scribble", "sketch", "lineart", "softedge", "shuffle", "pose"]
 KINDS: tuple[str, ...] = Kind.__args__  # type: ignore[attr-defined]
@@ -21,9 +27,10 @@ _KNOBS: dict[str, frozenset[str]] = {
     "lineart": frozenset({"invert"}),
     "softedge": frozenset(),
     "shuffle": frozenset({"seed"}),
-    "pose": frozenset({"keypoints", "keypoints_key"}),
+    "pose": frozenset({"keypoints", "keypoints_key", "max_people", "output_keypoints"}),
 }
 _ALL_KNOBS = frozenset().union(*_KNOBS.values())
+_DETECTION_KNOBS = frozenset({"max_people", "output_keypoints"})
 
 
 class AnnotateParams(RecipeParams):
@@ -40,6 +47,10 @@ class AnnotateParams(RecipeParams):
     keypoints_key: str | None = Field(
         default=None, min_length=1, max_length=1024, description="pose: bucket key of an OpenPose JSON file"
     )
+    max_people: int = Field(default=pose.DEFAULT_MAX_PEOPLE, ge=1, le=pose.MAX_PEOPLE,
+                            description="pose, detected: at most this many people, best first")
+    output_keypoints: bool = Field(
+        default=False, description="pose, detected: also write the keypoints as OpenPose JSON (keypoints.json)")
 
     @model_validator(mode="after")
     def _check_knobs(self) -> AnnotateParams:
@@ -48,13 +59,34 @@ class AnnotateParams(RecipeParams):
             raise ValueError(f"{', '.join(foreign)} do not apply to kind={self.kind!r}")
         if self.kind == "canny" and self.low_threshold > self.high_threshold:
             raise ValueError("low_threshold must not exceed high_threshold")
-        if self.kind == "pose" and (self.keypoints is None) == (self.keypoints_key is None):
-            raise ValueError("kind='pose' needs exactly one of keypoints or keypoints_key")
+        if self.kind == "pose" and self.keypoints is not None and self.keypoints_key is not None:
+            raise ValueError("kind='pose' takes keypoints or keypoints_key, not both (neither: detect the pose)")
+        given = self.keypoints is not None or self.keypoints_key is not None
+        if given and self.model_fields_set & _DETECTION_KNOBS:
+            knobs = ", ".join(sorted(self.model_fields_set & _DETECTION_KNOBS))
+            raise ValueError(f"{knobs} apply only when the pose is detected (no keypoints or keypoints_key)")
         return self
 
 
+def _detected_pose(image: Image.Image, params: AnnotateParams) -> RecipeResult:
+    result = pose.detect_poses(image, params.max_people)
+    details: dict[str, Any] = {"pose": result.details()}
+    warnings: list[str] = []
+    if result.people:
+        artifacts: list[Artifact | DataArtifact] = [
+            Artifact(name="pose", image=annotators.render_openpose(result.skeletons(), image.width, image.height))]
+    else:
+        warnings.append(pose.no_pose_warning("the control image is the canny edges instead (canny.png)"))
+        details["pose"]["fallback"] = "canny"
+        artifacts = [Artifact(name="canny", image=annotators.canny(image, params.low_threshold, params.high_threshold))]
+    if params.output_keypoints:
+        artifacts.append(DataArtifact.json("keypoints", result.openpose_json()))
+    return RecipeResult(artifacts=artifacts, warnings=warnings, details=details)
+
+
 def annotate(ctx: JobContext, image: Image.Image, params: AnnotateParams) -> Image.Image:
-    """The control image of ``params.kind`` for ``image`` (whose size a pose map takes)."""
+    """The control image of ``params.kind`` for ``image`` (whose size a pose map takes); a
+    pose from the job's keypoints (detection is ``run``'s)."""
     match params.kind:
         case "canny":
             return annotators.canny(image, params.low_threshold, params.high_threshold)
@@ -78,14 +110,19 @@ def annotate(ctx: JobContext, image: Image.Image, params: AnnotateParams) -> Ima
 def run(ctx: JobContext, image: Image.Image | None, params: AnnotateParams) -> RecipeResult:
     assert image is not None
     ctx.progress(0, 1)
-    out = annotate(ctx, image, params)
+    if params.kind == "pose" and params.keypoints is None and params.keypoints_key is None:
+        result = _detected_pose(image, params)
+    else:
+        details = {"pose": {"source": "keypoints"}} if params.kind == "pose" else {}
+        result = RecipeResult(artifacts=[Artifact(name=params.kind, image=annotate(ctx, image, params))],
+                              details=details)
     ctx.progress(1, 1)
-    return RecipeResult(artifacts=[Artifact(name=params.kind, image=out)])
+    return result
 
 
 RECIPE = Recipe(
     name="annotate",
-    description="ControlNet control images without weights: " + ", ".join(KINDS),
+    description="ControlNet control images: " + ", ".join(KINDS) + " (pose from keypoints, or detected with BlazePose)",
     params=AnnotateParams,
     run=run,
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -33,8 +34,22 @@ class Artifact:
 
 
 @dataclass
+class DataArtifact:
+    """One non-image output (e.g. JSON for apps), written as is to outputs/<job_id>/<name>.<extension>."""
+
+    name: str
+    data: bytes
+    content_type: str
+    extension: str
+
+    @classmethod
+    def json(cls, name: str, doc: Any) -> DataArtifact:
+        return cls(name, json.dumps(doc, separators=(",", ":")).encode(), "application/json", "json")
+
+
+@dataclass
 class RecipeResult:
-    artifacts: list[Artifact]
+    artifacts: list[Artifact | DataArtifact]
     model: dict[str, Any] | None = None
     seeds: list[int] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
