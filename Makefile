@@ -13,7 +13,7 @@ EDITABLE := -m pip install -q --no-deps --no-build-isolation -e .
 TORCH_SPEC ?=
 TORCH_LOCK := $(if $(TORCH_SPEC),,-r requirements/torch-cpu.txt)
 
-.PHONY: demo test test-fast test-latest install lint lock bench clean localstack localstack-stop
+.PHONY: demo test browser test-fast test-latest install lint lock bench clean localstack localstack-stop
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || \
@@ -40,8 +40,17 @@ install: $(VENV)/.installed-dev
 demo: $(VENV)/.installed-demo
 	$(BIN)/bucketbrush demo
 
-test: install
+test: install browser
 	$(BIN)/python -m pytest
+
+# The studio page's browser tests drive a system Chromium (never `playwright install`):
+# BUCKETBRUSH_TEST_BROWSER names one, else `chromium` on PATH, else apt-get installs it when
+# we are root; otherwise say what to do (the tests then fail, they never skip).
+browser:
+	@if [ -n "$$BUCKETBRUSH_TEST_BROWSER" ] || command -v chromium >/dev/null || command -v chromium-browser >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then apt-get install -y -q chromium >/dev/null || \
+		{ apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; \
+	else echo "no Chromium: install one (apt-get install chromium) or set BUCKETBRUSH_TEST_BROWSER"; fi
 
 # Everything that starts no server (the e2e marker): under a minute.
 test-fast: install
@@ -65,7 +74,7 @@ lint: install
 	$(BIN)/ruff check .
 
 # Each prints a Markdown section for BENCHMARKS.md.
-bench: install
+bench: install browser
 	$(BIN)/python -m bench.latency
 	$(BIN)/python -m bench.handler_throughput
 	$(BIN)/python -m bench.put_to_enqueue
@@ -75,6 +84,7 @@ bench: install
 	$(BIN)/python -m bench.webhook_latency
 	$(BIN)/python -m bench.pose
 	$(BIN)/python -m bench.time_limit
+	$(BIN)/python -m bench.studio_page
 
 # The AWS flavour on LocalStack (host mode, its own Python 3.13 venv in .venv-localstack/).
 localstack: install

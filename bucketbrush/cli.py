@@ -160,24 +160,21 @@ def print_manifest(manifest: Any, bucket: Any) -> None:
 
 
 def cmd_submit(settings: Settings, args: argparse.Namespace) -> int:
-    from bucketbrush.client import submit_file
-    from bucketbrush.store import Bucket
+    from bucketbrush.client import Studio
+    from bucketbrush.progress import JobProgress
 
-    def show(m: Any) -> None:
-        print(f"  {m.status:<9} {m.progress.fraction:6.0%}", file=sys.stderr)
-
-    upload, manifest = submit_file(settings, Path(args.file), args.recipe, _params(args.param),
-                                   wait=not args.no_wait, timeout=args.timeout, on_update=show,
-                                   validate=params_validator(settings))
-    print(f"uploaded {upload.key} -> job {upload.job_id}", file=sys.stderr)
-    if manifest is None:
-        print(upload.job_id)
+    studio = Studio.from_settings(settings, validate=params_validator(settings))
+    job = studio.submit(Path(args.file), args.recipe, **_params(args.param))
+    print(f"uploaded {job.upload.key} -> job {job.job_id}", file=sys.stderr)
+    if args.no_wait:
+        print(job.job_id)
         return 0
-    bucket = Bucket(settings)
+    with JobProgress(job.job_id) as progress:
+        manifest = job.wait(args.timeout, on_progress=progress)
     if args.json:
         print(manifest.model_dump_json(indent=2))
     else:
-        print_manifest(manifest, bucket)
+        print_manifest(manifest, studio.bucket)
     return 0 if manifest.status == "succeeded" else 1
 
 
@@ -223,10 +220,12 @@ def cmd_jobs_show(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_jobs_download(settings: Settings, args: argparse.Namespace) -> int:
-    from bucketbrush.management import download_outputs
+    from bucketbrush.client import Studio
+    from bucketbrush.progress import ByteProgress
 
-    bucket, _ = _admin(settings)
-    paths = download_outputs(bucket, args.job_id, Path(args.dest) / args.job_id)
+    job = Studio.from_settings(settings).job(args.job_id)
+    with ByteProgress(f"job {args.job_id[:12]}") as progress:
+        paths = job.download(Path(args.dest) / args.job_id, on_progress=progress)
     print(f"downloaded {_count(len(paths), 'output')} of job {args.job_id}:", file=sys.stderr)
     for path in paths:
         print(path)
@@ -560,8 +559,28 @@ def cmd_sweep(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_serve_functions(settings: Settings, args: argparse.Namespace) -> int:
     from functions.http import serve
+    from gpu_runner.recipes import catalog
 
-    serve(settings, host=args.host, port=args.port, validate=params_validator(settings))
+    # The functions never import the runner: the recipe schemas the studio page's forms are
+    # made from are computed here, in the composition root, and handed to the app.
+    serve(settings, host=args.host, port=args.port, validate=params_validator(settings),
+          recipes=catalog(testing=settings.test_recipes))
+    return 0
+
+
+def cmd_studio_publish(settings: Settings, args: argparse.Namespace) -> int:
+    from bucketbrush.store import s3_client
+    from infra.studio import public_read_policy, publish_studio
+
+    s3 = s3_client(settings)
+    for key in publish_studio(s3, settings, prefix=args.prefix, api=args.api):
+        print(f"uploaded {key}")
+    policy = json.dumps(public_read_policy(settings, args.prefix))
+    if args.public:
+        s3.put_bucket_policy(Bucket=settings.bucket, Policy=policy)
+        print(f"bucket policy: anyone may read {args.prefix}*")
+    else:
+        print(f"anonymous reads need a bucket policy (or --public): {policy}")
     return 0
 
 
@@ -671,10 +690,17 @@ def build_parser() -> argparse.ArgumentParser:
     gal.add_argument("job_id", nargs="?")
     gal.set_defaults(func=cmd_gallery)
 
-    sf = sub.add_parser("serve-functions", help="HTTP: MinIO/S3/SNS event targets, presign, health")
+    sf = sub.add_parser("serve-functions", help="HTTP: MinIO/S3/SNS event targets, presign, health, the studio page")
     sf.add_argument("--host", default="127.0.0.1")
     sf.add_argument("--port", type=int, default=8080)
     sf.set_defaults(func=cmd_serve_functions)
+
+    studio = sub.add_parser("studio", help="the studio page").add_subparsers(dest="studio", required=True)
+    pub = studio.add_parser("publish", help="upload the studio page into the bucket as a static site")
+    pub.add_argument("--api", required=True, help="the functions host's URL the page calls (/presign, /recipes)")
+    pub.add_argument("--prefix", default="studio/")
+    pub.add_argument("--public", action="store_true", help="also set a bucket policy: anyone may read the prefix")
+    pub.set_defaults(func=cmd_studio_publish)
 
     swp = sub.add_parser("sweep", help="enqueue inputs no event announced; fail jobs whose runner died")
     swp.add_argument("--grace", type=float, default=60, help="skip objects younger than this many seconds")

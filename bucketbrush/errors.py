@@ -139,3 +139,23 @@ class UploadRejected(BucketbrushError):
     """The store refused a presigned upload (policy, size, expiry)."""
 
     code = "upload_rejected"
+
+
+# -- the client API (bucketbrush/client.py) ----------------------------------------------------
+
+class WaitTimedOut(BucketbrushError, TimeoutError):
+    """``Job.wait`` gave up before the manifest was final; the job itself goes on."""
+
+    code = "wait_timed_out"
+
+
+def error_for_code(code: str, message: str) -> BucketbrushError:
+    """The typed error for a failed manifest's ``error.code`` (e.g. ``invalid_image`` ->
+    ``InvalidImage``); an unknown code gives a ``JobError`` that keeps the code."""
+    pending: list[type[BucketbrushError]] = [BucketbrushError]
+    while pending:
+        cls = pending.pop()
+        if cls.__dict__.get("code") == code and cls not in (BucketbrushError, JobError):
+            return cls(message)
+        pending += cls.__subclasses__()
+    return JobError(message, code=code)

@@ -40,7 +40,8 @@ class PresignedUpload(BaseModel):
     key: str
     job_id: str
     manifest_key: str
-    # A presigned GET for manifest_key, valid as long as the upload's POST (expires_at);
+    # A presigned GET for manifest_key (answered with Cache-Control: no-store, so a browser without
+    # credentials can poll status and progress), valid as long as the upload's POST (expires_at);
     # renew it with ``bucketbrush presign-get JOB`` or ``GET /manifest-url?job_id=JOB``.
     manifest_url: str
     max_bytes: int
@@ -58,10 +59,14 @@ class ManifestLink(BaseModel):
     outputs: dict[str, str] = {}
 
 
-def presign_get(s3: Any, settings: Settings, key: str, expires_s: int | None = None) -> str:
-    """A presigned GET for ``key``; ``s3`` should use the endpoint apps can reach."""
-    return s3.generate_presigned_url("get_object", Params={"Bucket": settings.bucket, "Key": key},
-                                     ExpiresIn=expires_s or settings.presign_expires_s)
+def presign_get(s3: Any, settings: Settings, key: str, expires_s: int | None = None, *,
+                no_store: bool = False) -> str:
+    """A presigned GET for ``key``; ``s3`` should use the endpoint apps can reach. ``no_store``:
+    the store answers with ``Cache-Control: no-store`` (for documents that change, manifests)."""
+    params = {"Bucket": settings.bucket, "Key": key}
+    if no_store:
+        params["ResponseCacheControl"] = "no-store"
+    return s3.generate_presigned_url("get_object", Params=params, ExpiresIn=expires_s or settings.presign_expires_s)
 
 
 def presign_manifest(s3: Any, settings: Settings, job_id: str, expires_s: int | None = None) -> ManifestLink:
@@ -70,8 +75,8 @@ def presign_manifest(s3: Any, settings: Settings, job_id: str, expires_s: int | 
         raise InvalidParams(f"invalid job id {job_id!r}")
     expires_s = expires_s or settings.presign_expires_s
     key = Layout(settings).manifest_key(job_id)
-    return ManifestLink(job_id=job_id, manifest_key=key, manifest_url=presign_get(s3, settings, key, expires_s),
-                        expires_at=time.time() + expires_s)
+    return ManifestLink(job_id=job_id, manifest_key=key, expires_at=time.time() + expires_s,
+                        manifest_url=presign_get(s3, settings, key, expires_s, no_store=True))
 
 
 def safe_filename(filename: str) -> str:
@@ -132,7 +137,7 @@ def presign_upload(
         key=key,
         job_id=job_id,
         manifest_key=layout.manifest_key(job_id),
-        manifest_url=presign_get(s3, settings, layout.manifest_key(job_id), expires_s),
+        manifest_url=presign_get(s3, settings, layout.manifest_key(job_id), expires_s, no_store=True),
         max_bytes=max_bytes,
         expires_at=time.time() + expires_s,
     )

@@ -199,6 +199,11 @@ class FunctionsSettings(SettingsGroup):
         default=None, description="bearer token for /events/minio, /events/s3 and /presign; unset: refuse them")
     sns_topic_arns: list[str] = Field(default_factory=list, description="SNS topics /events/sns trusts; empty: none")
     functions_max_body_bytes: int = Field(default=1 * MB, ge=1024, description="request body limit (413)")
+    # The studio page (functions/studio_api.py).
+    studio_origins: list[str] = Field(
+        default_factory=list,
+        description="origins allowed to call the studio API cross-origin (a page published into the bucket, "
+                    "`bucketbrush studio publish`); empty: same origin only")
 
 
 class LimitsSettings(SettingsGroup):

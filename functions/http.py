@@ -13,6 +13,7 @@ Routes (``bucketbrush serve-functions``, port 8080 in the compose file):
 - ``GET /manifest-url?job_id=JOB``: a fresh presigned GET for the job's manifest, plus one per
   output once it succeeded (token).
 - ``GET /health``: broker and bucket reachability, runner heartbeats, queue depths.
+- ``GET /`` (the studio page), ``GET /recipes`` and ``/studio/...``: see ``functions.studio_api``.
 
 A 2xx means every record was handled (enqueued, or a duplicate/ignored/rejected outcome) and
 the body lists the outcomes. The broker or the store failing answers 503, so the sender
@@ -272,10 +273,12 @@ async def _probe(call: Callable[[], Any]) -> tuple[bool, str | None, Any]:
 
 
 def create_app(settings: Settings, handler: Handler | None = None, bucket: Bucket | None = None, *,
-               fetch: Fetch = fetch_url, validate: ParamsValidator | None = None) -> Starlette:
+               fetch: Fetch = fetch_url, validate: ParamsValidator | None = None,
+               recipes: list[dict[str, Any]] | None = None) -> Starlette:
     """The ASGI app. ``handler`` defaults to one on the settings' broker and bucket; ``fetch``
     (GET a URL, return its body) is how SNS certificates and SubscribeURLs are fetched;
-    ``validate`` checks /presign's recipe and params (the composition root passes the runner's)."""
+    ``validate`` checks /presign's recipe and params (the composition root passes the runner's);
+    ``recipes`` is the catalog the studio page's forms are made from (``GET /recipes``)."""
     bucket = bucket or (handler.bucket if handler else Bucket(settings))
     if handler is None:
         broker = build_broker(settings)
@@ -290,14 +293,18 @@ def create_app(settings: Settings, handler: Handler | None = None, bucket: Bucke
         Route("/health", api.health, methods=["GET"]),
     ])
     app.state.functions = api
+    # The studio page and its API (imported here: functions.studio_api builds on this module).
+    from functions.studio_api import install_studio
+
+    install_studio(app, api, recipes)
     return app
 
 
 def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8080, *,
-          validate: ParamsValidator | None = None) -> None:
-    """Serve ``create_app(settings)`` with uvicorn until SIGINT/SIGTERM."""
+          validate: ParamsValidator | None = None, recipes: list[dict[str, Any]] | None = None) -> None:
+    """Serve ``create_app(settings, ...)`` with uvicorn until SIGINT/SIGTERM."""
     import uvicorn
 
     # log_config=None: uvicorn's loggers propagate to the CLI's logging setup.
-    uvicorn.run(create_app(settings, validate=validate), host=host, port=port, log_config=None,
+    uvicorn.run(create_app(settings, validate=validate, recipes=recipes), host=host, port=port, log_config=None,
                 server_header=False, timeout_graceful_shutdown=10)

@@ -1,4 +1,5 @@
-"""The recipe registry: a read-only mapping from name to recipe."""
+"""The recipe registry: a read-only mapping from name to recipe, and its catalog (each
+recipe's params as JSON Schema, for forms such as the studio page's)."""
 
 from __future__ import annotations
 
@@ -62,3 +63,15 @@ def check_params(recipe: Recipe, params: dict[str, Any]) -> RecipeParams:
             f"{'.'.join(str(p) for p in e['loc']) or 'params'}: {e['msg']}" for e in exc.errors()
         )
         raise InvalidParams(f"invalid params for {recipe.name}: {problems}") from exc
+
+def catalog(*, testing: bool = False) -> list[dict[str, Any]]:
+    """Every recipe as ``{name, description, needs_input, schema}``: ``schema`` is the params
+    model's JSON Schema (types, defaults, enums, bounds, descriptions), as pydantic makes it.
+    With ``testing``, the recipes that exist for tests only come last."""
+    recipes = list(RECIPES.values())
+    if testing:
+        from gpu_runner.recipes.testing import TEST_RECIPES
+
+        recipes += TEST_RECIPES
+    return [{"name": r.name, "description": r.description, "needs_input": r.needs_input,
+             "schema": r.params.model_json_schema()} for r in recipes]
