@@ -66,7 +66,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, models_toml: Path, vision_mo
     settings = Settings(state_dir=state_dir, local_redis="always", bucket="bbtest",
                         max_image_pixels=4_000_000, max_upload_bytes=2 * 1024 * 1024,
                         models_file=models_toml, diffusion_dtype="float32",
-                        depth_model=str(vision_models["depth"]), segmentation_model=str(vision_models["segmentation"]))
+                        depth_model=str(vision_models["depth"]), segmentation_model=str(vision_models["segmentation"]),
+                        # Video limits small enough that a test clip can pass each of them.
+                        video_max_duration_s=20, video_max_frames=500, video_max_side=640, video_max_fps=60)
     local = LocalStack(settings)
     local.up()
     try:
