@@ -43,9 +43,10 @@ demo: $(VENV)/.installed-demo
 test: install
 	$(BIN)/python -m pytest
 
-# Everything that starts no server (the e2e marker): under a minute.
+# Everything that starts no server (the e2e marker) nor loads the local refiner's model
+# (slow_model): under a minute.
 test-fast: install
-	$(BIN)/python -m pytest -m "not e2e"
+	$(BIN)/python -m pytest -m "not e2e and not slow_model"
 
 # The suite against the newest versions pyproject.toml allows (not the lock), in .venv-latest/:
 # drift shows up here first, as its own signal. torch stays at the locked CPU build.

