@@ -73,6 +73,8 @@ bench: install
 	$(BIN)/python -m bench.diffusion_bucket
 	$(BIN)/python -m bench.upscale
 	$(BIN)/python -m bench.annotators
+	$(BIN)/python -m bench.video
+	$(BIN)/python -m bench.refine
 
 # The AWS flavour on LocalStack (host mode, its own Python 3.13 venv in .venv-localstack/).
 localstack: install

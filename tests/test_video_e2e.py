@@ -87,12 +87,15 @@ def test_diffusion_frames_share_one_seed(bucket):
     ("png_image", "invalid_video"),
     ("too_long", "video_too_long"),
     ("too_large", "video_too_large"),
+    ("empty", "empty_input"),
 ])
 def test_bad_videos_fail_with_their_code(bucket, kind, code):
     if kind == "too_long":
         body = sample_clip(21.0, fps=2, size=(32, 24), audio=False, noise=0)
     elif kind == "too_large":
         body = sample_clip(0.25, fps=8, size=(648, 64), audio=False, noise=0)
+    elif kind == "empty":
+        body = b""
     else:
         body = BAD[kind](sample_clip(1.0, fps=12, size=(64, 48)))
     key = f"inbox/video/bad/{kind}.mp4"
