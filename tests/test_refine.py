@@ -204,6 +204,13 @@ def test_openai_bad_answers_fall_back_to_the_rules(openai_server, model, reason)
     assert result.warnings[0].endswith("used the rules")
 
 
+def test_openai_answer_that_needs_a_missing_picture_falls_back(openai_server):
+    url, key, _ = openai_server
+    result = OpenAIRefiner(url, "canned", key).refine("a red bicycle", has_image=False)
+    assert (result.refiner, result.intent) == ("rules", "generate")
+    assert "works on a picture, and the user has none" in result.warnings[0]
+
+
 def test_openai_wrong_key_falls_back(openai_server):
     url, _, _ = openai_server
     result = OpenAIRefiner(url, "canned", "wrong").refine("undo")
@@ -216,7 +223,7 @@ def test_openai_settings(openai_server, monkeypatch):
     url, key, _ = openai_server
     settings = Settings(refiner="openai", refine_openai_url=url, refine_openai_model="canned",
                         refine_openai_key=key, refine_openai_timeout_s=5)
-    result = refine("hello", settings=settings)
+    result = refine("hello", has_image=True, settings=settings)
     assert result.refiner == "openai" and result.intent == "stylize"
 
 

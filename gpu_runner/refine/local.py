@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from gpu_runner.refine.rules import RulesRefiner, build, normalise
-from gpu_runner.refine.schema import ModelAnswer, Refinement, RefinerName
+from gpu_runner.refine.schema import ModelAnswer, Refinement, RefinerName, context_problem
 
 if TYPE_CHECKING:
     from bucketbrush.settings import Settings
@@ -281,6 +281,10 @@ class LocalRefiner:
         except (ValidationError, ValueError, TimeoutError, RuntimeError, OSError) as exc:
             fallback = self.rules.refine(text, has_image=has_image)
             fallback.warnings.insert(0, f"local refiner: {type(exc).__name__}: {_first_line(exc)}; used the rules")
+            return fallback
+        if problem := context_problem(answer, has_image):
+            fallback = self.rules.refine(text, has_image=has_image)
+            fallback.warnings.insert(0, f"local refiner: {problem}; used the rules")
             return fallback
         confidence = scores[answer.intent]
         if confidence < self.min_confidence:

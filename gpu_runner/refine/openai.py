@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from gpu_runner.presets import PRESETS
 from gpu_runner.refine.rules import RulesRefiner, build
-from gpu_runner.refine.schema import INTENT_HELP, INTENTS, ModelAnswer, Refinement, RefinerName
+from gpu_runner.refine.schema import INTENT_HELP, INTENTS, ModelAnswer, Refinement, RefinerName, context_problem
 
 if TYPE_CHECKING:
     from bucketbrush.settings import Settings
@@ -114,6 +114,8 @@ class OpenAIRefiner:
     def refine(self, text: str, *, has_image: bool = False) -> Refinement:
         try:
             answer = ModelAnswer.model_validate(self.ask(text, has_image))
+            if problem := context_problem(answer, has_image):
+                raise RefineEndpointError(problem)
         except (RefineEndpointError, ValidationError) as exc:
             reason = str(exc) if isinstance(exc, RefineEndpointError) else _validation_summary(exc)
             fallback = self.rules.refine(text, has_image=has_image)

@@ -74,3 +74,11 @@ class ModelAnswer(BaseModel):
     negative_prompt: str = Field(default="", max_length=1000)
     style: PresetName | None = None
     answer: str | None = Field(default=None, max_length=2000)
+
+
+def context_problem(answer: ModelAnswer, has_image: bool) -> str | None:
+    """Why a valid answer still cannot be right here: an intent that works on a picture when
+    the user has none (small models ignore the context)."""
+    if answer.intent in NEEDS_INPUT and not has_image:
+        return f"intent {answer.intent!r} works on a picture, and the user has none"
+    return None
