@@ -308,6 +308,12 @@ class _Writer:
             for packet in self.audio_out.encode(frame):
                 self.container.mux(packet)
 
+    def abort(self) -> None:
+        try:
+            self.container.close()
+        except Exception:  # noqa: BLE001 - a half-written temporary file is thrown away anyway
+            pass
+
     def close(self) -> None:
         for packet in self.stream.encode():
             self.container.mux(packet)
@@ -394,19 +400,24 @@ def transform_video(
                     if progress:
                         total = max(total, decoded)  # headers without a frame count: an estimate
                         progress(decoded, total)
+            if writer is None or poster is None:
+                raise InvalidVideo("the video has no frames")
+            # Edit lists may hide a frame or two that the header counts; more missing is damage.
+            if info.frames and decoded < info.frames - max(2, 0.02 * info.frames):
+                raise InvalidVideo(f"the video is truncated or corrupt: {decoded} of {info.frames} frames decoded")
+            if decoded < info.frames:
+                warnings.append(f"{decoded} of the {info.frames} frames the header counts were decoded")
+            writer.close()
         except av.error.FFmpegError as exc:
+            if writer is not None:
+                writer.abort()
             raise InvalidVideo(f"the video is corrupt or truncated after {decoded} frames: {exc}") from exc
         except BaseException:
             if writer is not None:
-                writer.container.close()
+                writer.abort()
             raise
         finally:
             container.close()
-        if writer is None or poster is None:
-            raise InvalidVideo("the video has no frames")
-        if info.frames and decoded < info.frames:
-            raise InvalidVideo(f"the video is truncated or corrupt: {decoded} of {info.frames} frames decoded")
-        writer.close()
         if writer.audio_mode == "transcoded":
             warnings.append(f"the audio ({info.audio_codec}) does not fit in an MP4 as it is; re-encoded to AAC")
         encoded = out_path.read_bytes()
