@@ -52,9 +52,10 @@ browser:
 		{ apt-get update -q >/dev/null && apt-get install -y -q chromium >/dev/null; }; \
 	else echo "no Chromium: install one (apt-get install chromium) or set BUCKETBRUSH_TEST_BROWSER"; fi
 
-# Everything that starts no server (the e2e marker): under a minute.
+# Everything that starts no server (the e2e marker) nor loads the local refiner's model
+# (slow_model): under a minute.
 test-fast: install
-	$(BIN)/python -m pytest -m "not e2e"
+	$(BIN)/python -m pytest -m "not e2e and not slow_model"
 
 # The suite against the newest versions pyproject.toml allows (not the lock), in .venv-latest/:
 # drift shows up here first, as its own signal. torch stays at the locked CPU build.
@@ -85,6 +86,8 @@ bench: install browser
 	$(BIN)/python -m bench.pose
 	$(BIN)/python -m bench.time_limit
 	$(BIN)/python -m bench.studio_page
+	$(BIN)/python -m bench.video
+	$(BIN)/python -m bench.refine
 
 # The AWS flavour on LocalStack (host mode, its own Python 3.13 venv in .venv-localstack/).
 localstack: install

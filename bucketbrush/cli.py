@@ -400,6 +400,24 @@ def cmd_settings(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_refine(settings: Settings, args: argparse.Namespace) -> int:
+    from gpu_runner.refine import refine
+
+    result = refine(args.text, has_image=args.has_image, refiner=args.refiner, settings=settings)
+    if args.json:
+        print(result.model_dump_json(indent=2))
+        return 0
+    print(f"intent {result.intent} -> recipe {result.recipe or '-'} ({result.refiner})")
+    if result.params:
+        print(f"  params {json.dumps(result.params, ensure_ascii=False)}")
+    for name in ("prompt", "negative_prompt", "answer", "target"):
+        if value := getattr(result, name):
+            print(f"  {name}: {value}")
+    for warning in result.warnings:
+        print(f"  warning: {warning}")
+    return 0
+
+
 def cmd_runner(settings: Settings, args: argparse.Namespace) -> int:
     from gpu_runner.worker import run_worker
 
@@ -719,6 +737,12 @@ def build_parser() -> argparse.ArgumentParser:
     se = sub.add_parser("settings", help="the effective settings by group, secrets masked, and where each came from")
     se.add_argument("--json", action="store_true")
     se.set_defaults(func=cmd_settings)
+    rf = sub.add_parser("refine", help="a plain-language request -> intent, recipe, params and prompt")
+    rf.add_argument("text")
+    rf.add_argument("--has-image", action="store_true", help="the request is about a picture the user has")
+    rf.add_argument("--refiner", choices=["rules", "local", "openai"], help="default: BUCKETBRUSH_REFINER (rules)")
+    rf.add_argument("--json", action="store_true")
+    rf.set_defaults(func=cmd_refine)
 
     run = sub.add_parser("runner", help="run a runner process (Dramatiq worker)")
     run.add_argument("--ready-file", type=Path)

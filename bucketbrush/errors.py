@@ -159,3 +159,28 @@ def error_for_code(code: str, message: str) -> BucketbrushError:
             return cls(message)
         pending += cls.__subclasses__()
     return JobError(message, code=code)
+
+
+# Video uploads (the `video` recipe, gpu_runner/video.py). Each limit has its own code.
+class InvalidVideo(JobError):
+    """Not a video this runner reads (mp4, mov, webm, mkv, avi, gif), corrupt, truncated, or no frames."""
+
+    code = "invalid_video"
+
+
+class VideoTooLong(JobError):
+    code = "video_too_long"
+
+
+class VideoTooManyFrames(JobError):
+    code = "video_too_many_frames"
+
+
+class VideoTooLarge(JobError):
+    """Frames wider or taller than the configured limit."""
+
+    code = "video_too_large"
+
+
+class VideoFpsTooHigh(JobError):
+    code = "video_fps_too_high"

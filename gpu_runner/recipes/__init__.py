@@ -19,12 +19,13 @@ from gpu_runner.recipes import sketch as _sketch
 from gpu_runner.recipes import stylize as _stylize
 from gpu_runner.recipes import txt2img as _txt2img
 from gpu_runner.recipes import upscale as _upscale
+from gpu_runner.recipes import video as _video
 from gpu_runner.recipes.base import Recipe, RecipeParams
 
 RECIPES = MappingProxyType({r.name: r for r in (
     _filter.RECIPE, _upscale.RECIPE, _annotate.RECIPE,
     _txt2img.RECIPE, _img2img.RECIPE, _sketch.RECIPE, _stylize.RECIPE, _inpaint.RECIPE,
-    _layers.RECIPE, _remove_bg.RECIPE,
+    _layers.RECIPE, _remove_bg.RECIPE, _video.RECIPE,
 )})
 
 # Recipes that use the runner's diffusion model cache: they cannot run in a child process.

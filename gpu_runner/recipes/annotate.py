@@ -14,7 +14,7 @@ from PIL import Image
 from pydantic import Field, model_validator
 
 from gpu_runner import annotators, pose
-from gpu_runner.recipes.base import Artifact, DataArtifact, JobContext, Recipe, RecipeParams, RecipeResult
+from gpu_runner.recipes.base import Artifact, JobContext, Recipe, RecipeParams, RecipeResult
 
 Kind = Literal["canny", "scribble", "sketch", "lineart", "softedge", "shuffle", "pose"]
 KINDS: tuple[str, ...] = Kind.__args__  # type: ignore[attr-defined]
@@ -73,14 +73,14 @@ def _detected_pose(image: Image.Image, params: AnnotateParams) -> RecipeResult:
     details: dict[str, Any] = {"pose": result.details()}
     warnings: list[str] = []
     if result.people:
-        artifacts: list[Artifact | DataArtifact] = [
+        artifacts: list[Artifact] = [
             Artifact(name="pose", image=annotators.render_openpose(result.skeletons(), image.width, image.height))]
     else:
         warnings.append(pose.no_pose_warning("the control image is the canny edges instead (canny.png)"))
         details["pose"]["fallback"] = "canny"
         artifacts = [Artifact(name="canny", image=annotators.canny(image, params.low_threshold, params.high_threshold))]
     if params.output_keypoints:
-        artifacts.append(DataArtifact.json("keypoints", result.openpose_json()))
+        artifacts.append(Artifact.json("keypoints", result.openpose_json()))
     return RecipeResult(artifacts=artifacts, warnings=warnings, details=details)
 
 

@@ -26,30 +26,38 @@ class RecipeParams(BaseModel):
 
 @dataclass
 class Artifact:
-    """One output image, named within outputs/<job_id>/ (the extension is added)."""
+    """One output, named within outputs/<job_id>/ (the extension is added).
+
+    Usually an image, which the runner encodes in the job's ``format``. Anything else (a video)
+    comes as ``data`` already encoded, with its ``content_type`` and file ``extension``;
+    ``width``/``height`` describe it in the manifest when it has a size.
+    """
 
     name: str
-    image: Image.Image
+    image: Image.Image | None = None
     meta: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class DataArtifact:
-    """One non-image output (e.g. JSON for apps), written as is to outputs/<job_id>/<name>.<extension>."""
-
-    name: str
-    data: bytes
-    content_type: str
-    extension: str
+    data: bytes | None = None
+    content_type: str | None = None
+    extension: str | None = None
+    width: int | None = None
+    height: int | None = None
 
     @classmethod
-    def json(cls, name: str, doc: Any) -> DataArtifact:
-        return cls(name, json.dumps(doc, separators=(",", ":")).encode(), "application/json", "json")
+    def json(cls, name: str, doc: Any) -> Artifact:
+        """A JSON document for apps (e.g. detected keypoints), written as ``<name>.json``."""
+        return cls(name, data=json.dumps(doc, separators=(",", ":")).encode(),
+                   content_type="application/json", extension="json")
+
+    def __post_init__(self) -> None:
+        if (self.image is None) == (self.data is None):
+            raise ValueError("an artifact is either an image or encoded data")
+        if self.data is not None and not (self.content_type and self.extension):
+            raise ValueError("encoded data needs a content type and a file extension")
 
 
 @dataclass
 class RecipeResult:
-    artifacts: list[Artifact | DataArtifact]
+    artifacts: list[Artifact]
     model: dict[str, Any] | None = None
     seeds: list[int] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -104,11 +112,20 @@ class JobContext:
     def cancelled(self) -> bool:
         return bool(self._cancelled and self._cancelled())
 
+    def child(self, on_progress: Callable[[int, int], None] | None = None) -> JobContext:
+        """The same context with another progress callback: for a recipe that runs another
+        recipe many times (video frames), so the inner steps do not overwrite its progress."""
+        return JobContext(self.job_id, on_progress, self._load_image, self._load_bytes, self._cancelled,
+                          self.models, self.settings)
+
 
 @dataclass(frozen=True)
 class Recipe:
     name: str
     description: str
     params: type[RecipeParams]
-    run: Callable[[JobContext, Image.Image | None, Any], RecipeResult]
+    run: Callable[[JobContext, Any, Any], RecipeResult]
     needs_input: bool = True
+    # What ``run`` gets as its input: a decoded, checked image, or the upload's raw bytes
+    # (a recipe that reads another format, e.g. video, checks them itself).
+    input_kind: Literal["image", "bytes"] = "image"

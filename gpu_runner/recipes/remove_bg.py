@@ -29,7 +29,7 @@ from pydantic import Field
 
 from bucketbrush.errors import ModelUnavailable
 from gpu_runner import segmentation
-from gpu_runner.recipes.base import Artifact, DataArtifact, JobContext, Recipe, RecipeParams, RecipeResult
+from gpu_runner.recipes.base import Artifact, JobContext, Recipe, RecipeParams, RecipeResult
 
 SETTING = "BUCKETBRUSH_SEGMENTATION_MODEL"
 GRABCUT_WARNING = ("the background was removed with classical GrabCut from a centred rectangle ({why}); "
@@ -114,7 +114,7 @@ def run(ctx: JobContext, image: Image.Image | None, params: RemoveBgParams) -> R
     details.update(foreground_fraction=round(float(alpha.mean()), 6), feather=radius, threshold=params.threshold)
     if details["foreground_fraction"] < 0.001:
         warnings.append("no foreground was found; the cut-out is fully transparent")
-    artifacts: list[Artifact | DataArtifact] = [
+    artifacts: list[Artifact] = [
         Artifact(name="cutout", image=segmentation.cutout(image, alpha), meta={"method": details["method"]})]
     if params.output_mask:
         mask = Image.fromarray(np.round(np.clip(alpha, 0.0, 1.0) * 255).astype(np.uint8), "L")

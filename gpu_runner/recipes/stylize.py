@@ -18,7 +18,7 @@ from pydantic import Field, model_validator
 from bucketbrush.errors import ModelUnavailable
 from gpu_runner.annotators import canny, parse_openpose_keypoints, render_openpose
 from gpu_runner.presets import PRESETS, PresetName, resolve_strength
-from gpu_runner.recipes.base import DataArtifact, JobContext, Recipe, RecipeResult
+from gpu_runner.recipes.base import Artifact, JobContext, Recipe, RecipeResult
 from gpu_runner.recipes.diffusion import (
     Generation,
     ImageDiffusionParams,
@@ -100,7 +100,7 @@ def run(ctx: JobContext, image: Image.Image | None, params: StylizeParams) -> Re
                      control_scale=params.control_scale, warnings=warnings, details=details)
     result = generate(ctx, params, spec, size, gen, recipe="stylize")
     if params.output_keypoints and detected is not None:
-        result.artifacts.append(DataArtifact.json("keypoints", detected.openpose_json()))
+        result.artifacts.append(Artifact.json("keypoints", detected.openpose_json()))
     return result
 
 
