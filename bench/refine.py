@@ -23,6 +23,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.stack import pct
+
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data"
 
 
@@ -37,13 +39,20 @@ def correct(row: dict, intent: str, style: str | None) -> bool:
     return intent == row["intent"] and (row["intent"] != "stylize" or style == row["style"])
 
 
-def pct(values: list[float], q: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, int(q * len(values)))]
-
-
 def ms(values: list[float]) -> str:
-    return f"{1000 * statistics.median(values):.1f} | {1000 * pct(values, 0.95):.1f}"
+    return f"{1000 * statistics.median(values):.1f} | {1000 * pct(values, 95):.1f}"
+
+
+def run_refiner(refiner, rows: list[dict]) -> tuple[list[float], list[bool], list]:
+    """Each request through ``refiner``: (seconds per request, correct or not, the results)."""
+    times, hits, results = [], [], []
+    for row in rows:
+        t = time.perf_counter()
+        r = refiner.refine(row["text"], has_image=row["has_image"])
+        times.append(time.perf_counter() - t)
+        hits.append(correct(row, r.intent, r.params.get("style")))
+        results.append(r)
+    return times, hits, results
 
 
 def accuracy_by_split(rows: list[dict], hits: list[bool]) -> str:
@@ -72,12 +81,7 @@ def main() -> None:
     lines = []
 
     rules = RulesRefiner()
-    times, hits = [], []
-    for row in rows:
-        t = time.perf_counter()
-        r = rules.refine(row["text"], has_image=row["has_image"])
-        times.append(time.perf_counter() - t)
-        hits.append(correct(row, r.intent, r.params.get("style")))
+    times, hits, _ = run_refiner(rules, rows)
     lines.append(f"| rules | {accuracy_by_split(rows, hits)} | {ms(times)} |")
 
     started = time.perf_counter()
@@ -99,14 +103,8 @@ def main() -> None:
     lines.append(f"| local: the model's intent choice (one forward pass) | {accuracy_by_split(rows, hits)} | "
                  f"{ms(times)} |")
 
-    intent_only = LocalRefiner(max_new_tokens=0)
-    times, hits, fell_back = [], [], 0
-    for row in rows:
-        t = time.perf_counter()
-        r = intent_only.refine(row["text"], has_image=row["has_image"])
-        times.append(time.perf_counter() - t)
-        hits.append(correct(row, r.intent, r.params.get("style")))
-        fell_back += r.refiner == "rules"
+    times, hits, results = run_refiner(LocalRefiner(max_new_tokens=0), rows)
+    fell_back = sum(r.refiner == "rules" for r in results)
     lines.append(f"| local refiner, intent part (model choice; answers that need a missing picture go to the rules: "
                  f"{fell_back}/{len(rows)}) | {accuracy_by_split(rows, hits)} | {ms(times)} |")
 
@@ -132,13 +130,7 @@ def main() -> None:
                 time.sleep(0.05)
             url = f"http://127.0.0.1:{ready.read_text()}/v1"
             for model_name, label in (("rules", "valid JSON answers"), ("badjson", "invalid answers -> fallback")):
-                refiner = OpenAIRefiner(url, model_name, timeout_s=10)
-                times, hits = [], []
-                for row in rows:
-                    t = time.perf_counter()
-                    r = refiner.refine(row["text"], has_image=row["has_image"])
-                    times.append(time.perf_counter() - t)
-                    hits.append(correct(row, r.intent, r.params.get("style")))
+                times, hits, _ = run_refiner(OpenAIRefiner(url, model_name, timeout_s=10), rows)
                 lines.append(f"| openai, loopback test server, {label} | {accuracy_by_split(rows, hits)} | "
                              f"{ms(times)} |")
         finally:
