@@ -122,19 +122,15 @@ def cmd_presign(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_presign_get(settings: Settings, args: argparse.Namespace) -> int:
     """A fresh presigned GET: for a job's manifest (and its outputs once it succeeded), or a key."""
-    from bucketbrush.presign import presign_get, presign_manifest
     from bucketbrush.store import Bucket
 
     bucket = Bucket(settings)
     if "/" in args.target:
-        print(presign_get(bucket.public_s3, settings, args.target, args.expires))
+        print(bucket.presigned_get(args.target, args.expires))
         return 0
-    link = presign_manifest(bucket.public_s3, settings, args.target, args.expires)
-    manifest = bucket.read_manifest(args.target)
+    link, manifest = bucket.manifest_link(args.target, args.expires)
     if manifest is None:
         print(f"note: job {args.target} has no manifest yet; the link works once it does", file=sys.stderr)
-    elif manifest.status == "succeeded":
-        link.outputs = {o.key: bucket.presigned_get(o.key, args.expires) for o in manifest.outputs}
     print(link.model_dump_json(indent=2))
     return 0
 
@@ -502,7 +498,7 @@ def cmd_watch(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_webhooks(settings: Settings, args: argparse.Namespace) -> int:
     from bucketbrush.broker import build_broker
     from bucketbrush.store import Bucket
-    from bucketbrush.webhooks import read_deliveries, run_webhook_worker
+    from bucketbrush.webhooks import disabled_key, read_deliveries, run_webhook_worker
 
     if args.action in ("show", "enable") and not args.arg:
         raise SystemExit(f"webhooks {args.action} needs {'a job id' if args.action == 'show' else 'a URL'}")
@@ -514,7 +510,7 @@ def cmd_webhooks(settings: Settings, args: argparse.Namespace) -> int:
                          indent=2))
         return 0
     redis = build_broker(settings).client
-    key = f"{settings.broker_namespace}:webhooks:disabled"
+    key = disabled_key(settings)
     if args.action == "enable":
         print(f"{args.arg}: {'enabled again' if redis.srem(key, args.arg) else 'was not disabled'}")
         return 0
@@ -814,16 +810,12 @@ def describe_error(exc: BaseException) -> tuple[str, str]:
     import redis
     import urllib3
 
-    from infra.procs import StackError
-
     def first_line(text: object) -> str:
         lines = [line.strip() for line in str(text).strip().splitlines() if line.strip()]
         return lines[0] if lines else type(exc).__name__
 
     if isinstance(exc, BucketbrushError):
         return exc.code, first_line(exc)
-    if isinstance(exc, StackError):
-        return "stack_error", first_line(exc)
     if isinstance(exc, pydantic.ValidationError):
         errors = exc.errors()
         where = ".".join(str(p) for p in errors[0]["loc"]) if errors else ""

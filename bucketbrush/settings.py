@@ -376,7 +376,8 @@ def is_secret(name: str, value: Any) -> bool:
     return isinstance(value, SecretStr) or bool(SECRET_NAME.search(name))
 
 
-def _mask_url_password(value: str) -> str:
+def mask_url_password(value: str) -> str:
+    """``value`` with the password of a URL's userinfo shown as ``****``."""
     try:
         parts = urlsplit(value)
         password = parts.password
@@ -405,7 +406,7 @@ def explain(settings: SettingsGroup, **init: Any) -> dict[str, dict[str, dict[st
             secret = is_secret(name, value)
             shown = ("****" if value is not None else None) if secret else to_jsonable_python(value)
             if isinstance(shown, str):
-                shown = _mask_url_password(shown)
+                shown = mask_url_password(shown)
             found = sources[name]
             out.setdefault(group, {})[name] = {
                 "value": shown,

@@ -16,13 +16,13 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import dramatiq
 from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel
 
 from bucketbrush.manifest import RunnerStatus, SourceStatus
+from bucketbrush.settings import mask_url_password
 from bucketbrush.store import Bucket
 
 log = logging.getLogger(__name__)
@@ -38,27 +38,28 @@ def runner_heartbeats(bucket: Bucket, now: float | None = None) -> list[dict[str
     return [_heartbeat_view(r, now) for r in bucket.runner_statuses()]
 
 
-def source_heartbeats(bucket: Bucket, now: float | None = None) -> list[dict[str, Any]]:
-    """Every event source's last heartbeat, with ``age_s`` and ``stale``."""
-    now = time.time() if now is None else now
-    return [_heartbeat_view(s, now) for s in bucket.source_statuses()]
+def heartbeat_id(key: str) -> str:
+    """The runner or source id of a heartbeat key (``status/runners/<id>.json``)."""
+    return key.rsplit("/", 1)[-1].removesuffix(".json")
 
 
-def prune_heartbeats(bucket: Bucket, *, older_than_s: float | None = None, now: float | None = None) -> list[str]:
+def prune_heartbeats(bucket: Bucket, *, older_than_s: float | None = None, now: float | None = None,
+                     beats: list[tuple[str, RunnerStatus | SourceStatus]] | None = None) -> list[str]:
     """Delete the heartbeats (runners and event sources) not rewritten for ``older_than_s``
-    (default ``heartbeat_expire_s``; 0: keep all); the ids deleted."""
+    (default ``heartbeat_expire_s``; 0: keep all); the ids deleted. ``beats``: (key, heartbeat)
+    pairs already read, else both prefixes are read here."""
     older_than_s = bucket.settings.heartbeat_expire_s if older_than_s is None else older_than_s
     if older_than_s <= 0:
         return []
     now = time.time() if now is None else now
     gone = []
-    beats: list[tuple[str, RunnerStatus | SourceStatus]] = [
-        *bucket.heartbeats(bucket.layout.runners, RunnerStatus),
-        *bucket.heartbeats(bucket.layout.sources, SourceStatus)]
+    if beats is None:
+        beats = [*bucket.heartbeats(bucket.layout.runners, RunnerStatus),
+                 *bucket.heartbeats(bucket.layout.sources, SourceStatus)]
     for key, beat in beats:
         if beat.age_s(now) > older_than_s:
             bucket.s3.delete_object(Bucket=bucket.name, Key=key)
-            gone.append(key.rsplit("/", 1)[-1].removesuffix(".json"))
+            gone.append(heartbeat_id(key))
             log.info("removed the heartbeat %s: not updated for %.0f s", key, beat.age_s(now))
     return gone
 
@@ -72,18 +73,6 @@ def queue_depths(broker: dramatiq.Broker, queue_name: str, namespace: str) -> di
         "delayed": client.hlen(f"{base}.DQ.msgs"),
         "dead_lettered": client.zcard(f"{base}.XQ"),
     }
-
-
-def redact(url: str | None) -> str | None:
-    """``url`` without its password."""
-    if not url:
-        return url
-    parts = urlsplit(url)
-    if parts.password:
-        host = parts.hostname or ""
-        netloc = f"{parts.username or ''}:***@{host}" + (f":{parts.port}" if parts.port else "")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
 
 
 def _check(call: Callable[[], Any]) -> tuple[bool, str | None, Any]:
@@ -103,7 +92,7 @@ def status_report(bucket: Bucket, broker: dramatiq.Broker, *, prune: bool = True
         "bucket": s.bucket,
         "store": {"endpoint": s.s3_endpoint_url or "AWS S3", "bucket": s.bucket, "reachable": store_ok,
                   "error": store_error},
-        "broker": {"url": redact(s.redis_url), "namespace": s.broker_namespace, "reachable": broker_ok,
+        "broker": {"url": mask_url_password(s.redis_url), "namespace": s.broker_namespace, "reachable": broker_ok,
                    "error": broker_error},
         "queue": None, "event_sources": [], "runners": [], "pruned": [],
     }
@@ -111,10 +100,15 @@ def status_report(bucket: Bucket, broker: dramatiq.Broker, *, prune: bool = True
         ok, error, depths = _check(lambda: queue_depths(broker, s.queue_name, s.broker_namespace))
         report["queue"] = {"name": s.queue_name, **depths} if ok else {"name": s.queue_name, "error": error}
     if store_ok:
+        # One read of each prefix serves both the pruning and the report.
+        now = time.time()
+        sources = bucket.heartbeats(bucket.layout.sources, SourceStatus)
+        runners = bucket.heartbeats(bucket.layout.runners, RunnerStatus)
         if prune:
-            report["pruned"] = prune_heartbeats(bucket)
-        report["event_sources"] = source_heartbeats(bucket)
-        report["runners"] = runner_heartbeats(bucket)
+            report["pruned"] = prune_heartbeats(bucket, now=now, beats=[*runners, *sources])
+        kept = [(k, b) for k, b in [*sources, *runners] if heartbeat_id(k) not in report["pruned"]]
+        report["event_sources"] = [_heartbeat_view(b, now) for _, b in kept if isinstance(b, SourceStatus)]
+        report["runners"] = [_heartbeat_view(b, now) for _, b in kept if isinstance(b, RunnerStatus)]
     return report
 
 

@@ -15,7 +15,7 @@ from botocore.exceptions import ClientError
 from bucketbrush.index import JobIndex
 from bucketbrush.layout import Layout
 from bucketbrush.manifest import Manifest, RunnerStatus, SourceStatus
-from bucketbrush.presign import presign_get
+from bucketbrush.presign import ManifestLink, presign_get, presign_manifest
 from bucketbrush.settings import Settings
 
 NOT_FOUND_CODES = frozenset({"NoSuchKey", "404", "NotFound", "NoSuchVersion"})
@@ -162,3 +162,12 @@ class Bucket:
 
     def presigned_get(self, key: str, expires_s: int | None = None) -> str:
         return presign_get(self.public_s3, self.settings, key, expires_s)
+
+    def manifest_link(self, job_id: str, expires_s: int | None = None) -> tuple[ManifestLink, Manifest | None]:
+        """Fresh presigned GETs for a job's manifest and, once it succeeded, its outputs (how an
+        app renews the links its presign reply carried); also the manifest, None before it exists."""
+        link = presign_manifest(self.public_s3, self.settings, job_id, expires_s)
+        manifest = self.read_manifest(job_id)
+        if manifest is not None and manifest.status == "succeeded":
+            link.outputs = {o.key: self.presigned_get(o.key, expires_s) for o in manifest.outputs}
+        return link, manifest

@@ -170,6 +170,11 @@ def retry_after_s(response: httpx.Response) -> float | None:
     return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
 
 
+def disabled_key(settings: Settings) -> str:
+    """The Redis set of endpoint URLs that answered 410 (no more deliveries until re-enabled)."""
+    return f"{settings.broker_namespace}:webhooks:disabled"
+
+
 class Deliverer:
     """One HTTP attempt per call, recorded; says whether (and when) to try again."""
 
@@ -177,7 +182,7 @@ class Deliverer:
         self.settings = settings
         self.bucket = bucket
         self.redis = redis
-        self.disabled_key = f"{settings.broker_namespace}:webhooks:disabled"
+        self.disabled_key = disabled_key(settings)
         self.client = httpx.Client(timeout=settings.webhook_timeout_s, follow_redirects=False, trust_env=False)
 
     def secret_for(self, endpoint: Endpoint) -> str | None:

@@ -53,10 +53,11 @@ class Handler:
         self.stats: dict[str, Any] = {"records": 0, "enqueued": 0, "last_event_at": None}
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Handler:
-        """A handler with its own bucket client and broker, claiming in the broker's Redis."""
+    def from_settings(cls, settings: Settings, bucket: Bucket | None = None) -> Handler:
+        """A handler with its own broker, claiming in the broker's Redis, on ``bucket`` (default:
+        a bucket client of its own)."""
         broker = build_broker(settings)
-        return cls(settings, Bucket(settings), broker, broker.client)
+        return cls(settings, bucket or Bucket(settings), broker, broker.client)
 
     def handle(self, records: Iterable[S3Record]) -> list[Outcome]:
         outcomes = [self.handle_record(r) for r in records]

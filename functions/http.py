@@ -37,10 +37,9 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from bucketbrush.broker import build_broker
 from bucketbrush.errors import BucketbrushError, JobError
 from bucketbrush.layout import unsafe_key
-from bucketbrush.presign import ParamsValidator, presign_manifest, presign_upload
+from bucketbrush.presign import ParamsValidator, presign_upload
 from bucketbrush.settings import Settings
 from bucketbrush.status import queue_depths, runner_heartbeats
 from bucketbrush.store import Bucket
@@ -216,17 +215,10 @@ class FunctionsApp:
         try:
             self._check_token(request)
             job_id = request.query_params.get("job_id", "")
-            link = await self._sign(lambda: self._manifest_link(job_id))
+            link, _ = await self._sign(lambda: self.bucket.manifest_link(job_id))
             return JSONResponse(link.model_dump(mode="json"))
         except HttpError as exc:
             return _error(request, exc)
-
-    def _manifest_link(self, job_id: str) -> Any:
-        link = presign_manifest(self.bucket.public_s3, self.settings, job_id)
-        manifest = self.bucket.read_manifest(job_id)
-        if manifest is not None and manifest.status == "succeeded":
-            link.outputs = {o.key: self.bucket.presigned_get(o.key) for o in manifest.outputs}
-        return link
 
     async def _sign(self, call: Callable[[], Any]) -> Any:
         """Run a presigning call: bad input is a 400 with its stable code, anything else a 503."""
@@ -280,9 +272,7 @@ def create_app(settings: Settings, handler: Handler | None = None, bucket: Bucke
     ``validate`` checks /presign's recipe and params (the composition root passes the runner's);
     ``recipes`` is the catalog the studio page's forms are made from (``GET /recipes``)."""
     bucket = bucket or (handler.bucket if handler else Bucket(settings))
-    if handler is None:
-        broker = build_broker(settings)
-        handler = Handler(settings, bucket, broker, broker.client)
+    handler = handler or Handler.from_settings(settings, bucket)
     api = FunctionsApp(settings, handler, bucket, fetch, validate)
     app = Starlette(routes=[
         Route("/events/minio", api.s3_event, methods=["POST"]),

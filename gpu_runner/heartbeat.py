@@ -50,9 +50,6 @@ class Heartbeat:
             started_at=self.started_at, updated_at=time.time(), interval_s=self.interval_s,
         )
 
-    def beat(self) -> None:
-        self._thread.beat()
-
     def start(self) -> None:
         self._thread.start()
 

@@ -115,20 +115,20 @@ class JobRunner:
         limit = self.settings.time_limit_s(spec.recipe, spec.time_limit_s)
         deadline = time.monotonic() + limit
         # The job's own webhook: from its spec, else from the upload's metadata (below).
-        target = [spec.webhook]
+        target = spec.webhook
         try:
             if self.bucket.exists(self.bucket.cancel_key(spec.job_id)):
                 raise JobCancelled("cancelled before it started")
             self.bucket.write_manifest(manifest)
             recipe = get_recipe(spec.recipe, testing=self.settings.test_recipes)
             image, metadata = self._load_input(spec.input, recipe.input_kind) if recipe.needs_input else (None, {})
-            if target[0] is None and "webhook" in metadata:
-                target[0] = WebhookTarget.parse(metadata["webhook"], metadata.get("webhook-events"), InvalidWebhook)
-            self._emit("started", manifest, target[0])
+            if target is None and "webhook" in metadata:
+                target = WebhookTarget.parse(metadata["webhook"], metadata.get("webhook-events"), InvalidWebhook)
+            self._emit("started", manifest, target)
             params = resolve_params(recipe, spec.params, metadata, single_fields=not self._presigned(spec))
             manifest.params = params.model_dump(mode="json")
             with JobMonitor(self.bucket, manifest, interval_s=PROGRESS_INTERVAL_S,
-                            on_write=lambda m: self._emit("progress", m, target[0])) as monitor:
+                            on_write=lambda m: self._emit("progress", m, target)) as monitor:
                 started = time.perf_counter()
                 if self._hard_limit(spec, manifest):
                     result = run_isolated(spec.recipe, image, params, job_id=spec.job_id, settings=self.settings,
@@ -141,15 +141,15 @@ class JobRunner:
         except TimeLimitExceeded as exc:
             self._discard(written)
             return self._finish_failed(manifest, TimedOut(f"the job ran past its time limit of {limit} s"),
-                                       final=True, cause=exc, target=target[0])
+                                       final=True, cause=exc, target=target)
         except BucketbrushError as exc:
             self._discard(written)
             final = isinstance(exc, JobError) or last_attempt
-            return self._finish_failed(manifest, exc, final=final, target=target[0])
+            return self._finish_failed(manifest, exc, final=final, target=target)
         except (ClientError, BotoCoreError) as exc:
             self._discard(written)
             error = TransientError(f"storage error: {exc}")
-            return self._finish_failed(manifest, error, final=last_attempt, cause=exc, target=target[0])
+            return self._finish_failed(manifest, error, final=last_attempt, cause=exc, target=target)
         self._record_result(manifest, result)
         manifest.status = "succeeded"
         total = manifest.progress.total or 1
@@ -163,7 +163,7 @@ class JobRunner:
             out.url = self.bucket.presigned_get(out.key)
         manifest.urls_expire_at = manifest.timings["finished_at"] + self.settings.presign_expires_s
         self.bucket.write_manifest(manifest)
-        self._emit("completed", manifest, target[0])
+        self._emit("completed", manifest, target)
         self.stats["jobs_done"] += 1
         log.info("job %s succeeded: %d outputs", spec.job_id, len(manifest.outputs))
         return manifest
@@ -180,20 +180,15 @@ class JobRunner:
             return False
         return True
 
-    def _get(self, ref: ObjectRef) -> dict[str, Any]:
-        return get_input(self.bucket, ref)
-
     def _load_input(self, ref: ObjectRef | None, kind: str = "image") -> tuple[Any, dict[str, str]]:
         """The input as the recipe takes it: a decoded image, or the raw bytes."""
         if ref is None:
             raise InvalidParams(f"this recipe needs an input {'image' if kind == 'image' else 'file'}")
-        obj = self._get(ref)
+        obj = get_input(self.bucket, ref)
         if obj.get("ContentLength", 0) == 0:
             raise EmptyInput("the upload is empty (0 bytes)")
         data = obj["Body"].read()
         if kind == "bytes":
-            if not data:
-                raise EmptyInput("the upload is empty (0 bytes)")
             return data, obj.get("Metadata", {})
         return decode_image(data, max_pixels=self.settings.max_image_pixels), obj.get("Metadata", {})
 

@@ -47,14 +47,16 @@ class TFLiteModel:
     path: Path
     sha256: str
     interpreter: Any
+    # Tensor indices, fixed once the interpreter is allocated (read once in _load).
+    input_index: int
+    output_indices: tuple[int, ...]
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
         with self._lock:
-            inp = self.interpreter.get_input_details()[0]
-            self.interpreter.set_tensor(inp["index"], np.ascontiguousarray(batch, dtype=np.float32))
+            self.interpreter.set_tensor(self.input_index, np.ascontiguousarray(batch, dtype=np.float32))
             self.interpreter.invoke()
-            return [self.interpreter.get_tensor(d["index"]).copy() for d in self.interpreter.get_output_details()]
+            return [self.interpreter.get_tensor(i).copy() for i in self.output_indices]
 
     def describe(self) -> dict[str, Any]:
         """The manifest's record of this model."""
@@ -119,13 +121,14 @@ def _load(name: str) -> TFLiteModel:
     except (ValueError, RuntimeError) as exc:
         raise ModelUnavailable(f"LiteRT could not load {path.name}: {exc}") from exc
     _, input_shape, output_shapes = MODELS[name]
-    got_in = tuple(int(d) for d in interpreter.get_input_details()[0]["shape"])
-    got_out = tuple(tuple(int(d) for d in o["shape"]) for o in interpreter.get_output_details())
+    inp, outs = interpreter.get_input_details()[0], interpreter.get_output_details()
+    got_in = tuple(int(d) for d in inp["shape"])
+    got_out = tuple(tuple(int(d) for d in o["shape"]) for o in outs)
     if got_in != input_shape or got_out != output_shapes:
         raise ModelUnavailable(f"{path.name} has input {got_in} and outputs {got_out}, not the "
                                f"{WHEEL} {WHEEL_VERSION} model this runner decodes; {INSTALL_HINT}")
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    return TFLiteModel(name, path, digest, interpreter)
+    return TFLiteModel(name, path, digest, interpreter, int(inp["index"]), tuple(int(o["index"]) for o in outs))
 
 
 def available() -> str | None:

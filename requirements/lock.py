@@ -75,17 +75,21 @@ def write(path: Path, source: str, kept: list[str]) -> None:
     path.write_text(HEADER.format(source=source) + "".join(kept))
 
 
+def pins(path: Path) -> list[str]:
+    """The ``name==version`` lines of a pip-compile file, without hashes or comments."""
+    return [b.splitlines()[0].rstrip(" \\") for b in blocks(path.read_text())]
+
+
 def write_constraints() -> None:
     """``constraints.txt``: dev.txt's pins without hashes, for installs that cannot take a
     hashed set (the Docker images, whose torch comes with the base image): ``pip install -c``."""
-    pins = [b.splitlines()[0].rstrip(" \\") + "\n" for b in blocks((HERE / "dev.txt").read_text())]
-    write(HERE / "constraints.txt", "requirements/dev.txt, without hashes (for pip install -c)", pins)
+    write(HERE / "constraints.txt", "requirements/dev.txt, without hashes (for pip install -c)",
+          [pin + "\n" for pin in pins(HERE / "dev.txt")])
 
 
 def unhashed(path: Path, dest: Path) -> Path:
     """``path`` as a plain pin list, for use as a constraint."""
-    pins = [b.splitlines()[0].rstrip(" \\") for b in blocks(path.read_text())]
-    dest.write_text("\n".join(pins) + "\n")
+    dest.write_text("\n".join(pins(path)) + "\n")
     return dest
 
 
@@ -135,10 +139,10 @@ def main() -> None:
         write_constraints()
 
         # demo: a subset, at dev's versions.
-        pins = unhashed(raw, tmp / "dev.pins")
+        dev_pins = unhashed(raw, tmp / "dev.pins")
         raw = tmp / "demo.raw"
         compile_(pc, rel(raw), "pyproject.toml", "requirements/tools.in", extras=("local", "upscale", "pose"),
-                 constraints=(rel(pins),))
+                 constraints=(rel(dev_pins),))
         write(HERE / "demo.txt", "pyproject.toml [local,upscale,pose] + requirements/tools.in",
               [b for b in blocks(raw.read_text()) if name_of(b) != "bucketbrush"])
 

@@ -18,8 +18,7 @@ from pydantic import Field
 
 from bucketbrush.errors import InvalidParams
 from gpu_runner.recipes.base import Artifact, JobContext, Recipe, RecipeParams, RecipeResult
-
-MAX_SEED = 2**32 - 1
+from gpu_runner.recipes.diffusion import MAX_SEED
 
 
 class VideoParams(RecipeParams):

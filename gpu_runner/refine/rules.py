@@ -14,11 +14,11 @@ import unicodedata
 from dataclasses import dataclass, field
 
 from gpu_runner.presets import PRESETS
+from gpu_runner.recipes.filter import STYLES as FILTER_STYLES
 from gpu_runner.refine.schema import NEEDS_INPUT, RECIPE_FOR, Refinement, RefinerName
 
 QUALITY = "highly detailed, sharp focus, high quality"
 NEGATIVE = "lowres, blurry, jpeg artifacts, watermark, signature, text, deformed, bad anatomy"
-FILTER_STYLES = ("sketch", "sepia", "noir", "cartoon", "watercolor", "hdr")  # the filter recipe's
 
 # Style words -> stylize preset. Matched on normalised text (lower case, accents removed).
 STYLE_WORDS: tuple[tuple[str, str], ...] = (
