@@ -197,7 +197,8 @@ class Deliverer:
     def body(self, delivery: Delivery) -> str:
         data = dict(delivery.manifest)
         data["outputs"] = [{**out, "url": self.bucket.presigned_get(out["key"])} for out in data.get("outputs", [])]
-        when = datetime.fromtimestamp(delivery.timestamp, tz=UTC).isoformat().replace("+00:00", "Z")
+        when = datetime.fromtimestamp(delivery.timestamp, tz=UTC).isoformat(timespec="microseconds")
+        when = when.replace("+00:00", "Z")  # fixed width: the strings sort in time order too
         return json.dumps({"type": delivery.type, "timestamp": when, "data": data}, separators=(",", ":"))
 
     def attempt(self, delivery: Delivery, *, attempt: int) -> float | None:
