@@ -275,3 +275,51 @@ def wait_for(check: Callable[[], bool], timeout: float = 60) -> None:
     while not check():
         assert time.monotonic() < deadline, "timed out"
         time.sleep(0.1)
+
+
+# -- the event source's periodic sweep ----------------------------------------------------------
+
+def test_the_event_source_runs_the_periodic_sweep(stack, settings, tmp_path):
+    corner = new_corner(settings, tmp_path)
+    ref = corner.input("unannounced")
+    # A cursor from the future (as if restored from a later backup): the subscription skips
+    # every event up to then, so only the sweep can find the input.
+    cursor = tmp_path / "cursor.txt"
+    cursor.write_text(f"{time.time_ns() + 3600 * 10**9}\n")
+    ready = tmp_path / "events.ready"
+    env = corner.runner_env(SWEEP_INTERVAL_S=1, SWEEP_GRACE_S=0)
+    cmd = [sys.executable, "-m", "bucketbrush.cli", "events", "seaweedfs", "--filer", stack.read_state().filer,
+           "--cursor", str(cursor), "--ready-file", str(ready)]
+    popen, proc = procs.spawn("events", cmd, tmp_path, env)
+    try:
+        procs.wait_until("events", ready.exists, 120, popen, Path(proc.log))
+        job_id = job_id_for(ref)
+        line = f"sweep recovered {ref.key}: job {job_id}"
+        wait_for(lambda: line in Path(proc.log).read_text(errors="replace"))
+        assert corner.bucket.read_manifest(job_id).status == "queued"  # the handler's, via the sweep
+    finally:
+        procs.terminate(proc, 30)
+
+
+# -- conditional manifest writes -----------------------------------------------------------------
+
+def test_seaweedfs_honours_if_match_so_the_reaper_never_overwrites_a_result(corner, proxy):
+    """The reaper writes its failed manifest with If-Match on the ETag it read. SeaweedFS 4.48
+    checks it (412 PreconditionFailed), so a runner that finished in between wins."""
+    job_id = "ifmatch" + uuid.uuid4().hex[:17]
+    running = Manifest(job_id=job_id, status="running", recipe="test-slow")
+    corner.bucket.write_manifest(running)
+    seen, etag = corner.bucket.read_manifest_with_etag(job_id)  # what the reaper read
+    # Meanwhile the runner finishes the job.
+    corner.bucket.write_manifest(seen.model_copy(update={"status": "succeeded"}))
+    # The reaper's write, through the recording proxy: sent conditional, refused by the store.
+    via_proxy = corner.settings.model_copy(update={"s3_endpoint_url": proxy.url})
+    reaper_view = Bucket(via_proxy)
+    assert reaper_view.write_manifest(seen.model_copy(update={"status": "failed"}), if_match=etag) is False
+    [put] = proxy.seen("PUT", f"/{corner.bucket.name}/{corner.bucket.manifest_key(job_id)}")
+    assert put.status == 412
+    assert corner.bucket.read_manifest(job_id).status == "succeeded"
+    # With the current ETag the same write goes through.
+    _, current = corner.bucket.read_manifest_with_etag(job_id)
+    assert reaper_view.write_manifest(seen.model_copy(update={"status": "failed"}), if_match=current) is True
+    assert corner.bucket.read_manifest(job_id).status == "failed"
