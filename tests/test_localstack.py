@@ -32,7 +32,7 @@ from functions.handler import Handler
 from functions.sources.sqs import SqsPoller, records_from_body, sqs_client
 from infra.aws import setup_event_route, sns_client, subscribe_queue
 from infra.bucket import apply_bucket
-from infra.procs import free_port, redis_server_binary, wait_until
+from infra.procs import free_port, start_redis, start_with_retries, terminate, wait_until
 from localstack.server import LocalStackServer, ensure_venv
 from tests.helpers import EVENTS, png_bytes, wait_final
 
@@ -47,8 +47,15 @@ def recorded(name: str) -> str:
 
 @pytest.fixture(scope="session")
 def localstack_endpoint(tmp_path_factory: pytest.TempPathFactory):
-    server = LocalStackServer(ensure_venv(), tmp_path_factory.mktemp("localstack"))
-    server.start()
+    workdir = tmp_path_factory.mktemp("localstack")
+
+    def start() -> LocalStackServer:
+        # A port picked free can be taken before LocalStack binds it: then a fresh one.
+        server = LocalStackServer(ensure_venv(), workdir)
+        server.start()
+        return server
+
+    server = start_with_retries(start)
     try:
         yield server.endpoint
     finally:
@@ -59,21 +66,14 @@ def localstack_endpoint(tmp_path_factory: pytest.TempPathFactory):
 def private_redis(tmp_path_factory: pytest.TempPathFactory):
     import redis
 
-    port, data = free_port(), tmp_path_factory.mktemp("redis")
-    log = data / "redis.log"
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(
-            [redis_server_binary(), "--bind", "127.0.0.1", "--port", str(port), "--save", "",
-             "--appendonly", "no", "--dir", str(data)],
-            stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-    url = f"redis://127.0.0.1:{port}/0"
+    # infra.procs.start_redis starts it again on a fresh port if the one it picked was taken.
+    data = tmp_path_factory.mktemp("redis")
+    proc, url = start_redis(data, data, name="private-redis")
     try:
-        wait_until("redis", lambda: redis.Redis.from_url(url).ping(), 15, proc, log)
+        assert redis.Redis.from_url(url).ping()
         yield url
     finally:
-        proc.terminate()
-        proc.wait(10)
+        terminate(proc, 10)
 
 
 def make_settings(endpoint: str, redis_url: str, bucket: str, state_dir: Path) -> Settings:
