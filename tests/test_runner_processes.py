@@ -236,6 +236,21 @@ def test_sigterm_lets_the_current_job_finish(corner):
     assert not [k for k in client.scan_iter(f"{namespace}:__acks__*") if client.zcard(k)]
 
 
+def test_the_default_time_limit_from_settings(corner):
+    # job_time_limit_s, set where jobs are enqueued (Dramatiq's TimeLimit reads it from the
+    # message) and where they run (the manifest's message), as one deployment's settings are.
+    namespace = f"{corner.settings.broker_namespace}-limit"
+    with runner(corner, "runner-limit", corner.runner_env(BROKER_NAMESPACE=namespace, JOB_TIME_LIMIT_S=2)):
+        limited = corner.settings.model_copy(update={"job_time_limit_s": 2})
+        spec = Corner(limited, corner.bucket, corner.logs).enqueue("test-slow", "default-limit", namespace=namespace,
+                                                                   seconds=60, steps=600)
+        manifest = wait_final(corner.bucket, spec.job_id, timeout=90)
+    assert manifest.status == "failed" and manifest.error.code == "timed_out", manifest.error
+    assert "time limit of 2 s" in manifest.error.message and manifest.attempts == 1
+    # Cut short: a one-minute job (an upper bound with a wide margin, not a timing test).
+    assert manifest.timings["finished_at"] - manifest.timings["started_at"] < 30
+
+
 # -- the reaper -----------------------------------------------------------------------------
 
 def test_reaper_spares_jobs_on_live_runners_and_fails_those_of_dead_ones(corner):
