@@ -220,8 +220,8 @@ def test_a_delivery_whose_manifest_is_final_is_skipped(corner, proxy, proxied_ru
 def test_sigterm_lets_the_current_job_finish(corner):
     namespace = f"{corner.settings.broker_namespace}-term"
     with runner(corner, "runner-term", corner.runner_env(BROKER_NAMESPACE=namespace)) as r:
-        # test-slow: 3 s by construction; the stop arrives while it runs.
-        spec = corner.enqueue("test-slow", "sigterm", namespace=namespace, seconds=3, steps=30)
+        # test-slow: 8 s by construction; the stop arrives while it runs.
+        spec = corner.enqueue("test-slow", "sigterm", namespace=namespace, seconds=8, steps=80)
         wait_status(corner.bucket, spec.job_id, "running")
         r.popen.send_signal(signal.SIGTERM)
         stopped_at = time.time()
