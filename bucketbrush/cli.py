@@ -175,7 +175,9 @@ def print_manifest(manifest: Any, bucket: Any) -> None:
         print(f"  warning: {warning}")
     for out in manifest.outputs:
         size = f"  {out.width}x{out.height}" if out.width else ""
-        print(f"  -> {out.key}{size}  {out.bytes:,} bytes")
+        cc = out.content_credentials
+        signed = (f"  C2PA {cc.validation_state}" if cc and cc.signed else "  unsigned" if cc else "")
+        print(f"  -> {out.key}{size}  {out.bytes:,} bytes{signed}")
         print(f"     {bucket.presigned_get(out.key)}")
 
 
