@@ -14,14 +14,13 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 from PIL import Image
 from skimage import data
 
+from bench.stack import timed
 from bucketbrush.credentials import ensure_dev_credentials, read_credentials, xmp_packet
 from bucketbrush.settings import Settings
 from gpu_runner.images import encode_image
@@ -29,16 +28,6 @@ from gpu_runner.provenance import OutputSigner, made_by
 from gpu_runner.recipes import get_recipe
 from gpu_runner.recipes.base import RecipeResult
 from gpu_runner.video_samples import sample_clip
-
-
-def _ms(fn, repeat: int) -> tuple[float, float]:
-    fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times), statistics.quantiles(times, n=10)[-1]
 
 
 def main() -> None:
@@ -86,10 +75,10 @@ def main() -> None:
 
             signed, creds = full()
             assert creds.validation_state == "Trusted", creds
-            total, total_p90 = _ms(full, args.repeat)
-            sign_only, _ = _ms(lambda out=out, mime=mime, parent=parent, d=definition:
+            total, total_p90 = timed(full, args.repeat)
+            sign_only, _ = timed(lambda out=out, mime=mime, parent=parent, d=definition:
                                signer.signer.sign(out, mime, d, parent), args.repeat)
-            read_only, _ = _ms(lambda s=signed, mime=mime: read_credentials(s, mime, anchors=signer.signer.anchors),
+            read_only, _ = timed(lambda s=signed, mime=mime: read_credentials(s, mime, anchors=signer.signer.anchors),
                                args.repeat)
             print(f"| {name} | {len(out):,} | {len(signed) - len(out):,} | {total:.1f} ({total_p90:.1f}) | "
                   f"{sign_only:.1f} | {read_only:.1f} |")
