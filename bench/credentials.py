@@ -6,7 +6,11 @@ the spot, no timestamp authority), and read the result back with the trust ancho
 signing alone, and the read-back alone. Inputs: a real photo (skimage's astronaut) encoded at
 each size, and a 2 s H.264 clip.
 
-Usage: python -m bench.credentials [--repeat 20] [--sizes 512 1024]
+With ``--pipeline N``: also N sequential 512 px uploads into ``inbox/filter/`` through a private
+stack with content credentials on, then through another with them off; the runner's time
+outside the recipe (GET input, sign, PUT outputs, manifests) side by side.
+
+Usage: python -m bench.credentials [--repeat 20] [--sizes 512 1024] [--pipeline 0]
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import argparse
 import os
 import platform
 import tempfile
+import time
 from pathlib import Path
 
 from PIL import Image
@@ -31,12 +36,18 @@ from gpu_runner.video_samples import sample_clip
 
 
 def main() -> None:
-    import c2pa
-
     ap = argparse.ArgumentParser()
     ap.add_argument("--repeat", type=int, default=20)
     ap.add_argument("--sizes", type=int, nargs="+", default=[512, 1024])
+    ap.add_argument("--pipeline", type=int, default=0, metavar="N", help="also N jobs through stacks on and off")
     args = ap.parse_args()
+    per_output(args)
+    if args.pipeline:
+        pipeline(args.pipeline)
+
+
+def per_output(args: argparse.Namespace) -> None:
+    import c2pa
 
     with tempfile.TemporaryDirectory() as tmp:
         ensure_dev_credentials(Path(tmp))
@@ -82,6 +93,46 @@ def main() -> None:
                                args.repeat)
             print(f"| {name} | {len(out):,} | {len(signed) - len(out):,} | {total:.1f} ({total_p90:.1f}) | "
                   f"{sign_only:.1f} | {read_only:.1f} |")
+
+
+def pipeline(n: int) -> None:
+    """PUT -> final manifest for ``n`` filter jobs, content credentials on vs off."""
+    import io
+
+    from bench.stack import pct, private_stack
+    from bucketbrush.jobs import ObjectRef, job_id_for
+    from bucketbrush.store import Bucket
+
+    buf = io.BytesIO()
+    Image.fromarray(data.astronaut()).resize((512, 512)).save(buf, "PNG")
+    body, rows = buf.getvalue(), {}
+    for on in (True, False):
+        with private_stack(content_credentials=on) as stack:
+            bucket = Bucket(stack.settings_for_clients())
+            rows[on] = []
+            for i in range(n + 1):
+                key = f"inbox/filter/bench/{i}.png"
+                t0 = time.time()
+                etag = bucket.s3.put_object(Bucket=bucket.name, Key=key, Body=body,
+                                            Metadata={"style": "sepia"})["ETag"].strip('"')
+                job_id = job_id_for(ObjectRef(bucket=bucket.name, key=key, etag=etag))
+                while (m := bucket.read_manifest(job_id)) is None or not m.is_final:
+                    time.sleep(0.05)
+                assert m.status == "succeeded", m.error
+                assert (m.outputs[0].content_credentials is not None) == on
+                if i:  # the first is a warm-up
+                    t = m.timings
+                    rows[on].append({"total": t["finished_at"] - t0,
+                                     "runner": t["finished_at"] - t["started_at"] - t["processing_s"],
+                                     "bytes": m.outputs[0].bytes})
+    print(f"\nPipeline: `--pipeline {n}`: {n} sequential 512² PNG uploads, filter/sepia, one private stack each.\n")
+    print("| content credentials | PUT -> final p50 ms | p95 ms | runner outside the recipe p50 ms | output bytes |")
+    print("|---|---:|---:|---:|---:|")
+    for on in (True, False):
+        total = [r["total"] * 1000 for r in rows[on]]
+        runner = [r["runner"] * 1000 for r in rows[on]]
+        print(f"| {'on' if on else 'off'} | {pct(total, 50):.1f} | {pct(total, 95):.1f} | {pct(runner, 50):.1f} | "
+              f"{rows[on][0]['bytes']:,} |")
 
 
 if __name__ == "__main__":
