@@ -223,3 +223,28 @@ def test_every_recipe_has_a_row_in_the_table() -> None:
     assert made_by("txt2img", None, empty).actions == ("c2pa.created",)
     assert made_by("inpaint", None, empty).source_type == COMPOSITE
     assert made_by("filter", None, empty).source_type is None
+
+
+def test_an_input_the_library_cannot_read_is_a_described_parent(signer) -> None:
+    buf = io.BytesIO()
+    landscape(32, 32).save(buf, "BMP")
+    parent = OutputSigner.parent(buf.getvalue(), None, "inbox/filter/scan.bmp")
+    assert parent.mime == "image/bmp"
+    signed, creds = sign(signer, "filter", png(), "image/png", parent, params={"style": "noir"})
+    report = read_credentials(signed, "image/png", anchors=signer.signer.anchors)
+    assert report.validation_state == "Trusted" and [a["action"] for a in report.actions][0] == "c2pa.opened"
+    [ingredient] = report.ingredients
+    assert ingredient["format"] == "image/bmp" and ingredient["sha256"] == parent.sha256
+
+
+def test_the_runner_command_refuses_to_start_without_a_key(tmp_path: Path, monkeypatch, capsys) -> None:
+    from bucketbrush.cli import main
+
+    monkeypatch.setenv("BUCKETBRUSH_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("BUCKETBRUSH_REDIS_URL", "redis://127.0.0.1:1/0")  # never reached
+    for name in ("BUCKETBRUSH_CONTENT_CREDENTIALS", "BUCKETBRUSH_C2PA_SIGNING_KEY", "BUCKETBRUSH_C2PA_SIGNING_CERTS"):
+        monkeypatch.delenv(name, raising=False)
+    assert main(["runner"]) == 2
+    err = capsys.readouterr().err
+    assert "error [config_error]: content credentials are on but no signing key" in err
+    assert "BUCKETBRUSH_CONTENT_CREDENTIALS=off" in err
