@@ -317,8 +317,11 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
           + ("ok" if brk["reachable"] else f"UNREACHABLE ({brk['error']})"))
     if (q := report["queue"]) and "ready" in q:
         dead = " (`bucketbrush jobs dead list`)" if q["dead_lettered"] else ""
-        print(f"queue   {q['name']}: {q['ready']} ready, {q['delayed']} waiting to retry, "
+        print(f"queue   {q['name']}-*: {q['ready']} ready, {q['delayed']} waiting to retry, "
               f"{q['dead_lettered']} dead-lettered{dead}")
+        for name, d in report["queues"].items():
+            if any(d.values()):
+                print(f"  {name}: {d['ready']} ready, {d['delayed']} waiting to retry, {d['dead_lettered']} dead")
     if report["local_stack"]:
         procs = ", ".join(f"{p['name']} {'running' if p['running'] else 'STOPPED'} (pid {p['pid']})"
                           for p in report["local_stack"]["processes"])
@@ -352,7 +355,7 @@ def cmd_jobs_dead(settings: Settings, args: argparse.Namespace) -> int:
     ids = args.ids or None
     if args.action == "list":
         letters = deadletters.list_dead(broker, settings)
-        print(f"{_count(len(letters), 'dead-lettered message')} in {settings.queue_name}"
+        print(f"{_count(len(letters), 'dead-lettered message')} in {settings.queue_name}-*"
               + (":" if letters else ""), file=sys.stderr)
         for d in letters:
             when = datetime.fromtimestamp(d.dead_at).strftime("%Y-%m-%d %H:%M:%S")
@@ -415,8 +418,19 @@ def cmd_refine(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_runner(settings: Settings, args: argparse.Namespace) -> int:
+    from bucketbrush.routing import served_capabilities
     from gpu_runner.worker import run_worker
 
+    update: dict[str, Any] = {}
+    if args.serve is not None:
+        update["runner_serve"] = served_capabilities(args.serve.split(","))
+    if args.devices is not None:
+        update["runner_devices"] = args.devices
+    settings = settings.model_copy(update=update)
+    if settings.runner_devices:
+        from gpu_runner.supervisor import run_per_device
+
+        return run_per_device(settings, ready_file=args.ready_file)
     run_worker(settings, ready_file=args.ready_file)
     return 0
 
@@ -742,6 +756,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("runner", help="run a runner process (Dramatiq worker)")
     run.add_argument("--ready-file", type=Path)
+    run.add_argument("--serve", metavar="CAPS", help="capabilities to consume, comma-separated: cpu,gpu "
+                                                      "(`any` always; default: BUCKETBRUSH_RUNNER_SERVE, all)")
+    run.add_argument("--devices", metavar="all|0,1", help="one worker process per GPU, pinned with "
+                                                          "CUDA_VISIBLE_DEVICES (default: BUCKETBRUSH_RUNNER_DEVICES)")
     run.set_defaults(func=cmd_runner)
 
     wa = sub.add_parser("watch", help="stream manifest changes as they happen (see Subscribers)")
