@@ -336,10 +336,11 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
               "`bucketbrush sweep` recovers lost events)")
     for r in report["runners"]:
         gpu = f", {r['gpu']['name']}" if r.get("gpu") else ""
+        gpu += f", CUDA_VISIBLE_DEVICES={r['visible_devices']}" if r.get("visible_devices") is not None else ""
         state_word = "STALE" if r["stale"] else "ok"
         print(f"runner  {r['runner_id']} [{state_word}, {r['age_s']}s ago] {r['device']}{gpu}: "
               f"{r['jobs_done']} done, {r['jobs_failed']} failed, current {r['current_job'] or '-'}, "
-              f"models {', '.join(r['loaded_models']) or '-'}")
+              f"models {', '.join(r['loaded_models']) or '-'}, queues {r['queue']}")
     if store["reachable"] and not report["runners"]:
         print("runner  none")
     if report["pruned"]:
@@ -648,6 +649,13 @@ def build_parser() -> argparse.ArgumentParser:
     aws = infra.add_parser("aws", help="AWS or LocalStack: bucket, S3 -> SQS (or SNS -> SQS) notifications, lifecycle")
     aws_arguments(aws)
     aws.set_defaults(func=cmd_infra_aws)
+    from infra.k8s import add_arguments as k8s_arguments
+    from infra.k8s import run as cmd_infra_k8s
+
+    k8s = infra.add_parser("k8s", help="Kubernetes manifests from settings: functions, events, runners per "
+                                       "capability, KEDA autoscaling on queue length")
+    k8s_arguments(k8s)
+    k8s.set_defaults(func=cmd_infra_k8s)
     mi = infra.add_parser("minio", help="MinIO: bucket, event routes to the webhook target, ILM rules")
     mi.add_argument("--target-id", default="bucketbrush", help="webhook target id (MINIO_NOTIFY_WEBHOOK_*_<ID>)")
     mi.add_argument("--region", default="", help="the server's MINIO_SITE_REGION, if set")
