@@ -146,6 +146,10 @@ class JobRunner:
                     result = recipe.run(self._context(manifest, monitor), image, params)
                 manifest.timings["processing_s"] = time.perf_counter() - started
             manifest.outputs = self._write_outputs(spec, result, params, written, parent)
+            # Written strictly after every output: a subscriber that sees `succeeded` can GET
+            # them all. If this write fails, the outputs go too (below).
+            done = self._succeeded(manifest, result)
+            self.bucket.write_manifest(done)
         except TimeLimitExceeded as exc:
             self._discard(written)
             return self._finish_failed(manifest, TimedOut(f"the job ran past its time limit of {limit} s"),
@@ -163,23 +167,28 @@ class JobRunner:
             self._discard(written)
             error = BucketbrushError(f"unexpected error: {type(exc).__name__}: {exc}")
             return self._finish_failed(manifest, error, final=last_attempt, cause=exc, target=target)
-        self._record_result(manifest, result)
-        manifest.status = "succeeded"
-        total = manifest.progress.total or 1
-        manifest.progress = Progress(step=total, total=total, fraction=1.0)
-        manifest.timings["finished_at"] = time.time()
+        self._emit("completed", done, target)
+        self.stats["jobs_done"] += 1
+        log.info("job %s succeeded: %d outputs", spec.job_id, len(done.outputs))
+        return done
+
+    def _succeeded(self, manifest: Manifest, result: RecipeResult) -> Manifest:
+        """The final manifest of a job whose outputs are all written (a copy: should writing
+        it fail, ``manifest`` is what the failure is recorded on)."""
+        done = manifest.model_copy(deep=True)
+        self._record_result(done, result)
+        done.status = "succeeded"
+        total = done.progress.total or 1
+        done.progress = Progress(step=total, total=total, fraction=1.0)
+        done.timings["finished_at"] = time.time()
         if days := self.settings.outputs_retention_days:
-            manifest.outputs_expire_at = manifest.timings["finished_at"] + days * 86400
+            done.outputs_expire_at = done.timings["finished_at"] + days * 86400
         # Links for apps that hold no credentials (the manifest itself is read through the
         # presigned GET their presign reply carried).
-        for out in manifest.outputs:
+        for out in done.outputs:
             out.url = self.bucket.presigned_get(out.key)
-        manifest.urls_expire_at = manifest.timings["finished_at"] + self.settings.presign_expires_s
-        self.bucket.write_manifest(manifest)
-        self._emit("completed", manifest, target)
-        self.stats["jobs_done"] += 1
-        log.info("job %s succeeded: %d outputs", spec.job_id, len(manifest.outputs))
-        return manifest
+        done.urls_expire_at = done.timings["finished_at"] + self.settings.presign_expires_s
+        return done
 
     # -- steps ----------------------------------------------------------------------------
 

@@ -37,12 +37,12 @@ class Request:
 
 
 class FaultProxy:
-    """Serve on a free loopback port; ``fail(method, path)`` True answers 503 SlowDown."""
+    """Serve on a free loopback port; ``fail(method, path, body)`` True answers 503 SlowDown."""
 
     def __init__(self, upstream: str) -> None:
         parts = urlsplit(upstream)
         self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
-        self.fail: Callable[[str, str], bool] = lambda method, path: False
+        self.fail: Callable[[str, str, bytes], bool] = lambda method, path, body: False
         self.requests: list[Request] = []
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -106,7 +106,7 @@ class FaultProxy:
                 body = self._body()
                 path = unquote(urlsplit(self.path).path)
                 keep = body if self.command == "PUT" and path.endswith(".json") else b""
-                if proxy.fail(self.command, path):
+                if proxy.fail(self.command, path, body):
                     proxy._record(Request(self.command, path, 503, started, time.monotonic(), keep, faulted=True))
                     self._reply(503, [("Content-Type", "application/xml")], SLOW_DOWN)
                     return

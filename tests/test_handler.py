@@ -97,7 +97,7 @@ def test_claim_is_released_when_the_queued_manifest_write_fails(unit_settings: S
 
     with FaultProxy(unit_settings.s3_endpoint_url) as proxy:
         failing = Bucket(unit_settings.model_copy(update={"s3_endpoint_url": proxy.url}))
-        proxy.fail = lambda method, path: method == "PUT" and "/manifests/" in path
+        proxy.fail = lambda method, path, body: method == "PUT" and "/manifests/" in path
         broker = StubBroker()
         record = put(Bucket(unit_settings), f"inbox/filter/{uuid.uuid4().hex}.png", png_bytes())
         job_id = job_id_for(record.ref)
@@ -108,7 +108,7 @@ def test_claim_is_released_when_the_queued_manifest_write_fails(unit_settings: S
         assert Handler(unit_settings, failing, broker, claims_redis).claims.holder(job_id) is None
         assert messages(broker, unit_settings) == []  # nothing enqueued for a job with no manifest
         # The transport's redelivery, once the store answers again, makes the job.
-        proxy.fail = lambda method, path: False
+        proxy.fail = lambda method, path, body: False
         retry = Handler(unit_settings, failing, broker, claims_redis).handle_record(record)
     assert retry.action == "enqueued" and retry.job_id == job_id
     assert [m.job_id for m in messages(broker, unit_settings)] == [job_id]

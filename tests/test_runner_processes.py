@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import signal
 import sys
 import time
@@ -23,9 +24,11 @@ import pytest
 import redis
 
 from bucketbrush.broker import build_broker, enqueue_job
+from bucketbrush.credentials import dev_dir
 from bucketbrush.jobs import JobSpec, ObjectRef, job_id_for
 from bucketbrush.management import cancel_job
 from bucketbrush.manifest import Manifest, RunnerStatus
+from bucketbrush.routing import queue_for
 from bucketbrush.settings import Settings
 from bucketbrush.store import Bucket, s3_client
 from functions.reaper import fail_dead_running
@@ -81,6 +84,9 @@ def new_corner(settings: Settings, logs: Path) -> Corner:
     name = f"bbrun-{uuid.uuid4().hex[:10]}"
     own = settings.model_copy(update={"bucket": name, "broker_namespace": name, "state_dir": logs})
     apply_bucket(s3_client(own), own)
+    # The stack's development signer (and its CA, to check the outputs): runners here sign
+    # their outputs as the stack's do.
+    shutil.copytree(dev_dir(settings.state_dir), dev_dir(logs), dirs_exist_ok=True)
     return Corner(own, Bucket(own), logs)
 
 
@@ -143,7 +149,7 @@ def proxied_runner(corner, proxy) -> Iterator[Runner]:
 @pytest.fixture
 def faults(proxy) -> Iterator[FaultProxy]:
     yield proxy
-    proxy.fail = lambda method, path: False
+    proxy.fail = lambda method, path, body: False
 
 
 # -- outputs, retries, duplicates -------------------------------------------------------------
@@ -164,26 +170,52 @@ def test_outputs_are_in_the_store_before_the_final_manifest(corner, proxy, proxi
     assert max(p.ended for p in puts) < final[0].started
 
 
-def test_outputs_of_a_failed_attempt_are_removed(corner, proxy, proxied_runner):
-    # test-fail-late: its last output cannot be encoded, after the others are in the store.
+def test_outputs_of_a_failed_attempt_are_removed(corner, faults, proxied_runner):
+    # Every output is in the store; then the store refuses the `succeeded` manifest (once:
+    # until the job's `queued` manifest for its retry has been written).
+    spec = corner.enqueue("test-slow", "final-write-fails", seconds=0, steps=1, outputs=2)
+    key = f"/{corner.bucket.name}/" + corner.bucket.manifest_key(spec.job_id)
+
+    def refuse_success_once(method: str, path: str, body: bytes) -> bool:
+        if method != "PUT" or path != key or b'"succeeded"' not in body:
+            return False
+        return not [r for r in faults.seen("PUT", key) if json.loads(r.body)["status"] == "queued"]
+
+    faults.fail = refuse_success_once
+    manifest = wait_final(corner.bucket, spec.job_id, timeout=90)
+    assert manifest.status == "succeeded" and manifest.attempts == 2, manifest
+    assert len(check_outputs(corner.bucket, manifest)) == 2
+    # The first attempt: both outputs written, its final manifest refused, both outputs removed
+    # before its `queued` manifest (retryable, no outputs) was written.
+    prefix = f"/{corner.bucket.name}/outputs/{spec.job_id}/"
+    puts, deletes = faults.seen("PUT", prefix), faults.seen("DELETE", prefix)
+    assert len(puts) == 4 and all(r.status == 200 for r in puts)
+    assert sorted(r.path for r in deletes) == sorted(r.path for r in puts[:2])
+    refused = [r for r in faults.seen("PUT", key) if r.faulted]
+    [queued] = [r for r in faults.seen("PUT", key) if json.loads(r.body)["status"] == "queued"]
+    assert refused and max(r.ended for r in puts[:2]) < refused[0].started
+    assert max(r.ended for r in deletes) < queued.started < puts[2].started
+    retry = json.loads(queued.body)
+    assert retry["outputs"] == [] and retry["error"]["code"] == "transient_error" and retry["error"]["retryable"]
+
+
+def test_an_unexpected_error_fails_the_job_and_writes_nothing(corner, proxy, proxied_runner):
+    # test-fail-late: its last output cannot be encoded (a Pillow error, not a JobError).
     spec = corner.enqueue("test-fail-late", "fail-late", outputs=3)
     manifest = wait_final(corner.bucket, spec.job_id, timeout=90)
     assert manifest.status == "failed" and manifest.error.code == "internal_error", manifest.error
     assert "cannot write mode CMYK as PNG" in manifest.error.message
+    # Retried like a store error (it may be one in disguise), then final and not retryable.
     assert manifest.error.retryable is False and manifest.outputs == [] and manifest.attempts == 3
-    prefix = f"/{corner.bucket.name}/outputs/{spec.job_id}/"
-    written = proxy.seen("PUT", prefix)
-    # Each of the three attempts wrote two outputs, then removed them.
-    assert sorted(r.path.rsplit("/", 1)[1] for r in written) == ["first-2.png"] * 3 + ["first.png"] * 3
-    assert all(r.status == 200 for r in written)
-    assert len(proxy.seen("DELETE", prefix)) == 6
+    # Every output is encoded before the first PUT: none was written, on any attempt.
+    assert proxy.seen(prefix=f"/{corner.bucket.name}/outputs/{spec.job_id}/") == []
     assert corner.outputs(spec.job_id) == []
 
 
 def test_transient_store_errors_are_retried_with_backoff_then_fail_retryable(corner, faults, proxied_runner):
     spec = corner.enqueue("test-slow", "transient", seconds=0, steps=1, outputs=2)
     second = f"/{corner.bucket.name}/outputs/{spec.job_id}/slow-2.png"
-    faults.fail = lambda method, path: method == "PUT" and path == second
+    faults.fail = lambda method, path, body: method == "PUT" and path == second
     manifest = wait_final(corner.bucket, spec.job_id, timeout=90)
     assert manifest.status == "failed" and manifest.error.code == "transient_error", manifest.error
     assert manifest.error.retryable is True and manifest.attempts == 3  # max_retries=2
@@ -232,7 +264,7 @@ def test_sigterm_lets_the_current_job_finish(corner):
     assert manifest.timings["finished_at"] > stopped_at
     # Its message was acknowledged: nothing of this namespace is left in Redis to redeliver.
     client = redis.Redis.from_url(corner.settings.redis_url)
-    assert client.hlen(f"{namespace}:{corner.settings.queue_name}.msgs") == 0
+    assert client.hlen(f"{namespace}:{queue_for(corner.settings, 'test-slow')}.msgs") == 0
     assert not [k for k in client.scan_iter(f"{namespace}:__acks__.*.*") if client.scard(k)]  # unacked sets
 
 
