@@ -3,7 +3,9 @@ thin functions never import the runner (or torch)."""
 
 from __future__ import annotations
 
+import json
 import time
+from typing import Any
 
 import dramatiq
 from dramatiq.brokers.redis import RedisBroker
@@ -36,3 +38,27 @@ def enqueue_job(broker: dramatiq.Broker, settings: Settings, spec: JobSpec) -> d
     # The producer does not declare the actor, so declare its queue for the broker.
     broker.declare_queue(settings.queue_name)
     return broker.enqueue(message)
+
+
+def job_ids_in_broker(client: Any, settings: Settings) -> set[str]:
+    """Job ids of every job message the broker still holds: waiting, delayed (a retry not yet
+    due) or fetched by a worker and not yet acknowledged.
+
+    Dramatiq's Redis broker keeps each message's data in a hash, ``<ns>:<queue>.msgs`` (and
+    ``<ns>:<queue>.DQ.msgs`` for the delay queue), from enqueue until the worker acks it;
+    the queue list and the per-worker ack sets hold only ids (its ``dispatch.lua``). A retry
+    moves a message from one hash to the other (written to the new one before deleting it
+    from the old), so both are read in one MULTI: a moving message is seen in one of them.
+    Dead-lettered messages (``.XQ``) never run again and are not counted."""
+    prefix = f"{settings.broker_namespace}:{settings.queue_name}"
+    pipe = client.pipeline(transaction=True)
+    pipe.hvals(f"{prefix}.msgs")
+    pipe.hvals(f"{prefix}.DQ.msgs")
+    found = set()
+    for raw in (m for values in pipe.execute() for m in values):
+        try:
+            message = json.loads(raw)
+            found.add(message["args"][0]["job_id"])
+        except (ValueError, KeyError, IndexError, TypeError):
+            continue  # not a job message
+    return found

@@ -81,6 +81,8 @@ class Manifest(BaseModel):
     # When the presigned ``outputs[].url`` links stop working (epoch seconds).
     urls_expire_at: float | None = None
     attempts: int = 0
+    # Deliveries whose runner died in the job (killed, out of memory) before finishing it.
+    interrupted: int = 0
     updated_at: float = Field(default_factory=time.time)
 
     @property

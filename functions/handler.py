@@ -13,15 +13,16 @@ from datetime import datetime
 from typing import Any
 
 import dramatiq
+from botocore.exceptions import ClientError
 
 from bucketbrush.broker import build_broker, enqueue_job
 from bucketbrush.claims import Claims
-from bucketbrush.errors import InvalidSpec, InvalidWebhook
+from bucketbrush.errors import InputMissing, InvalidSpec, InvalidWebhook, JobError
 from bucketbrush.jobs import RECIPE_NAME, JobSpec, ObjectRef, WebhookTarget, job_id_for, json_object
 from bucketbrush.layout import NotAnInput, unsafe_key
 from bucketbrush.manifest import ErrorInfo, Manifest
 from bucketbrush.settings import Settings
-from bucketbrush.store import Bucket
+from bucketbrush.store import Bucket, is_not_found
 from functions.events import S3Record
 
 log = logging.getLogger(__name__)
@@ -107,12 +108,41 @@ class Handler:
         ref = record.ref
         if not self.claims.claim(job_id, ref.identity):
             return Outcome(record.key, "duplicate", job_id)
+        return self._write_failed(job_id, ref, exc)
+
+    def _write_failed(self, job_id: str, ref: ObjectRef, exc: JobError) -> Outcome:
         now = time.time()
         self.bucket.write_manifest(Manifest(
             job_id=job_id, status="failed", recipe="", inputs=[ref], error=ErrorInfo.of(exc),
             timings={"queued_at": now, "finished_at": now},
         ))
-        return Outcome(record.key, "rejected", job_id, reason=str(exc))
+        return Outcome(ref.key, "rejected", job_id, reason=str(exc))
+
+    def requeue(self, job_id: str, source: ObjectRef) -> Outcome:
+        """Enqueue ``job_id`` again, rebuilt from its source object (an upload or a job spec)
+        as its first event did, whatever its claim says. For the sweep, when the broker lost
+        the job's message (Redis restarted empty): the caller holds a lock so that only one
+        sweeper requeues it. The manifest is left as it is (``queued``; or ``running``, which
+        tells the runner that a runner died in this job)."""
+        try:
+            route = self.bucket.layout.parse_input(source.key)
+        except NotAnInput as exc:
+            return Outcome(source.key, "rejected", job_id, reason=exc.reason)
+        recipe, input_ref, params, options = route.recipe or "", source, {}, {}
+        if route.kind != "upload":
+            try:
+                recipe, input_ref, params, options = self._read_spec(source)
+            except (InvalidSpec, InvalidWebhook) as exc:
+                return self._write_failed(job_id, source, exc)
+            except ClientError as exc:
+                if not is_not_found(exc):
+                    raise
+                return self._write_failed(job_id, source, InputMissing(f"the job spec {source.key!r} is gone"))
+        spec = JobSpec(job_id=job_id, recipe=recipe, source=source, input=input_ref, params=params, **options)
+        self.claims.take(job_id, source.identity)
+        enqueue_job(self.broker, self.settings, spec)
+        log.warning("requeued job %s (%s): the broker had lost its message", job_id, recipe)
+        return Outcome(source.key, "enqueued", job_id, reason="requeued")
 
     def _read_spec(self, ref: ObjectRef) -> tuple[str, ObjectRef | None, dict[str, Any], dict[str, Any]]:
         """(recipe, input, params, options: ``time_limit_s``, ``hard_time_limit``, ``webhook``)."""

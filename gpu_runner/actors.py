@@ -3,27 +3,40 @@ side effects and producers never need it (they enqueue by name)."""
 
 from __future__ import annotations
 
+import logging
+from contextlib import nullcontext
+
 import dramatiq
 from dramatiq.middleware import CurrentMessage
 
 from bucketbrush.broker import RUN_JOB_ACTOR
 from bucketbrush.errors import JobError
 from bucketbrush.jobs import JobSpec
+from bucketbrush.runlocks import RunLocks
 from bucketbrush.settings import Settings
 from gpu_runner.runner import JobRunner
 
+log = logging.getLogger(__name__)
 
-def declare_actors(broker: dramatiq.Broker, settings: Settings, runner: JobRunner) -> dramatiq.Actor:
+
+def declare_actors(broker: dramatiq.Broker, settings: Settings, runner: JobRunner,
+                   locks: RunLocks | None = None) -> dramatiq.Actor:
+    """The job actor; with ``locks`` (the runner process's), a job runs on one runner at a time."""
     max_retries = settings.max_retries
 
     def run_job(spec: dict) -> None:
         message = CurrentMessage.get_current_message()
         retries = message.options.get("retries", 0) if message else 0
-        runner.run(
-            JobSpec.model_validate(spec),
-            attempt=retries + 1,
-            last_attempt=retries >= max_retries,
-        )
+        job = JobSpec.model_validate(spec)
+        with locks.hold(job.job_id) if locks else nullcontext(True) as held:
+            if not held:
+                # A second message for a job another runner is running: back to the queue,
+                # after the lock would expire if that runner died (not a retry: none is spent).
+                log.warning("job %s is running on another runner; its duplicate message waits %d s",
+                            job.job_id, locks.ttl_s)
+                broker.enqueue(message.copy(), delay=locks.ttl_s * 1000)
+                return
+            runner.run(job, attempt=retries + 1, last_attempt=retries >= max_retries)
 
     return dramatiq.actor(
         run_job,

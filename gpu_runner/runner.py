@@ -23,6 +23,7 @@ from bucketbrush.errors import (
     InvalidWebhook,
     JobCancelled,
     JobError,
+    RunnerDied,
     TimedOut,
     TransientError,
 )
@@ -100,8 +101,17 @@ class JobRunner:
             inputs=spec.inputs,
             timings=dict(existing.timings) if existing else {},
             runner=self.info, attempts=attempt,
+            # Still "running" at a new delivery (under its run lock, bucketbrush/runlocks.py):
+            # the runner of the last one died in it.
+            interrupted=(existing.interrupted + (existing.status == "running")) if existing else 0,
         )
         manifest.timings["started_at"] = time.time()
+        if manifest.interrupted >= self.settings.max_runner_deaths:
+            # A job that kills its runner (memory, a native crash) would kill every next one.
+            return self._finish_failed(manifest, RunnerDied(
+                f"the runner died {manifest.interrupted} times while running this job (killed, out of memory "
+                f"or crashed); it is not run again (max_runner_deaths = {self.settings.max_runner_deaths})"),
+                final=True)
         if spec.enqueued_at:
             manifest.timings["queue_wait_s"] = manifest.timings["started_at"] - spec.enqueued_at
         self.stats["current_job"] = spec.job_id
@@ -149,6 +159,13 @@ class JobRunner:
         except (ClientError, BotoCoreError) as exc:
             self._discard(written)
             error = TransientError(f"storage error: {exc}")
+            return self._finish_failed(manifest, error, final=last_attempt, cause=exc, target=target)
+        except Exception as exc:
+            # A bug (a library raising what no recipe expected): retried like a transient error,
+            # then failed, rather than left "running" while Dramatiq dead-letters the message.
+            self._discard(written)
+            log.exception("job %s: unexpected error", spec.job_id)
+            error = BucketbrushError(f"internal error: {type(exc).__name__}")
             return self._finish_failed(manifest, error, final=last_attempt, cause=exc, target=target)
         self._record_result(manifest, result)
         manifest.status = "succeeded"

@@ -10,6 +10,7 @@ from pathlib import Path
 from dramatiq import Worker
 
 from bucketbrush.broker import build_broker
+from bucketbrush.runlocks import RunLocks
 from bucketbrush.settings import Settings
 from bucketbrush.store import Bucket
 from bucketbrush.webhooks import Deliverer, Notifier, declare_webhook_actor
@@ -31,7 +32,7 @@ def run_worker(settings: Settings, *, ready_file: Path | None = None) -> None:
         models = ModelCache.from_settings(settings)
         models.preload(settings.preload_models)
     runner = JobRunner(bucket, models, Notifier(settings, broker))
-    declare_actors(broker, settings, runner)
+    declare_actors(broker, settings, runner, RunLocks(broker.client, settings))
     # Webhook deliveries: their own actor, queue and threads, so they never hold up a job.
     deliveries = None
     if settings.webhook_worker_threads:

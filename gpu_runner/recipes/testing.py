@@ -4,10 +4,13 @@
 steps, reporting progress and honouring cancel between them, so time limits and cancels can be
 tested on any machine. ``test-slow-limited`` is the same recipe under another name, for a
 per-recipe time limit (``recipe_time_limits_s``) that leaves ``test-slow`` alone.
+``test-crash`` kills its runner process (``os._exit``), as a job exhausting the machine's
+memory would: the poison job of the fault tests.
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 from PIL import Image
@@ -38,3 +41,15 @@ TEST_RECIPES = tuple(
            run=run_slow)
     for name in ("test-slow", "test-slow-limited")
 )
+
+
+class CrashParams(RecipeParams):
+    exit_code: int = Field(default=137, ge=1, le=255, description="the runner process's exit status")
+
+
+def run_crash(ctx: JobContext, image: Image.Image | None, params: CrashParams) -> RecipeResult:
+    os._exit(params.exit_code)  # no cleanup, no final manifest: as the kernel's OOM killer would
+
+
+TEST_RECIPES += (Recipe(name="test-crash", description="tests only: kills the runner process", params=CrashParams,
+                        run=run_crash),)
