@@ -23,7 +23,9 @@ from bucketbrush.settings import Settings
 
 log = logging.getLogger(__name__)
 
-RUN_LOCK_TTL_S = 10
+# Shorter than the broker's heartbeat timeout (broker_heartbeat_timeout_s), so a dead runner's
+# lock is gone when Dramatiq gives its message back.
+RUN_LOCK_TTL_S = 5
 # Take the lock if it is free or ours; renew it on the same condition.
 _TAKE = """
 local holder = redis.call('get', KEYS[1])
@@ -51,6 +53,10 @@ class RunLocks:
 
     def release(self, job_id: str) -> None:
         self.redis.eval(_RELEASE, 1, self.key(job_id), self.owner)
+
+    def expires_in_ms(self, job_id: str) -> int:
+        """How long the lock on ``job_id`` lasts unless renewed (0: not held)."""
+        return max(0, int(self.redis.pttl(self.key(job_id))))
 
     def held(self, job_ids: list[str]) -> set[str]:
         """Those of ``job_ids`` some runner holds now (one round trip)."""

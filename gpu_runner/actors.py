@@ -32,9 +32,10 @@ def declare_actors(broker: dramatiq.Broker, settings: Settings, runner: JobRunne
             if not held:
                 # A second message for a job another runner is running: back to the queue,
                 # after the lock would expire if that runner died (not a retry: none is spent).
-                log.warning("job %s is running on another runner; its duplicate message waits %d s",
-                            job.job_id, locks.ttl_s)
-                broker.enqueue(message.copy(), delay=locks.ttl_s * 1000)
+                delay_ms = locks.expires_in_ms(job.job_id) + 500
+                log.warning("job %s is running on another runner; its duplicate message waits %d ms",
+                            job.job_id, delay_ms)
+                broker.enqueue(message.copy(), delay=delay_ms)
                 return
             runner.run(job, attempt=retries + 1, last_attempt=retries >= max_retries)
 

@@ -36,6 +36,8 @@ from tests.helpers import drop, png_bytes
 FAULT_SETTINGS: dict[str, Any] = {
     "local_redis": "always", "bucket": "bbfault", "test_recipes": True, "heartbeat_interval_s": 1,
     "sweep_interval_s": 0, "max_runner_deaths": 2, "job_time_limit_s": 120,
+    # Dramatiq gives a dead runner's messages back after this (a setting once issue 13 lands).
+    "broker_heartbeat_timeout_s": 5,
 }
 
 
@@ -189,3 +191,66 @@ def restart_server(stack: LocalStack, name: str, *, down_s: float = 0.0, env: di
     popen, proc = procs.spawn(name, old.cmd, stack.logs, env)
     state.processes[state.processes.index(old)] = proc
     stack._write_state(state)
+
+
+@contextmanager
+def supervised(stack: LocalStack, names: list[str]) -> Iterator[Counter]:
+    """Start again any of ``names`` (runners) that dies, as a process supervisor (compose's
+    ``restart: always``, systemd) would; yields the count of restarts per name."""
+    import threading
+
+    restarts: Counter = Counter()
+    stop = threading.Event()
+
+    def loop() -> None:
+        while not stop.wait(0.2):
+            state = stack.read_state()
+            for name in names:
+                proc = state.process(name) if state else None
+                # A child that exited stays a zombie (same PID, same start time) until reaped.
+                if proc is not None and (not proc.alive() or procs._is_zombie(proc.pid)):
+                    procs._reap(proc.pid)
+                    stack.restart_process(name)
+                    restarts[name] += 1
+
+    thread = threading.Thread(target=loop, name="supervisor", daemon=True)
+    thread.start()
+    try:
+        yield restarts
+    finally:
+        stop.set()
+        thread.join(150)
+
+
+def current_job_of(bucket: Bucket, pid: int) -> str | None:
+    """The job the runner process ``pid`` says (heartbeat) it is running."""
+    for status in bucket.runner_statuses():
+        if status.pid == pid and status.is_fresh():
+            return status.current_job
+    return None
+
+
+def kill_runner_mid_job(stack: LocalStack, bucket: Bucket, name: str, spare: set[str],
+                        timeout: float = 60) -> str:
+    """SIGKILL runner ``name`` while it runs a job not in ``spare`` (killed before); that job."""
+    def busy() -> str | None:
+        state = stack.read_state()
+        proc = state.process(name) if state else None
+        if proc is None or not proc.alive():
+            return None
+        job = current_job_of(bucket, proc.pid)
+        if job and job not in spare:
+            m = bucket.read_manifest(job)
+            if m is not None and m.status == "running":
+                return job
+        return None
+
+    job = wait_for(f"{name} mid-job", busy, timeout)
+    kill(stack, name)
+    return job
+
+
+def redelivery_s(settings: Settings) -> float:
+    """How long the broker takes to give a dead runner's message back: its heartbeat timeout
+    (Dramatiq's 60 s unless a setting says otherwise), plus a margin for its maintenance."""
+    return float(getattr(settings, "broker_heartbeat_timeout_s", 60)) + 30
