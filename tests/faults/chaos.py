@@ -22,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from bucketbrush.gallery import enable_versioning
 from bucketbrush.manifest import Manifest
 from bucketbrush.samples import landscape
@@ -108,7 +110,10 @@ def wait_all_final(bucket: Bucket, job_ids: list[str], timeout: float) -> dict[s
     seen: dict[str, Manifest | None] = dict.fromkeys(job_ids)
     while pending and time.monotonic() < deadline:
         for j in list(pending):
-            seen[j] = m = bucket.read_manifest(j)
+            try:
+                seen[j] = m = bucket.read_manifest(j)
+            except (ClientError, BotoCoreError):
+                continue  # the store is still coming back: ask again
             if m is not None and m.is_final:
                 pending.discard(j)
         if pending:
@@ -175,6 +180,7 @@ def restart_redis_empty(stack: LocalStack) -> str:
     """Kill the stack's Redis and start a new, empty one on the same port (it keeps no data)."""
     state = stack.read_state()
     old = kill(stack, "redis")
+    (stack.state_dir / "redis" / "dump.rdb").unlink(missing_ok=True)  # left by a redis_outage
     port = int(state.redis_url.rsplit(":", 1)[1].split("/")[0])
     proc, url = procs.start_redis(stack.state_dir / "redis", stack.logs, port=port)
     assert url == state.redis_url, f"redis came back on {url}, not {state.redis_url}"
@@ -254,3 +260,34 @@ def redelivery_s(settings: Settings) -> float:
     """How long the broker takes to give a dead runner's message back: its heartbeat timeout
     (Dramatiq's 60 s unless a setting says otherwise), plus a margin for its maintenance."""
     return float(getattr(settings, "broker_heartbeat_timeout_s", 60)) + 30
+
+
+def redis_outage(stack: LocalStack, down_s: float) -> None:
+    """Redis unavailable for ``down_s`` with its data intact: snapshot, kill, and after the
+    outage the same server again (it loads the snapshot; the stack's Redis saves none itself)."""
+    import redis
+
+    state = stack.read_state()
+    redis.Redis.from_url(state.redis_url).save()
+    restart_server(stack, "redis", down_s=down_s)
+    wait_for("redis back", lambda: procs.redis_answers(state.redis_url), 30)
+
+
+def restart_seaweedfs(stack: LocalStack, down_s: float = 0.0) -> None:
+    """SIGKILL SeaweedFS and start it again on the same ports and data (after ``down_s``)."""
+    state = stack.read_state()
+    restart_server(stack, "seaweedfs", down_s=down_s,
+                   env={"AWS_ACCESS_KEY_ID": state.s3_access_key, "AWS_SECRET_ACCESS_KEY": state.s3_secret_key})
+    s3 = Bucket(stack.settings_for_clients()).s3
+    wait_for("seaweedfs back", lambda: _answers(s3, stack.settings.bucket), 90, interval=0.5)
+
+
+def _answers(s3: Any, bucket: str) -> bool:
+    """The store serves objects again (its S3 port may answer before its volumes do)."""
+    try:
+        listed = s3.list_objects_v2(Bucket=bucket, Prefix="manifests/", MaxKeys=1).get("Contents", [])
+        for obj in listed:
+            s3.get_object(Bucket=bucket, Key=obj["Key"])["Body"].read()
+        return True
+    except Exception:  # noqa: BLE001 - anything means "not yet"
+        return False
