@@ -72,6 +72,7 @@ class FaultReport:
     statuses: Counter = field(default_factory=Counter)
     codes: Counter = field(default_factory=Counter)
     notes: str = ""
+    evidence: dict[str, Any] = field(default_factory=dict)  # what the tests check beyond the counts
 
     HEADER = "| scenario | submitted | final | lost | written twice | time to recover (s) | outcomes |"
 

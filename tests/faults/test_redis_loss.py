@@ -6,49 +6,25 @@ from __future__ import annotations
 import json
 
 import pytest
-import redis as redis_lib
 
-from bucketbrush.broker import job_ids_in_broker
+from bucketbrush.broker import build_broker, job_ids_in_broker
 from functions.handler import Handler
 from functions.sweep import reconcile
-from tests.faults.chaos import burst, report, restart_redis_empty, runs_logged, wait_all_final, wait_for
+from tests.faults import scenarios
+from tests.faults.chaos import burst, runs_logged, wait_all_final, wait_for
 
 pytestmark = pytest.mark.e2e
 
 
-def statuses(bucket, job_ids):
-    return {j: (m.status if (m := bucket.read_manifest(j)) else None) for j in job_ids}
-
-
-def runners_idle(bucket) -> bool:
-    return all(r.current_job is None for r in bucket.runner_statuses() if r.is_fresh())
-
-
-def test_redis_restarted_empty_mid_burst_loses_nothing(chaos, chaos_settings, chaos_bucket):
-    settings, bucket = chaos_settings, chaos_bucket
-    job_ids = burst(bucket, 24, seconds=0.5)
-    # Mid-burst: some jobs done, most still waiting in Redis.
-    wait_for("3 jobs final", lambda: sum(s in ("succeeded",) for s in statuses(bucket, job_ids).values()) >= 3, 90)
-    restart_redis_empty(chaos)
-    handler = Handler.from_settings(settings)
-    assert job_ids_in_broker(handler.claims.redis, settings) == set()  # every job message is gone
-    # The runners finish what they held in memory, then nothing moves: the gap this closes.
-    wait_for("runners idle", lambda: runners_idle(bucket) and "running" not in statuses(bucket, job_ids).values(),
-             60, interval=0.3)
-    stranded = {j for j, s in statuses(bucket, job_ids).items() if s == "queued"}
-    assert stranded, "the burst finished before Redis went away: nothing was at risk"
-    assert job_ids_in_broker(handler.claims.redis, settings) == set()
-
-    swept = reconcile(settings, bucket, handler, grace_s=0)
-    requeued = {o.job_id for o in swept.outcomes if o.reason == "requeued"}
-    assert requeued == stranded, swept.summary()
-    seen = wait_all_final(bucket, job_ids, timeout=120)
-    result = report("redis restarted empty", bucket, job_ids, seen, repaired_at=0)
-    assert result.lost == 0 and result.statuses == {"succeeded": len(job_ids)}, result
-    assert result.written_twice == 0
-    assert all(runs_logged(chaos, j) == 1 for j in job_ids)
-    # Every job is final now: the next pass finds nothing to requeue.
-    assert reconcile(settings, bucket, handler, grace_s=0).requeued == 0
+def test_redis_restarted_empty_mid_burst_loses_nothing(chaos):
+    result = scenarios.redis_restarted_empty(chaos, n=24, seconds=0.5)
+    evidence = result.evidence
+    assert evidence["emptied"]  # every job message was gone
+    assert evidence["stranded"], "the burst finished before Redis went away: nothing was at risk"
+    assert evidence["requeued"] == evidence["stranded"]
+    assert result.lost == 0 and result.statuses == {"succeeded": result.submitted}, result
+    assert result.written_twice == 0 and evidence["max_runs"] == 1
+    assert evidence["requeued_again"] == 0  # every job final: the next pass requeues nothing
 
 
 def test_sweep_requeues_only_jobs_whose_message_is_gone(chaos, chaos_settings, chaos_bucket):
@@ -59,7 +35,8 @@ def test_sweep_requeues_only_jobs_whose_message_is_gone(chaos, chaos_settings, c
         assert chaos.stop_process(name)
     try:
         job_ids = burst(bucket, 6, seconds=0.1)
-        wait_for("6 queued manifests", lambda: list(statuses(bucket, job_ids).values()) == ["queued"] * 6, 60)
+        wait_for("6 queued manifests",
+                 lambda: list(scenarios.statuses(bucket, job_ids).values()) == ["queued"] * 6, 60)
         client = handler.claims.redis
         wait_for("6 messages", lambda: job_ids_in_broker(client, settings) >= set(job_ids), 30)
         # Every message is there (waiting): the sweep leaves every job alone.
@@ -88,11 +65,8 @@ def test_sweep_requeues_only_jobs_whose_message_is_gone(chaos, chaos_settings, c
 
 def test_a_job_message_in_the_delay_queue_counts_as_existing(chaos_settings):
     """Retries wait in Dramatiq's delay queue (``.DQ.msgs``): still the job's message."""
-    from bucketbrush.broker import build_broker
-
-    broker = build_broker(chaos_settings)
+    client = build_broker(chaos_settings).client
     prefix = f"{chaos_settings.broker_namespace}:{chaos_settings.queue_name}"
-    client: redis_lib.Redis = broker.client
     client.hset(f"{prefix}.DQ.msgs", "m-delayed", json.dumps({"args": [{"job_id": "delayed-job"}]}))
     try:
         assert "delayed-job" in job_ids_in_broker(client, chaos_settings)
