@@ -184,3 +184,21 @@ class VideoTooLarge(JobError):
 
 class VideoFpsTooHigh(JobError):
     code = "video_fps_too_high"
+
+
+# Tenants (bucketbrush/tenants.py): each tenant keeps to its own prefix and its own limits.
+class OutsideTenant(JobError):
+    """A job names a key outside its tenant's prefix (another tenant's, or the shared layout's)."""
+
+    code = "outside_tenant"
+
+
+class QuotaExceeded(JobError):
+    """A tenant's limit (jobs per hour, concurrent jobs, input bytes per day, recipes) is reached;
+    the message says which and when it resets."""
+
+    code = "quota_exceeded"
+
+
+class UnknownTenant(BucketbrushError):
+    code = "unknown_tenant"

@@ -96,6 +96,10 @@ class JobSpec(BaseModel):
     enqueued_at: float | None = None
     # Where to send this job's events (a job spec's "webhook"); uploads carry theirs in metadata.
     webhook: WebhookTarget | None = None
+    # Whose job it is: its keys live under tenants/<tenant>/ (None: the default tenant).
+    tenant: str | None = None
+    # The job this one re-runs with other params or another model (`bucketbrush replay`).
+    replay_of: str | None = None
 
     @property
     def inputs(self) -> list[ObjectRef]:
