@@ -732,6 +732,29 @@ def cmd_tenants_policy(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
+    from bucketbrush.replay import finish_replay, select_jobs, start_replay, table
+    from bucketbrush.store import Bucket
+
+    bucket = Bucket(settings)
+    job_ids = [j for j in (args.jobs or "").split(",") if j]
+    manifests = select_jobs(bucket, prefix=args.prefix, job_ids=job_ids)
+    if not manifests:
+        print(f"no jobs to replay under {args.prefix}", file=sys.stderr)
+        return 1
+    selection = {"prefix": args.prefix} if args.prefix else {"jobs": job_ids}
+    report = start_replay(bucket, manifests, recipe=args.recipe, overrides=_params(args.param or []),
+                          model=args.model, selection=selection)
+    queued = sum(p.new_job_id is not None for p in report.jobs)
+    print(f"replay {report.replay_id}: {queued} of {len(manifests)} job(s) submitted; waiting", file=sys.stderr)
+    report = finish_replay(bucket, report, timeout_s=args.timeout)
+    if args.json:
+        print(report.model_dump_json(indent=2))
+    else:
+        print("\n".join(table(report, bucket.layout.replay_key(report.replay_id))))
+    return 0 if all(p.status == "succeeded" for p in report.jobs if p.new_job_id) else 1
+
+
 def add_tenant_commands(sub: Any) -> None:
     te = sub.add_parser("tenants", help="tenants: add, list, rotate, remove, policy").add_subparsers(
         dest="tenants", required=True)
@@ -758,6 +781,17 @@ def add_tenant_commands(sub: Any) -> None:
     po.add_argument("--session", action="store_true", help="the compact session policy for sts:AssumeRole")
     po.add_argument("--role-arn", help="print sts.assume_role arguments for this role")
     po.set_defaults(func=cmd_tenants_policy)
+
+    rp = sub.add_parser("replay", help="re-run finished jobs on their inputs with other params or model; compare")
+    which = rp.add_mutually_exclusive_group(required=True)
+    which.add_argument("--prefix", help="jobs whose outputs (outputs/...) or inputs (inbox/...) lie under this")
+    which.add_argument("--jobs", help="comma-separated job ids")
+    rp.add_argument("--recipe", help="another recipe (default: each job's own, keeping its resolved params)")
+    rp.add_argument("--param", action="append", metavar="NAME=VALUE", help="a param to change (repeatable)")
+    rp.add_argument("--model", help="another model id (the param `model`)")
+    rp.add_argument("--timeout", type=float, default=600, help="seconds to wait for the new jobs")
+    rp.add_argument("--json", action="store_true", help="print the report instead of the table")
+    rp.set_defaults(func=cmd_replay)
 
 
 def build_parser() -> argparse.ArgumentParser:

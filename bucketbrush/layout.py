@@ -187,6 +187,10 @@ class Layout:
         job_id = key[len(self.manifests):-len(".json")]
         return job_id if job_id and "/" not in job_id else None
 
+    def replay_key(self, replay_id: str) -> str:
+        """A replay's report (bucketbrush/replay.py), beside the manifests it compares."""
+        return f"{self.manifests}replays/{replay_id}.json"
+
     def output_key(self, job_id: str, name: str) -> str:
         return f"{self.outputs}{job_id}/{name}"
 

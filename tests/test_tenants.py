@@ -33,11 +33,11 @@ def _client(settings: Settings, creds: dict[str, str]) -> Any:
                                       retries={"max_attempts": 1}))
 
 
-def cli(settings: Settings, *argv: str) -> str:
+def cli(settings: Settings, *argv: str, code: int = 0) -> str:
     """``bucketbrush ARGV`` against the test stack (its bucket is no default); its stdout."""
     out = io.StringIO()
     with mock.patch.dict(os.environ, {"BUCKETBRUSH_BUCKET": settings.bucket}), contextlib.redirect_stdout(out):
-        assert main(list(argv)) == 0
+        assert main(list(argv)) == code
     return out.getvalue()
 
 
