@@ -653,10 +653,15 @@ def cmd_tenants_add(settings: Settings, args: argparse.Namespace) -> int:
     identities = _identities(settings)
     if identities is None:
         print(f"tenant {args.name} added to {registry.path}; no local stack, so no store identity was made: "
-              f"attach `bucketbrush tenants policy {args.name}` to its IAM (or MinIO) user", file=sys.stderr)
+              f"attach `bucketbrush tenants policy {args.name}` to its IAM (or MinIO) user, and run "
+              "`bucketbrush infra apply` and `infra aws|minio` again (its retention rules and event routes)",
+              file=sys.stderr)
         return 0
+    from infra.seaweedfs import apply_retention
+
     creds = identities.put(args.name)
     registry.put(tenant.model_copy(update={"access_key": creds.access_key}))
+    apply_retention(identities.master, settings)  # its prefixes' TTLs (the store's events cover every key)
     _print_credentials(settings, creds, args)
     return 0
 

@@ -19,7 +19,7 @@ from bucketbrush.settings import Settings
 from bucketbrush.store import Bucket
 from bucketbrush.tenants import Limits
 from tests.helpers import png_bytes, wait_final
-from tests.test_tenants import add_tenant
+from tests.test_tenants import tenant
 
 HOUR = 3600.0
 
@@ -87,8 +87,11 @@ def test_input_bytes_per_day_and_recipes(quotas: Quotas) -> None:
 
 
 def test_the_handler_enforces_a_tenants_limits(stack: Any, settings: Settings) -> None:
-    tenant = f"q{uuid.uuid4().hex[:6]}"
-    add_tenant(settings, tenant, "--max-concurrent", "1", "--recipes", "filter,test-slow")
+    with tenant(settings, "q", "--max-concurrent", "1", "--recipes", "filter,test-slow") as creds:
+        run_limited_jobs(settings, creds["tenant"])
+
+
+def run_limited_jobs(settings: Settings, tenant: str) -> None:
     tb = Bucket(settings.model_copy(update={"tenant": tenant}))
     image = f"{tb.layout.space}private/in.png"
     tb.s3.put_object(Bucket=tb.name, Key=image, Body=png_bytes())

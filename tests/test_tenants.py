@@ -68,14 +68,23 @@ def wait_usable(s3: Any, settings: Settings, prefix: str, *, usable: bool = True
         time.sleep(0.2)
 
 
+@contextlib.contextmanager
+def tenant(settings: Settings, prefix: str, *extra: str) -> Any:
+    """A new tenant (credentials, an S3 client with them), removed afterwards."""
+    name = f"{prefix}{uuid.uuid4().hex[:6]}"
+    creds = add_tenant(settings, name, *extra)
+    try:
+        creds["s3"] = _client(settings, creds)
+        wait_usable(creds["s3"], settings, creds["prefix"])
+        yield creds
+    finally:
+        cli(settings, "tenants", "remove", name)
+
+
 @pytest.fixture(scope="module")
-def two_tenants(stack: Any, settings: Settings) -> dict[str, Any]:
-    tenants = []
-    for name in (f"a{uuid.uuid4().hex[:6]}", f"b{uuid.uuid4().hex[:6]}"):
-        creds = add_tenant(settings, name)
-        tenants.append(creds | {"s3": _client(settings, creds)})
-        wait_usable(tenants[-1]["s3"], settings, creds["prefix"])
-    return {"a": tenants[0], "b": tenants[1]}
+def two_tenants(stack: Any, settings: Settings) -> Any:
+    with tenant(settings, "a") as a, tenant(settings, "b") as b:
+        yield {"a": a, "b": b}
 
 
 def test_tenant_credentials_touch_only_their_prefix(two_tenants: dict[str, Any], settings: Settings,

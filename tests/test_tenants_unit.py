@@ -156,6 +156,20 @@ def test_tenants_file_round_trip_and_limits(settings: Settings) -> None:
     assert TenantsFile(registry.path).all() == {}
 
 
+def test_each_tenant_gets_retention_rules_and_event_routes(settings: Settings) -> None:
+    from infra.aws import notification_prefixes
+    from infra.bucket import lifecycle_rules
+
+    TenantsFile.from_settings(settings).put(Tenant(name="acme"))
+    rules = {r["ID"]: r for r in lifecycle_rules(settings)}
+    assert rules["bucketbrush-outputs-acme"]["Filter"]["Prefix"] == "tenants/acme/outputs/"
+    assert rules["bucketbrush-outputs"]["Filter"]["Prefix"] == "outputs/"
+    assert "AbortIncompleteMultipartUpload" in rules["bucketbrush-inbox-acme"]
+    assert notification_prefixes(settings) == {
+        "bucketbrush-inbox": "inbox/", "bucketbrush-jobs": "jobs/",
+        "bucketbrush-inbox-acme": "tenants/acme/inbox/", "bucketbrush-jobs-acme": "tenants/acme/jobs/"}
+
+
 def test_webhook_subscriptions_hear_one_tenant() -> None:
     settings = Settings(_env_file=None, webhook_subscriptions=[
         {"url": "https://default.example/", "secret": "whsec_AAAA"},
