@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import platform
@@ -24,6 +25,7 @@ from bucketbrush.errors import (
     InvalidWebhook,
     JobCancelled,
     JobError,
+    OutsideTenant,
     TimedOut,
     TransientError,
 )
@@ -40,6 +42,7 @@ from gpu_runner.recipes import MODEL_CACHE_RECIPES, check_params, get_recipe
 from gpu_runner.recipes.base import JobContext, Recipe, RecipeParams, RecipeResult
 
 if TYPE_CHECKING:
+    from bucketbrush.quotas import Quotas
     from bucketbrush.webhooks import Event, Notifier
     from gpu_runner.pipelines import ModelCache
 
@@ -79,8 +82,11 @@ def runner_info(settings: Settings) -> dict[str, Any]:
 class JobRunner:
     """Executes job specs against the bucket. One instance per worker process."""
 
-    def __init__(self, bucket: Bucket, models: ModelCache | None = None, notifier: Notifier | None = None) -> None:
+    def __init__(self, bucket: Bucket, models: ModelCache | None = None, notifier: Notifier | None = None,
+                 quotas: Quotas | None = None) -> None:
         self.bucket = bucket
+        # Tenants' counters: a job's end frees its max_concurrent slot (None: no tenants' limits).
+        self.quotas = quotas
         # Enqueues webhook deliveries (bucketbrush/webhooks.py); None: no webhooks.
         self.notifier = notifier
         self.settings = bucket.settings
@@ -97,16 +103,23 @@ class JobRunner:
         """Run ``spec`` once. JobErrors end in a failed manifest and are re-raised (never
         retried); other errors (the store's, or unexpected ones: ``internal_error``) leave the
         job queued for a retry, or failed on the last one. Either way the outputs written
-        before the failure are removed."""
+        before the failure are removed. A tenant's job reads and writes only under its
+        tenant's prefix."""
+        if spec.tenant is not None and self.bucket.tenant != spec.tenant:
+            tenant_runner = copy.copy(self)  # shares stats, models and notifier
+            tenant_runner.bucket = self.bucket.for_tenant(spec.tenant)
+            return tenant_runner.run(spec, attempt=attempt, last_attempt=last_attempt)
         existing = self.bucket.read_manifest(spec.job_id)
         if existing and existing.finished_for(spec.source):
             log.info("job %s already %s; skipping duplicate delivery", spec.job_id, existing.status)
+            if spec.tenant is not None and self.quotas is not None:
+                self.quotas.release(spec.tenant, spec.job_id)
             return existing
         manifest = Manifest(
             job_id=spec.job_id, status="running", recipe=spec.recipe, params=spec.params,
             inputs=spec.inputs,
             timings=dict(existing.timings) if existing else {},
-            runner=self.info, attempts=attempt,
+            runner=self.info, attempts=attempt, tenant=spec.tenant, replay_of=spec.replay_of,
         )
         manifest.timings["started_at"] = time.time()
         if spec.enqueued_at:
@@ -116,6 +129,8 @@ class JobRunner:
             return self._run(spec, manifest, last_attempt)
         finally:
             self.stats["current_job"] = None
+            if manifest.is_final and spec.tenant is not None and self.quotas is not None:
+                self.quotas.release(spec.tenant, spec.job_id)
 
     def _run(self, spec: JobSpec, manifest: Manifest, last_attempt: bool) -> Manifest:
         written: list[str] = []
@@ -293,7 +308,11 @@ class JobRunner:
 
 
 def get_input(bucket: Bucket, ref: ObjectRef) -> dict[str, Any]:
-    """GET an input object, refusing ones over the upload size limit."""
+    """GET an input object, refusing ones over the upload size limit, and keys outside the
+    bucket view's tenant (a tenant's params may name keys: masks, poses)."""
+    if not bucket.layout.owns(ref.key):
+        whose = f"tenant {bucket.tenant!r}" if bucket.tenant else "the default tenant"
+        raise OutsideTenant(f"the key {ref.key!r} is not one of {whose}'s")
     kwargs: dict[str, Any] = {"Bucket": ref.bucket, "Key": ref.key}
     if ref.version_id:
         kwargs["VersionId"] = ref.version_id

@@ -33,6 +33,8 @@ refine_openai_url refine_openai_model refine_openai_key refine_openai_timeout_s
 video_max_duration_s video_max_frames video_max_side video_max_fps video_temporal_weight
 content_credentials c2pa_signing_key c2pa_signing_certs c2pa_tsa_url c2pa_trust_anchors
 recipe_capabilities runner_serve runner_devices runner_device_inventory
+tenant tenants_prefix tenants_file tenant_jobs_per_hour tenant_max_concurrent tenant_input_bytes_per_day
+tenant_recipes tenant_quota_stale_s
 """.split()
 
 
