@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 import dramatiq
-from dramatiq.brokers.redis import RedisBroker
+from dramatiq.brokers.redis import MAINTENANCE_SCALE, RedisBroker
 from dramatiq.middleware import CurrentMessage
 
 from bucketbrush.jobs import JobSpec
@@ -16,7 +16,12 @@ RUN_JOB_ACTOR = "bucketbrush.run_job"
 
 
 def build_broker(settings: Settings) -> RedisBroker:
-    broker = RedisBroker(url=settings.redis_url, namespace=settings.broker_namespace)
+    broker = RedisBroker(
+        url=settings.redis_url, namespace=settings.broker_namespace,
+        # How soon a killed runner's messages come back (docs/operations.md, "A runner dies").
+        heartbeat_timeout=int(settings.broker_heartbeat_timeout_s * 1000),
+        maintenance_chance=max(1, round(settings.broker_maintenance_chance * MAINTENANCE_SCALE)),
+    )
     broker.add_middleware(CurrentMessage())
     return broker
 

@@ -176,6 +176,16 @@ class BrokerSettings(SettingsGroup):
         description="an idle runner's Redis poll interval (Dramatiq's worker_timeout): the most a job waits "
                     "in the queue after a quiet spell, against idle Redis traffic")
     dedupe_ttl_s: int = Field(default=7 * 24 * 3600, description="how long a seen object identity is remembered")
+    broker_heartbeat_timeout_s: float = Field(
+        default=10, ge=1, le=3600,
+        description="a process silent on Redis this long is presumed dead and its unacknowledged messages go "
+                    "back to the queue (Dramatiq's heartbeat_timeout, 60 s there): lower = faster recovery from a "
+                    "killed runner; a runner cut off from Redis longer than this has its job run a second time")
+    broker_maintenance_chance: float = Field(
+        default=0.2, gt=0, le=1,
+        description="share of broker Redis calls that also return dead processes' messages and expire dead "
+                    "letters (Dramatiq's maintenance_chance / 10^6; 0.001 there): how soon after the heartbeat "
+                    "timeout a killed runner's job is queued again")
 
 
 class EventsSettings(SettingsGroup):
