@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -50,6 +51,7 @@ class Handler:
         self.bucket = bucket
         self.broker = broker
         self.claims = Claims(redis, settings)
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="handler-io")
         self.stats: dict[str, Any] = {"records": 0, "enqueued": 0, "last_event_at": None}
 
     @classmethod
@@ -166,13 +168,20 @@ class Handler:
         existing = None if recent else self.bucket.read_manifest(job_id)
         if existing and existing.finished_for(source):
             return Outcome(source.key, "duplicate", job_id, reason="already finished")
+        queued_at = time.time()
         spec = JobSpec(job_id=job_id, recipe=recipe, source=source, input=input_ref, params=params,
-                       time_limit_s=time_limit_s, hard_time_limit=hard_time_limit, webhook=webhook)
+                       time_limit_s=time_limit_s, hard_time_limit=hard_time_limit, webhook=webhook,
+                       queued_at=queued_at)
+        queued = Manifest(job_id=job_id, status="queued", recipe=recipe, params=params, inputs=spec.inputs,
+                          timings={"queued_at": queued_at})
         try:
-            self.bucket.write_manifest(Manifest(
-                job_id=job_id, status="queued", recipe=recipe, params=params, inputs=spec.inputs,
-                timings={"queued_at": time.time()},
-            ))
+            # The manifest and its job index entry side by side: one round trip, not two.
+            indexed = self._io.submit(self.bucket.index_manifest, queued.model_copy())
+            try:
+                self.bucket.write_manifest(queued, index=False)
+            finally:
+                wait([indexed])
+            indexed.result()
             enqueue_job(self.broker, self.settings, spec)
         except Exception:
             # Let the transport redeliver: the claim must not block the retry.

@@ -50,8 +50,12 @@ class JobMonitor:
 
     def _loop(self) -> None:
         cancel_key = self.bucket.cancel_key(self.manifest.job_id)
+        indexed = False
         while not self._stop.wait(self.interval_s):
             try:
+                if not indexed:  # still running at the first check: now it earns its index entry
+                    self.bucket.index_manifest(self.manifest.model_copy())
+                    indexed = True
                 if not self.cancel_requested.is_set() and self.bucket.exists(cancel_key):
                     self.cancel_requested.set()
                 progress = self.manifest.progress

@@ -8,6 +8,7 @@ import platform
 import socket
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
@@ -38,6 +39,7 @@ from gpu_runner.recipes import MODEL_CACHE_RECIPES, check_params, get_recipe
 from gpu_runner.recipes.base import JobContext, Recipe, RecipeParams, RecipeResult
 
 if TYPE_CHECKING:
+    from bucketbrush.claims import Claims
     from bucketbrush.webhooks import Event, Notifier
     from gpu_runner.pipelines import ModelCache
 
@@ -77,8 +79,13 @@ def runner_info(settings: Settings) -> dict[str, Any]:
 class JobRunner:
     """Executes job specs against the bucket. One instance per worker process."""
 
-    def __init__(self, bucket: Bucket, models: ModelCache | None = None, notifier: Notifier | None = None) -> None:
+    def __init__(self, bucket: Bucket, models: ModelCache | None = None, notifier: Notifier | None = None,
+                 claims: Claims | None = None) -> None:
         self.bucket = bucket
+        # Done markers in Redis (None: every delivery reads the stored manifest first).
+        self.claims = claims
+        # The running manifest's write and the cancel check overlap the input's read.
+        self._io = ThreadPoolExecutor(max_workers=2, thread_name_prefix="job-io")
         # Enqueues webhook deliveries (bucketbrush/webhooks.py); None: no webhooks.
         self.notifier = notifier
         self.settings = bucket.settings
@@ -88,27 +95,58 @@ class JobRunner:
         # Read by the heartbeat thread.
         self.stats: dict[str, Any] = {"jobs_done": 0, "jobs_failed": 0, "current_job": None}
 
-    def run(self, spec: JobSpec, *, attempt: int = 1, last_attempt: bool = True) -> Manifest:
+    def run(self, spec: JobSpec, *, attempt: int = 1, last_attempt: bool = True,
+            delivery: str | None = None) -> Manifest:
         """Run ``spec`` once. JobErrors end in a failed manifest and are re-raised (never
-        retried); other errors leave the job queued for a retry, or failed on the last one."""
-        existing = self.bucket.read_manifest(spec.job_id)
+        retried); other errors leave the job queued for a retry, or failed on the last one.
+        ``delivery``: the id of the message that carries it (for the done marker)."""
+        existing = self._stored(spec, attempt, delivery)
         if existing and existing.finished_for(spec.source):
             log.info("job %s already %s; skipping duplicate delivery", spec.job_id, existing.status)
             return existing
+        if existing:
+            timings = dict(existing.timings)
+        else:
+            timings = {"queued_at": spec.queued_at} if spec.queued_at else {}
         manifest = Manifest(
             job_id=spec.job_id, status="running", recipe=spec.recipe, params=spec.params,
-            inputs=spec.inputs,
-            timings=dict(existing.timings) if existing else {},
-            runner=self.info, attempts=attempt,
+            inputs=spec.inputs, timings=timings, runner=self.info, attempts=attempt,
         )
         manifest.timings["started_at"] = time.time()
         if spec.enqueued_at:
             manifest.timings["queue_wait_s"] = manifest.timings["started_at"] - spec.enqueued_at
         self.stats["current_job"] = spec.job_id
         try:
-            return self._run(spec, manifest, last_attempt)
+            result = self._run(spec, manifest, last_attempt)
+        except JobError:
+            self._mark_done(spec, delivery)
+            raise
+        except BucketbrushError:
+            if last_attempt:
+                self._mark_done(spec, delivery)
+            raise
         finally:
             self.stats["current_job"] = None
+        self._mark_done(spec, delivery)
+        return result
+
+    def _stored(self, spec: JobSpec, attempt: int, delivery: str | None) -> Manifest | None:
+        """The job's stored manifest, when this delivery needs it. The first delivery of a
+        handler's message (it carries the queued manifest's stamp) needs none, unless the same
+        message already finished the job (Dramatiq redelivers, e.g. after a runner died before
+        its ack): the done marker in Redis says so for the price of a Redis GET, not an S3 GET."""
+        fresh = attempt == 1 and spec.queued_at is not None and delivery is not None and self.claims is not None
+        if fresh and self.claims.done_by(spec.job_id) != delivery:
+            return None
+        return self.bucket.read_manifest(spec.job_id)
+
+    def _mark_done(self, spec: JobSpec, delivery: str | None) -> None:
+        if self.claims is None or delivery is None:
+            return
+        try:
+            self.claims.mark_done(spec.job_id, delivery)
+        except Exception:  # noqa: BLE001 - a lost marker costs one S3 read on a redelivery
+            log.warning("job %s: could not record the done marker", spec.job_id, exc_info=True)
 
     def _run(self, spec: JobSpec, manifest: Manifest, last_attempt: bool) -> Manifest:
         written: list[str] = []
@@ -117,11 +155,8 @@ class JobRunner:
         # The job's own webhook: from its spec, else from the upload's metadata (below).
         target = spec.webhook
         try:
-            if self.bucket.exists(self.bucket.cancel_key(spec.job_id)):
-                raise JobCancelled("cancelled before it started")
-            self.bucket.write_manifest(manifest)
             recipe = get_recipe(spec.recipe, testing=self.settings.test_recipes)
-            image, metadata = self._load_input(spec.input, recipe.input_kind) if recipe.needs_input else (None, {})
+            image, metadata = self._start(spec, manifest, recipe)
             if target is None and "webhook" in metadata:
                 target = WebhookTarget.parse(metadata["webhook"], metadata.get("webhook-events"), InvalidWebhook)
             self._emit("started", manifest, target)
@@ -169,6 +204,23 @@ class JobRunner:
         return manifest
 
     # -- steps ----------------------------------------------------------------------------
+
+    def _start(self, spec: JobSpec, manifest: Manifest, recipe: Recipe) -> tuple[Any, dict[str, str]]:
+        """Write the running manifest and look for a cancel request while the input is read
+        and decoded: three round trips, one wait. The running manifest's job index entry is
+        left to the monitor (written when the job is still running at its first check), so
+        a short job costs the index only its queued and final entries."""
+        running = self._io.submit(self.bucket.write_manifest, manifest.model_copy(deep=True), index=False)
+        cancelled = self._io.submit(self.bucket.exists, self.bucket.cancel_key(spec.job_id))
+        try:
+            loaded = self._load_input(spec.input, recipe.input_kind) if recipe.needs_input else (None, {})
+        finally:
+            # Never leave a write in flight: a later manifest must not be overtaken by it.
+            wait([running, cancelled])
+        running.result()
+        if cancelled.result():
+            raise JobCancelled("cancelled before it started")
+        return loaded
 
     def _hard_limit(self, spec: JobSpec, manifest: Manifest) -> bool:
         """Whether to run the recipe in a killable child process (gpu_runner/isolation.py)."""

@@ -10,6 +10,7 @@ from pathlib import Path
 from dramatiq import Worker
 
 from bucketbrush.broker import build_broker
+from bucketbrush.claims import Claims
 from bucketbrush.settings import Settings
 from bucketbrush.store import Bucket
 from bucketbrush.webhooks import Deliverer, Notifier, declare_webhook_actor
@@ -30,7 +31,7 @@ def run_worker(settings: Settings, *, ready_file: Path | None = None) -> None:
 
         models = ModelCache.from_settings(settings)
         models.preload(settings.preload_models)
-    runner = JobRunner(bucket, models, Notifier(settings, broker))
+    runner = JobRunner(bucket, models, Notifier(settings, broker), Claims(broker.client, settings))
     declare_actors(broker, settings, runner)
     # Webhook deliveries: their own actor, queue and threads, so they never hold up a job.
     deliveries = None
