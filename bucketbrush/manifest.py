@@ -127,6 +127,8 @@ class RunnerStatus(Beat):
     jobs_done: int = 0
     jobs_failed: int = 0
     current_job: str | None = None
+    # Its Prometheus metrics (runner_metrics_port), when it serves them.
+    metrics_url: str | None = None
 
 
 class SourceStatus(Beat):

@@ -186,6 +186,12 @@ class BrokerSettings(SettingsGroup):
         description="share of broker Redis calls that also return dead processes' messages and expire dead "
                     "letters (Dramatiq's maintenance_chance / 10^6; 0.001 there): how soon after the heartbeat "
                     "timeout a killed runner's job is queued again")
+    runner_metrics_port: int | None = Field(
+        default=None, ge=0, le=65535,
+        description="port of the runner's Prometheus /metrics; 0: any free port (its heartbeat names the URL); "
+                    "unset: none")
+    runner_metrics_host: str = Field(
+        default="127.0.0.1", description="address the runner's /metrics binds (0.0.0.0 for a scraper on another host)")
 
 
 class EventsSettings(SettingsGroup):

@@ -7,6 +7,7 @@ import re
 import threading
 import time
 from collections import Counter, OrderedDict
+from collections.abc import Callable
 from functools import cached_property
 from typing import Any, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -49,9 +50,11 @@ class RequestCounter:
     presigning sends nothing), whoever makes it. ``kind`` names a key: ``manifest``,
     ``output``, ``index``, ``cancel``, ``status``, ``input`` (inbox or job specs), ``other``."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, on_request: Callable[[str, str], None] | None = None) -> None:
         s = settings
         self.bucket = s.bucket
+        # Told (operation, kind) of each request as it is sent (the metrics' totals).
+        self.on_request = on_request
         self._kinds = [(s.manifests_prefix, "manifest"), (s.outputs_prefix, "output"), (s.index_prefix, "index"),
                        (s.cancel_prefix, "cancel"), (s.status_prefix, "status"), (s.inbox_prefix, "input"),
                        (s.jobs_prefix, "input")]
@@ -71,8 +74,11 @@ class RequestCounter:
         key = key.removeprefix(self.bucket + "/")  # path-style addressing
         if operation == "DeleteObjects" and (found := _FIRST_KEY.search(bytes(request.body or b""))):
             key = found.group(1).decode()
+        kind = self.kind(key)
         with self._lock:
-            self.counts[(operation, self.kind(key))] += 1
+            self.counts[(operation, kind)] += 1
+        if self.on_request:
+            self.on_request(operation, kind)
 
     def total(self, *, exclude: tuple[str, ...] = ()) -> int:
         with self._lock:

@@ -15,6 +15,7 @@ from typing import Any
 
 import dramatiq
 
+from bucketbrush import metrics
 from bucketbrush.broker import build_broker, enqueue_job
 from bucketbrush.claims import Claims
 from bucketbrush.errors import InvalidSpec, InvalidWebhook
@@ -62,7 +63,12 @@ class Handler:
         return cls(settings, bucket or Bucket(settings), broker, broker.client)
 
     def handle(self, records: Iterable[S3Record]) -> list[Outcome]:
-        outcomes = [self.handle_record(r) for r in records]
+        try:
+            outcomes = [self.handle_record(r) for r in records]
+        except Exception:
+            metrics.count_outcomes(["error"])  # the transport redelivers the batch
+            raise
+        metrics.count_outcomes(o.action for o in outcomes)
         if outcomes:  # counters for the event source's heartbeat (`bucketbrush status`)
             self.stats["records"] += len(outcomes)
             self.stats["enqueued"] += sum(o.action == "enqueued" for o in outcomes)

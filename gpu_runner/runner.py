@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from botocore.exceptions import BotoCoreError, ClientError
 from dramatiq.middleware import TimeLimitExceeded
 
-from bucketbrush import __version__
+from bucketbrush import __version__, metrics
 from bucketbrush.errors import (
     BucketbrushError,
     EmptyInput,
@@ -31,7 +31,7 @@ from bucketbrush.jobs import JobSpec, ObjectRef, WebhookTarget, json_object
 from bucketbrush.layout import NotAnInput
 from bucketbrush.manifest import ErrorInfo, Manifest, Output, Progress
 from bucketbrush.settings import Settings
-from bucketbrush.store import Bucket, is_not_found
+from bucketbrush.store import Bucket, RequestCounter, is_not_found
 from gpu_runner.images import decode_image, encode_image
 from gpu_runner.isolation import run_isolated
 from gpu_runner.monitor import JobMonitor
@@ -80,12 +80,14 @@ class JobRunner:
     """Executes job specs against the bucket. One instance per worker process."""
 
     def __init__(self, bucket: Bucket, models: ModelCache | None = None, notifier: Notifier | None = None,
-                 claims: Claims | None = None) -> None:
+                 claims: Claims | None = None, requests: RequestCounter | None = None) -> None:
         self.bucket = bucket
+        # Counts the S3 requests of ``bucket``'s client, for the per-job metric.
+        self.requests = requests
         # Done markers in Redis (None: every delivery reads the stored manifest first).
         self.claims = claims
-        # The running manifest's write and the cancel check overlap the input's read.
-        self._io = ThreadPoolExecutor(max_workers=2, thread_name_prefix="job-io")
+        # The cancel check overlaps the input's read.
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="job-io")
         # Enqueues webhook deliveries (bucketbrush/webhooks.py); None: no webhooks.
         self.notifier = notifier
         self.settings = bucket.settings
@@ -100,9 +102,12 @@ class JobRunner:
         """Run ``spec`` once. JobErrors end in a failed manifest and are re-raised (never
         retried); other errors leave the job queued for a retry, or failed on the last one.
         ``delivery``: the id of the message that carries it (for the done marker)."""
+        if self.requests:
+            self.requests.take()  # from here on, this job's requests
         existing = self._stored(spec, attempt, delivery)
         if existing and existing.finished_for(spec.source):
             log.info("job %s already %s; skipping duplicate delivery", spec.job_id, existing.status)
+            self._observe(spec, "skipped", {})
             return existing
         if existing:
             timings = dict(existing.timings)
@@ -127,8 +132,16 @@ class JobRunner:
             raise
         finally:
             self.stats["current_job"] = None
+            self._observe(spec, manifest.status, manifest.timings)
         self._mark_done(spec, delivery)
         return result
+
+    def _observe(self, spec: JobSpec, status: str, timings: dict[str, float]) -> None:
+        """The job's metrics (bucketbrush/metrics.py): never a reason for a job to fail."""
+        try:
+            metrics.observe_job(spec.recipe, status, timings, self.requests.take() if self.requests else {})
+        except Exception:  # noqa: BLE001
+            log.warning("job %s: could not record its metrics", spec.job_id, exc_info=True)
 
     def _stored(self, spec: JobSpec, attempt: int, delivery: str | None) -> Manifest | None:
         """The job's stored manifest, when this delivery needs it. The first delivery of a
@@ -156,7 +169,7 @@ class JobRunner:
         target = spec.webhook
         try:
             recipe = get_recipe(spec.recipe, testing=self.settings.test_recipes)
-            image, metadata = self._start(spec, manifest, recipe)
+            image, metadata = self._start(spec, recipe)
             if target is None and "webhook" in metadata:
                 target = WebhookTarget.parse(metadata["webhook"], metadata.get("webhook-events"), InvalidWebhook)
             self._emit("started", manifest, target)
@@ -205,19 +218,16 @@ class JobRunner:
 
     # -- steps ----------------------------------------------------------------------------
 
-    def _start(self, spec: JobSpec, manifest: Manifest, recipe: Recipe) -> tuple[Any, dict[str, str]]:
-        """Write the running manifest and look for a cancel request while the input is read
-        and decoded: three round trips, one wait. The running manifest's job index entry is
-        left to the monitor (written when the job is still running at its first check), so
-        a short job costs the index only its queued and final entries."""
-        running = self._io.submit(self.bucket.write_manifest, manifest.model_copy(deep=True), index=False)
+    def _start(self, spec: JobSpec, recipe: Recipe) -> tuple[Any, dict[str, str]]:
+        """Look for a cancel request while the input is read and decoded: two round trips,
+        one wait. The running manifest is the monitor's first write (gpu_runner/monitor.py),
+        once the job has run one progress interval: a job shorter than that goes from
+        ``queued`` to its final manifest, one manifest PUT and two index writes fewer."""
         cancelled = self._io.submit(self.bucket.exists, self.bucket.cancel_key(spec.job_id))
         try:
             loaded = self._load_input(spec.input, recipe.input_kind) if recipe.needs_input else (None, {})
         finally:
-            # Never leave a write in flight: a later manifest must not be overtaken by it.
-            wait([running, cancelled])
-        running.result()
+            wait([cancelled])
         if cancelled.result():
             raise JobCancelled("cancelled before it started")
         return loaded

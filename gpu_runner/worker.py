@@ -9,10 +9,11 @@ from pathlib import Path
 
 from dramatiq import Worker
 
+from bucketbrush import metrics
 from bucketbrush.broker import build_broker
 from bucketbrush.claims import Claims
 from bucketbrush.settings import Settings
-from bucketbrush.store import Bucket
+from bucketbrush.store import Bucket, RequestCounter
 from bucketbrush.webhooks import Deliverer, Notifier, declare_webhook_actor
 from gpu_runner.actors import declare_actors
 from gpu_runner.heartbeat import Heartbeat
@@ -31,14 +32,21 @@ def run_worker(settings: Settings, *, ready_file: Path | None = None) -> None:
 
         models = ModelCache.from_settings(settings)
         models.preload(settings.preload_models)
-    runner = JobRunner(bucket, models, Notifier(settings, broker), Claims(broker.client, settings))
+    requests = RequestCounter(settings, on_request=metrics.count_request)
+    requests.attach(bucket.s3)
+    runner = JobRunner(bucket, models, Notifier(settings, broker), Claims(broker.client, settings), requests)
+    metrics_url = None
+    if settings.runner_metrics_port is not None:
+        server = metrics.serve(settings.runner_metrics_port, settings.runner_metrics_host)
+        metrics_url = f"http://{settings.runner_metrics_host}:{server.server_port}/metrics"
+        log.info("runner metrics at %s", metrics_url)
     declare_actors(broker, settings, runner)
     # Webhook deliveries: their own actor, queue and threads, so they never hold up a job.
     deliveries = None
     if settings.webhook_worker_threads:
         declare_webhook_actor(broker, settings, Deliverer(settings, bucket, broker.client))
     heartbeat = Heartbeat(bucket, runner.stats, interval_s=settings.heartbeat_interval_s, info=runner.info,
-                          loaded_models=lambda: models.loaded if models else [])
+                          loaded_models=lambda: models.loaded if models else [], metrics_url=metrics_url)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from bucketbrush.jobs import ObjectRef, job_id_for
 from bucketbrush.manifest import Manifest
@@ -76,3 +77,13 @@ def delayed_job_ids(settings: Settings) -> set[str]:
     client = redis.Redis.from_url(settings.redis_url)
     raw = client.hvals(f"{settings.broker_namespace}:{settings.queue_name}.DQ.msgs")
     return {json.loads(m)["args"][0]["job_id"] for m in raw}
+
+
+def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of an exposition: (name, sorted labels) -> value."""
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def metric_value(samples: dict, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
