@@ -52,7 +52,8 @@ class Handler:
         self.bucket = bucket
         self.broker = broker
         self.claims = Claims(redis, settings)
-        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="handler-io")
+        # Index writes beside manifest writes; up to 8 at once for a host handling requests in parallel.
+        self._io = ThreadPoolExecutor(max_workers=8, thread_name_prefix="handler-io")
         self.stats: dict[str, Any] = {"records": 0, "enqueued": 0, "last_event_at": None}
 
     @classmethod
