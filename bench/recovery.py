@@ -43,14 +43,16 @@ def wait_for(what: str, check: Any, timeout: float = 120) -> Any:
 
 
 def held_jobs(client: redis.Redis, settings: Settings) -> set[str]:
-    """Job ids of the messages fetched but not acknowledged by any process (Dramatiq's ack sets)."""
-    ns, queue = settings.broker_namespace, settings.queue_name
+    """Job ids of the messages fetched but not acknowledged by any process (Dramatiq's ack
+    sets, ``<ns>:__acks__.<worker>.<queue>``, on every job queue)."""
+    prefix = f"{settings.broker_namespace}:__acks__."
     held: set[str] = set()
-    for key in client.scan_iter(f"{ns}:__acks__.*.{queue}"):
+    for key in client.scan_iter(prefix + "*"):
+        queue = key.decode()[len(prefix):].split(".", 1)[1]
         ids = list(client.smembers(key))
-        for data in client.hmget(f"{ns}:{queue}.msgs", ids) if ids else []:
-            if data:
-                held.add(json.loads(data)["args"][0]["job_id"])
+        for data in client.hmget(f"{settings.broker_namespace}:{queue}.msgs", ids) if ids else []:
+            if data and (job_id := json.loads(data)["args"][0].get("job_id")):
+                held.add(job_id)
     return held
 
 

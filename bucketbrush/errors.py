@@ -184,3 +184,11 @@ class VideoTooLarge(JobError):
 
 class VideoFpsTooHigh(JobError):
     code = "video_fps_too_high"
+
+
+# Content Credentials (bucketbrush/credentials.py).
+class SigningFailed(JobError):
+    """Content Credentials are on and an output could not be signed: nothing is written
+    unsigned. Not retried (a bad key or certificate fails the same way again)."""
+
+    code = "signing_failed"
