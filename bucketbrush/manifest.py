@@ -149,6 +149,8 @@ class RunnerStatus(Beat):
     jobs_failed: int = 0
     current_job: str | None = None
     visible_devices: str | None = None  # CUDA_VISIBLE_DEVICES: the device a per-device runner is pinned to
+    # Its Prometheus metrics (runner_metrics_port), when it serves them.
+    metrics_url: str | None = None
 
 
 class SourceStatus(Beat):

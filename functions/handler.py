@@ -8,12 +8,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import dramatiq
 
+from bucketbrush import metrics
 from bucketbrush.broker import build_broker, enqueue_job
 from bucketbrush.claims import Claims
 from bucketbrush.errors import InvalidSpec, InvalidWebhook, JobError, OutsideTenant, QuotaExceeded
@@ -56,6 +58,8 @@ class Handler:
         # Tenants' limits (the tenants file) and their counters in Redis.
         self.tenants = TenantsFile.from_settings(settings)
         self.quotas = Quotas(redis, settings)
+        # Index writes beside manifest writes; up to 8 at once for a host handling requests in parallel.
+        self._io = ThreadPoolExecutor(max_workers=8, thread_name_prefix="handler-io")
         self.stats: dict[str, Any] = {"records": 0, "enqueued": 0, "last_event_at": None}
 
     @classmethod
@@ -66,7 +70,12 @@ class Handler:
         return cls(settings, bucket or Bucket(settings), broker, broker.client)
 
     def handle(self, records: Iterable[S3Record]) -> list[Outcome]:
-        outcomes = [self.handle_record(r) for r in records]
+        try:
+            outcomes = [self.handle_record(r) for r in records]
+        except Exception:
+            metrics.count_outcomes(["error"])  # the transport redelivers the batch
+            raise
+        metrics.count_outcomes(o.action for o in outcomes)
         if outcomes:  # counters for the event source's heartbeat (`bucketbrush status`)
             self.stats["records"] += len(outcomes)
             self.stats["enqueued"] += sum(o.action == "enqueued" for o in outcomes)
@@ -191,9 +200,10 @@ class Handler:
         existing = None if recent else bucket.read_manifest(job_id)
         if existing and existing.finished_for(source):
             return Outcome(source.key, "duplicate", job_id, reason="already finished")
+        queued_at = time.time()
         spec = JobSpec(job_id=job_id, recipe=recipe, source=source, input=input_ref, params=params,
                        time_limit_s=time_limit_s, hard_time_limit=hard_time_limit, webhook=webhook,
-                       priority=priority, tenant=tenant, replay_of=replay_of)
+                       priority=priority, tenant=tenant, replay_of=replay_of, queued_at=queued_at)
         if tenant is not None:
             limits = self.tenants.limits(self.settings, tenant)
             try:
@@ -202,11 +212,16 @@ class Handler:
             except QuotaExceeded as exc:
                 log.warning("job %s of tenant %s refused: %s", job_id, tenant, exc)
                 return self._failed(source, job_id, tenant, exc, recipe=recipe, claimed=True)
+        queued = Manifest(job_id=job_id, status="queued", recipe=recipe, params=params, inputs=spec.inputs,
+                          timings={"queued_at": queued_at}, tenant=tenant, replay_of=replay_of)
         try:
-            bucket.write_manifest(Manifest(
-                job_id=job_id, status="queued", recipe=recipe, params=params, inputs=spec.inputs,
-                timings={"queued_at": time.time()}, tenant=tenant, replay_of=replay_of,
-            ))
+            # The manifest and its job index entry side by side: one round trip, not two.
+            indexed = self._io.submit(bucket.index_manifest, queued.model_copy())
+            try:
+                bucket.write_manifest(queued, index=False)
+            finally:
+                wait([indexed])
+            indexed.result()
             enqueue_job(self.broker, self.settings, spec)
         except Exception:
             # Let the transport redeliver: the claim (and the quota slot) must not block the retry.
