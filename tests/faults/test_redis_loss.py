@@ -8,6 +8,7 @@ import json
 import pytest
 
 from bucketbrush.broker import build_broker, job_ids_in_broker
+from bucketbrush.routing import queue_for, redis_key
 from functions.handler import Handler
 from functions.sweep import reconcile
 from tests.faults import scenarios
@@ -42,7 +43,7 @@ def test_sweep_requeues_only_jobs_whose_message_is_gone(chaos, chaos_settings, c
         # Every message is there (waiting): the sweep leaves every job alone.
         assert reconcile(settings, bucket, handler, grace_s=0).requeued == 0
         # One message lost (a queue flushed by hand, a failover that dropped a write).
-        prefix = f"{settings.broker_namespace}:{settings.queue_name}"
+        prefix = redis_key(settings, queue_for(settings, "test-slow", "bulk"))  # drop-folder uploads
         lost = job_ids[2]
         for message_id, raw in client.hgetall(f"{prefix}.msgs").items():
             if json.loads(raw)["args"][0]["job_id"] == lost:
@@ -66,7 +67,7 @@ def test_sweep_requeues_only_jobs_whose_message_is_gone(chaos, chaos_settings, c
 def test_a_job_message_in_the_delay_queue_counts_as_existing(chaos_settings):
     """Retries wait in Dramatiq's delay queue (``.DQ.msgs``): still the job's message."""
     client = build_broker(chaos_settings).client
-    prefix = f"{chaos_settings.broker_namespace}:{chaos_settings.queue_name}"
+    prefix = redis_key(chaos_settings, queue_for(chaos_settings, "test-slow"))
     client.hset(f"{prefix}.DQ.msgs", "m-delayed", json.dumps({"args": [{"job_id": "delayed-job"}]}))
     try:
         assert "delayed-job" in job_ids_in_broker(client, chaos_settings)
