@@ -42,7 +42,7 @@ RECIPE_NEEDS: MappingProxyType[str, Capability] = MappingProxyType({
     "txt2img": "gpu", "img2img": "gpu", "sketch": "gpu", "stylize": "gpu", "inpaint": "gpu",
     "layers": "gpu", "video": "gpu",  # diffusion (video stylizes every frame)
     # tests only (gpu_runner/recipes/testing.py)
-    "test-slow": "any", "test-slow-limited": "any", "test-fail-late": "any",
+    "test-slow": "any", "test-slow-limited": "any", "test-fail-late": "any", "test-crash": "any",
 })
 
 

@@ -9,10 +9,14 @@ per-recipe time limit (``recipe_time_limits_s``) that leaves ``test-slow`` alone
 which PNG cannot hold, so the runner's encoder fails on it with an unexpected error (not a
 JobError), after the others were encoded. (The runner encodes every output before the first
 PUT, so what fails between PUTs is the store: tests make it fail with tests/fault_proxy.py.)
+
+``test-crash`` kills its runner process (``os._exit``), as a job exhausting the machine's
+memory would: the poison job of the fault tests.
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 from PIL import Image
@@ -61,3 +65,15 @@ TEST_RECIPES = (
     Recipe(name="test-fail-late", description="tests only: its last output cannot be encoded",
            params=FailLateParams, run=run_fail_late),
 )
+
+
+class CrashParams(RecipeParams):
+    exit_code: int = Field(default=137, ge=1, le=255, description="the runner process's exit status")
+
+
+def run_crash(ctx: JobContext, image: Image.Image | None, params: CrashParams) -> RecipeResult:
+    os._exit(params.exit_code)  # no cleanup, no final manifest: as the kernel's OOM killer would
+
+
+TEST_RECIPES += (Recipe(name="test-crash", description="tests only: kills the runner process", params=CrashParams,
+                        run=run_crash),)
