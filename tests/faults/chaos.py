@@ -46,8 +46,11 @@ FAULT_SETTINGS: dict[str, Any] = {
 @contextmanager
 def fault_stack(state_dir: Path, *, runners: int = 2, **overrides: Any) -> Iterator[LocalStack]:
     """A private stack (own Redis, SeaweedFS, event source, ``runners`` runners), versioned."""
-    before = os.environ.get("BUCKETBRUSH_STATE_DIR")
-    os.environ["BUCKETBRUSH_STATE_DIR"] = str(state_dir)
+    # This process's commands keep finding the session's `stack` (tests/conftest.py sets
+    # BUCKETBRUSH_STATE_DIR for them): this stack is only ever reached through its own
+    # settings, so it leaves the variable alone. (A session fixture that pointed it here made
+    # test_newcomer's in-process commands read this stack whenever the fault tests came first
+    # in a shuffled run.)
     stack = LocalStack(Settings(state_dir=state_dir, **(FAULT_SETTINGS | overrides)))
     try:
         stack.up(runners=runners)
@@ -55,10 +58,6 @@ def fault_stack(state_dir: Path, *, runners: int = 2, **overrides: Any) -> Itera
         yield stack
     finally:
         stack.down()
-        if before is None:
-            os.environ.pop("BUCKETBRUSH_STATE_DIR", None)
-        else:
-            os.environ["BUCKETBRUSH_STATE_DIR"] = before
 
 
 @dataclass
