@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import platform
@@ -25,6 +26,8 @@ from bucketbrush.errors import (
     InvalidWebhook,
     JobCancelled,
     JobError,
+    OutsideTenant,
+    RunnerDied,
     TimedOut,
     TransientError,
 )
@@ -42,6 +45,7 @@ from gpu_runner.recipes.base import JobContext, Recipe, RecipeParams, RecipeResu
 
 if TYPE_CHECKING:
     from bucketbrush.claims import Claims
+    from bucketbrush.quotas import Quotas
     from bucketbrush.webhooks import Event, Notifier
     from gpu_runner.pipelines import ModelCache
 
@@ -82,12 +86,15 @@ class JobRunner:
     """Executes job specs against the bucket. One instance per worker process."""
 
     def __init__(self, bucket: Bucket, models: ModelCache | None = None, notifier: Notifier | None = None,
-                 claims: Claims | None = None, requests: RequestCounter | None = None) -> None:
+                 claims: Claims | None = None, requests: RequestCounter | None = None,
+                 quotas: Quotas | None = None) -> None:
         self.bucket = bucket
         # Counts the S3 requests of ``bucket``'s client, for the per-job metric.
         self.requests = requests
         # Done markers in Redis (None: every delivery reads the stored manifest first).
         self.claims = claims
+        # Tenants' counters: a job's end frees its max_concurrent slot (None: no tenants' limits).
+        self.quotas = quotas
         # The cancel check overlaps the input's read.
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="job-io")
         # Enqueues webhook deliveries (bucketbrush/webhooks.py); None: no webhooks.
@@ -103,18 +110,29 @@ class JobRunner:
         self.stats: dict[str, Any] = {"jobs_done": 0, "jobs_failed": 0, "current_job": None}
 
     def run(self, spec: JobSpec, *, attempt: int = 1, last_attempt: bool = True,
-            delivery: str | None = None) -> Manifest:
+            delivery: str | None = None, interrupted: int = 0) -> Manifest:
         """Run ``spec`` once. JobErrors end in a failed manifest and are re-raised (never
         retried); other errors (the store's, or unexpected ones: ``internal_error``) leave the
         job queued for a retry, or failed on the last one. Either way the outputs written
-        before the failure are removed.
-        ``delivery``: the id of the message that carries it (for the done marker)."""
+        before the failure are removed. A tenant's job reads and writes only under its
+        tenant's prefix. ``delivery``: the id of the message that carries it (for the done marker).
+        ``interrupted``: runs of this job whose runner died in them (bucketbrush/runlocks.py);
+        at ``max_runner_deaths`` the job fails with ``runner_died`` instead of running."""
+        if spec.tenant is not None and self.bucket.tenant != spec.tenant:
+            tenant_runner = copy.copy(self)  # shares stats, models, notifier, claims and counters
+            tenant_runner.bucket = self.bucket.for_tenant(spec.tenant)
+            return tenant_runner.run(spec, attempt=attempt, last_attempt=last_attempt, delivery=delivery,
+                                     interrupted=interrupted)
         if self.requests:
             self.requests.take()  # from here on, this job's requests
-        existing = self._stored(spec, attempt, delivery)
+        # A run after a runner died in the job reads the manifest: that runner may have
+        # finished it and died before its ack.
+        existing = self._stored(spec, attempt, delivery if not interrupted else None)
         if existing and existing.finished_for(spec.source):
             log.info("job %s already %s; skipping duplicate delivery", spec.job_id, existing.status)
             self._observe(spec, "skipped", {})
+            if spec.tenant is not None and self.quotas is not None:
+                self.quotas.release(spec.tenant, spec.job_id)
             return existing
         if existing:
             timings = dict(existing.timings)
@@ -123,6 +141,8 @@ class JobRunner:
         manifest = Manifest(
             job_id=spec.job_id, status="running", recipe=spec.recipe, params=spec.params,
             inputs=spec.inputs, timings=timings, runner=self.info, attempts=attempt,
+            tenant=spec.tenant, replay_of=spec.replay_of,
+            interrupted=interrupted,
         )
         manifest.timings["started_at"] = time.time()
         if spec.enqueued_at:
@@ -139,6 +159,8 @@ class JobRunner:
             raise
         finally:
             self.stats["current_job"] = None
+            if manifest.is_final and spec.tenant is not None and self.quotas is not None:
+                self.quotas.release(spec.tenant, spec.job_id)
             self._observe(spec, manifest.status, manifest.timings)
         self._mark_done(spec, delivery)
         return result
@@ -175,6 +197,11 @@ class JobRunner:
         # The job's own webhook: from its spec, else from the upload's metadata (below).
         target = spec.webhook
         try:
+            if manifest.interrupted >= self.settings.max_runner_deaths:
+                # A job that kills its runner (memory, a native crash) would kill every next one.
+                raise RunnerDied(
+                    f"the runner died {manifest.interrupted} times while running this job (killed, out of "
+                    f"memory or crashed); it is not run again (max_runner_deaths = {self.settings.max_runner_deaths})")
             recipe = get_recipe(spec.recipe, testing=self.settings.test_recipes)
             image, metadata, parent = self._start(spec, recipe)
             if target is None and "webhook" in metadata:
@@ -355,7 +382,11 @@ class JobRunner:
 
 
 def get_input(bucket: Bucket, ref: ObjectRef) -> dict[str, Any]:
-    """GET an input object, refusing ones over the upload size limit."""
+    """GET an input object, refusing ones over the upload size limit, and keys outside the
+    bucket view's tenant (a tenant's params may name keys: masks, poses)."""
+    if not bucket.layout.owns(ref.key):
+        whose = f"tenant {bucket.tenant!r}" if bucket.tenant else "the default tenant"
+        raise OutsideTenant(f"the key {ref.key!r} is not one of {whose}'s")
     kwargs: dict[str, Any] = {"Bucket": ref.bucket, "Key": ref.key}
     if ref.version_id:
         kwargs["VersionId"] = ref.version_id
