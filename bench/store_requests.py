@@ -63,7 +63,8 @@ def main() -> None:
         marks = "claims" in inspect.signature(JobRunner).parameters
         claims = [Claims(broker.client, settings)] if marks else []
         runner = JobRunner(bucket, None, Notifier(settings, broker), *claims)
-        consumer = broker.consume(queue_for(settings, "filter"), prefetch=1, timeout=100)
+        # Drop-folder uploads are bulk jobs (bucketbrush/routing.py).
+        consumer = broker.consume(queue_for(settings, "filter", "bulk"), prefetch=1, timeout=100)
         stages: dict[str, Counter[tuple[str, str]]] = {"handler": Counter(), "runner": Counter()}
         for i in range(args.n + 1):
             key = f"inbox/filter/requests/{i}.png"
