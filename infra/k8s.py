@@ -34,7 +34,7 @@ SECRET_ENV = {
     "s3-secret-key": "BUCKETBRUSH_S3_SECRET_KEY",
     "redis-url": "BUCKETBRUSH_REDIS_URL",
     "functions-token": "BUCKETBRUSH_FUNCTIONS_TOKEN",
-    "provider-token": "BUCKETBRUSH_PROVIDER_TOKEN",
+    "provider-tokens": "BUCKETBRUSH_PROVIDER_TOKENS",  # JSON: {"hf-inference": "hf_..."}
     "webhook-job-secret": "BUCKETBRUSH_WEBHOOK_JOB_SECRET",
     "refine-openai-key": "BUCKETBRUSH_REFINE_OPENAI_KEY",
 }

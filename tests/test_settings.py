@@ -32,6 +32,7 @@ refiner refine_local_model refine_local_max_new_tokens refine_local_min_confiden
 refine_openai_url refine_openai_model refine_openai_key refine_openai_timeout_s
 video_max_duration_s video_max_frames video_max_side video_max_fps video_temporal_weight
 recipe_capabilities runner_serve runner_devices runner_device_inventory
+provider_endpoints provider_tokens provider_timeout_s provider_deadline_s
 """.split()
 
 
