@@ -21,9 +21,11 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bucketbrush.broker import build_broker, enqueue_job
+from bucketbrush.deadletters import list_dead, purge_dead
 from bucketbrush.jobs import JobSpec, ObjectRef
 from bucketbrush.manifest import Manifest, RunnerStatus
 from bucketbrush.settings import Settings
+from bucketbrush.status import status_report
 from bucketbrush.store import Bucket
 from infra.procs import proc_start_time, spawn, terminate, wait_until
 from tests.helpers import png_bytes, wait_final
@@ -113,8 +115,20 @@ def test_interactive_jobs_go_ahead_of_bulk_ones(settings, bucket, tmp_path):
         bulk = [submit(bucket, mine, "test-slow", {"seconds": 0, "steps": 1}, "bulk") for _ in range(3)]
         interactive = submit(bucket, mine, "test-slow", {"seconds": 0, "steps": 1})
         started = {j: wait_final(bucket, j).timings["started_at"] for j in [busy, *bulk, interactive]}
+        # Bad input is dead-lettered in its own queue; the views over every queue find it.
+        bad = submit(bucket, mine, "test-slow", {"seconds": -1}, "bulk")
+        assert wait_final(bucket, bad).error.code == "invalid_params"
+        broker = build_broker(mine)
+        deadline = time.monotonic() + 30
+        while not (letters := list_dead(broker, mine)):
+            assert time.monotonic() < deadline, "the bad job was not dead-lettered"
+            time.sleep(0.05)
     assert started[interactive] < min(started[j] for j in bulk)
     assert started[busy] < started[interactive]
+    assert [(d.job_id, d.queue) for d in letters] == [(bad, f"{prefix}-any-bulk")]
+    report = status_report(Bucket(mine), broker, prune=False)
+    assert report["queues"][f"{prefix}-any-bulk"]["dead_lettered"] == 1 and report["queue"]["dead_lettered"] == 1
+    assert [d.job_id for d in purge_dead(broker, mine)] == [bad] and list_dead(broker, mine) == []
 
 
 def test_a_device_list_that_cannot_be_served_fails_with_the_reason(tmp_path):
