@@ -20,12 +20,20 @@ def _text(value: Any) -> str | None:
 
 
 class Claims:
-    def __init__(self, redis: Any, settings: Settings) -> None:
+    def __init__(self, redis: Any, settings: Settings, tenant: str | None = None) -> None:
         self.redis = redis
+        self.settings = settings
         self.namespace = settings.broker_namespace
         self.ttl_s = settings.dedupe_ttl_s
+        self.tenant = tenant
+
+    def for_tenant(self, tenant: str | None) -> Claims:
+        """Claims on ``tenant``'s job ids (two tenants may choose the same spec job id)."""
+        return self if tenant == self.tenant else Claims(self.redis, self.settings, tenant)
 
     def key(self, job_id: str) -> str:
+        if self.tenant:
+            return f"{self.namespace}:claim:{self.tenant}/{job_id}"
         return f"{self.namespace}:claim:{job_id}"
 
     def claim(self, job_id: str, identity: str) -> bool:

@@ -186,6 +186,30 @@ class VideoFpsTooHigh(JobError):
     code = "video_fps_too_high"
 
 
+# Content Credentials (bucketbrush/credentials.py).
+class SigningFailed(JobError):
+    """Content Credentials are on and an output could not be signed: nothing is written
+    unsigned. Not retried (a bad key or certificate fails the same way again)."""
+
+    code = "signing_failed"
+# Tenants (bucketbrush/tenants.py): each tenant keeps to its own prefix and its own limits.
+class OutsideTenant(JobError):
+    """A job names a key outside its tenant's prefix (another tenant's, or the shared layout's)."""
+
+    code = "outside_tenant"
+
+
+class QuotaExceeded(JobError):
+    """A tenant's limit (jobs per hour, concurrent jobs, input bytes per day, recipes) is reached;
+    the message says which and when it resets."""
+
+    code = "quota_exceeded"
+
+
+class UnknownTenant(BucketbrushError):
+    code = "unknown_tenant"
+
+
 # Remote inference providers (gpu_runner/providers.py).
 class ProviderError(JobError):
     """A remote provider refused or failed the job (its own message follows), or did not finish

@@ -57,7 +57,7 @@ class JobIndex:
 
     def __init__(self, bucket: Bucket) -> None:
         self.bucket = bucket
-        self.prefix = bucket.settings.index_prefix + "jobs/"
+        self.prefix = bucket.layout.index + "jobs/"
 
     def _position(self, manifest: Manifest) -> str:
         rev = _REV - int(submitted_at(manifest) * 1000)

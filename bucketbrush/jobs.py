@@ -99,6 +99,10 @@ class JobSpec(BaseModel):
     # Interactive jobs (presigned uploads, job specs) go ahead of bulk ones (drop folders,
     # replays) on the same runners (bucketbrush/routing.py).
     priority: Literal["interactive", "bulk"] = "interactive"
+    # Whose job it is: its keys live under tenants/<tenant>/ (None: the default tenant).
+    tenant: str | None = None
+    # The job this one re-runs with other params or another model (`bucketbrush replay`).
+    replay_of: str | None = None
 
     @property
     def inputs(self) -> list[ObjectRef]:

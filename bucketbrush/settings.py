@@ -31,6 +31,8 @@ from pydantic_settings import (
 )
 
 MB = 1024 * 1024
+# A tenant's name, as it appears in tenants/<tenant>/ (bucketbrush/layout.py).
+TENANT_PATTERN = r"^[a-z0-9][a-z0-9-]{0,31}$"
 STACK_FILE = "stack.json"
 # Values of fields named like this are never shown (nor are SecretStr values, nor URL passwords).
 SECRET_NAME = re.compile(r"key|token|secret|password", re.IGNORECASE)
@@ -316,6 +318,8 @@ class WebhookSubscription(BaseModel):
     secret: SecretStr
     events: list[Literal["started", "progress", "completed"]] = ["started", "progress", "completed"]
     recipes: list[str] = []
+    # Whose jobs it hears about: one tenant's (None: the default tenant's only).
+    tenant: str | None = Field(default=None, pattern=TENANT_PATTERN)
 
 
 class WebhooksSettings(SettingsGroup):
@@ -374,6 +378,57 @@ class VideoSettings(SettingsGroup):
         description="how much of the previous stylised frame, warped by optical flow, goes into the next (0: none)")
 
 
+class CredentialsSettings(SettingsGroup):
+    """Content Credentials (C2PA) on every output (bucketbrush/credentials.py,
+    docs/content-credentials.md). Key and certificates: PEM text or a file path each; unset:
+    the development signer `bucketbrush up` makes under the state dir."""
+
+    content_credentials: bool = Field(
+        default=True, description="sign every output with a C2PA manifest and write XMP DigitalSourceType; "
+                                  "off: neither (needs the `credentials` extra when on)")
+    c2pa_signing_key: SecretStr | None = Field(
+        default=None, description="PEM private key (or its file path) that signs Content Credentials")
+    c2pa_signing_certs: str | None = Field(
+        default=None, description="PEM certificate chain (or its file path): signing certificate first")
+    c2pa_tsa_url: str | None = Field(
+        default=None, description="RFC 3161 timestamp authority URL; signatures then outlive the certificate")
+    c2pa_trust_anchors: str | None = Field(
+        default=None, description="PEM trust anchors (or a file path) for validation, besides the local dev CA")
+
+    @field_validator("c2pa_signing_key", "c2pa_signing_certs", "c2pa_tsa_url", "c2pa_trust_anchors", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, v: Any) -> Any:
+        return None if v == "" else v
+
+
+class TenantsSettings(SettingsGroup):
+    """Tenants (bucketbrush/tenants.py): many apps on one bucket, each under ``tenants/<tenant>/``
+    with its own credentials and limits. The limits here are every tenant's defaults; a tenant's
+    entry in the tenants file may set its own. 0 means no limit."""
+
+    tenant: str | None = Field(
+        default=None, pattern=TENANT_PATTERN,
+        description="the tenant this client acts as (CLI, apps, the functions host): every key under "
+                    "tenants/<tenant>/; unset: the default (untenanted) layout")
+    tenants_prefix: str = Field(default="tenants/", description="where tenants live: tenants/<tenant>/inbox/...")
+    tenants_file: Path | None = Field(
+        default=None, description="the tenants file (JSON, written by `bucketbrush tenants`); unset: "
+                                  "<state_dir>/tenants.json")
+    tenant_jobs_per_hour: int = Field(default=0, ge=0, description="jobs a tenant may submit per clock hour")
+    tenant_max_concurrent: int = Field(default=0, ge=0, description="a tenant's jobs queued or running at once")
+    tenant_input_bytes_per_day: int = Field(
+        default=0, ge=0, description="input bytes a tenant may submit per UTC day")
+    tenant_recipes: list[str] = Field(default_factory=list, description="recipes a tenant may run (empty: all)")
+    tenant_quota_stale_s: float = Field(
+        default=6 * 3600, gt=0, description="a job counted as running for longer than this no longer counts "
+                                            "towards max_concurrent (its runner died)")
+
+    @field_validator("tenants_prefix")
+    @classmethod
+    def _tenants_folder(cls, v: str) -> str:
+        return StorageSettings._folder(v)
+
+
 GROUPS: dict[str, type[SettingsGroup]] = {
     "storage": StorageSettings,
     "broker": BrokerSettings,
@@ -386,12 +441,15 @@ GROUPS: dict[str, type[SettingsGroup]] = {
     "refine": RefineSettings,
     "video": VideoSettings,
     "local": LocalStackSettings,
+    "credentials": CredentialsSettings,
+    "tenants": TenantsSettings,
 }
 
 
 # pydantic collects fields from the last base first: the bases are listed in reverse, so the
 # fields (and validation errors) come in the order of GROUPS.
-class Settings(LocalStackSettings, VideoSettings, RefineSettings, WebhooksSettings, DiffusionSettings,
+class Settings(TenantsSettings, CredentialsSettings,
+               LocalStackSettings, VideoSettings, RefineSettings, WebhooksSettings, DiffusionSettings,
                RetentionSettings, LimitsSettings, FunctionsSettings, EventsSettings, BrokerSettings,
                StorageSettings):
     """Everything a deployable needs to reach the bucket and the queue."""

@@ -44,13 +44,28 @@ def is_not_found(exc: ClientError) -> bool:
 class Bucket:
     """Typed access to the bucket's manifests and outputs."""
 
-    def __init__(self, settings: Settings, s3: Any | None = None) -> None:
+    def __init__(self, settings: Settings, s3: Any | None = None, *, layout: Layout | None = None) -> None:
         self.settings = settings
         self.name = settings.bucket
-        self.layout = Layout(settings)
+        # settings.tenant's keys (the default tenant's when unset).
+        self.layout = layout or Layout(settings)
         self._s3 = s3
         self.index = JobIndex(self)
         self._indexed: OrderedDict[str, str] = OrderedDict()
+        self._tenants: dict[str | None, Bucket] = {self.layout.tenant: self}
+
+    @property
+    def tenant(self) -> str | None:
+        return self.layout.tenant
+
+    def for_tenant(self, tenant: str | None) -> Bucket:
+        """The same bucket (and client) as ``tenant`` sees it: its manifests, outputs, index."""
+        if tenant not in self._tenants:
+            view = Bucket(self.settings, self.s3, layout=self.layout.for_tenant(tenant))
+            view.public_s3 = self.public_s3
+            view._tenants = self._tenants
+            self._tenants[tenant] = view
+        return self._tenants[tenant]
 
     @cached_property
     def s3(self) -> Any:
@@ -166,7 +181,7 @@ class Bucket:
     def manifest_link(self, job_id: str, expires_s: int | None = None) -> tuple[ManifestLink, Manifest | None]:
         """Fresh presigned GETs for a job's manifest and, once it succeeded, its outputs (how an
         app renews the links its presign reply carried); also the manifest, None before it exists."""
-        link = presign_manifest(self.public_s3, self.settings, job_id, expires_s)
+        link = presign_manifest(self.public_s3, self.settings, job_id, expires_s, layout=self.layout)
         manifest = self.read_manifest(job_id)
         if manifest is not None and manifest.status == "succeeded":
             link.outputs = {o.key: self.presigned_get(o.key, expires_s) for o in manifest.outputs}

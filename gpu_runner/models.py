@@ -149,6 +149,8 @@ class ModelSpec(BaseModel):
     width: int = Field(default=512, ge=64, multiple_of=8)
     height: int = Field(default=512, ge=64, multiple_of=8)
     description: str = ""
+    # The weights' license (an SPDX id or a URL), recorded in each output's Content Credentials.
+    license: str | None = None
     # Where txt2img runs when the weights are missing or the device is out of memory.
     fallback: RemoteSpec | None = None
 

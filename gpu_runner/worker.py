@@ -10,6 +10,7 @@ from pathlib import Path
 from dramatiq import Worker
 
 from bucketbrush.broker import build_broker
+from bucketbrush.quotas import Quotas
 from bucketbrush.routing import served_queues
 from bucketbrush.settings import Settings, mask_url_password
 from bucketbrush.store import Bucket
@@ -31,7 +32,7 @@ def run_worker(settings: Settings, *, ready_file: Path | None = None) -> None:
 
         models = ModelCache.from_settings(settings)
         models.preload(settings.preload_models)
-    runner = JobRunner(bucket, models, Notifier(settings, broker))
+    runner = JobRunner(bucket, models, Notifier(settings, broker), Quotas(broker.client, settings))
     declare_actors(broker, settings, runner)
     # Webhook deliveries: their own actor, queue and threads, so they never hold up a job.
     deliveries = None
