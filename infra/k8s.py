@@ -37,6 +37,9 @@ SECRET_ENV = {
     "provider-tokens": "BUCKETBRUSH_PROVIDER_TOKENS",  # JSON: {"hf-inference": "hf_..."}
     "webhook-job-secret": "BUCKETBRUSH_WEBHOOK_JOB_SECRET",
     "refine-openai-key": "BUCKETBRUSH_REFINE_OPENAI_KEY",
+    # Content Credentials (on by default): every runner signs with this identity (PEM text).
+    "c2pa-signing-key": "BUCKETBRUSH_C2PA_SIGNING_KEY",
+    "c2pa-signing-certs": "BUCKETBRUSH_C2PA_SIGNING_CERTS",
 }
 REQUIRED_SECRETS = {"s3-access-key", "s3-secret-key", "redis-url"}
 REDIS_PASSWORD_KEY = "redis-password"  # for KEDA's scaler, when the Redis URL has a password

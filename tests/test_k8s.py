@@ -133,9 +133,11 @@ def test_gpu_runners_scale_to_zero_and_request_a_gpu_cpu_runners_do_not() -> Non
 
 @pytest.mark.usefixtures("clean")
 def test_no_secret_reaches_a_manifest() -> None:
-    secrets = ["AKIAEXAMPLEKEY", "s3-secret-value", "redis-pass-word", "functions-token-value", "hf_provider_token"]
+    secrets = ["AKIAEXAMPLEKEY", "s3-secret-value", "redis-pass-word", "functions-token-value", "hf_provider_token",
+               "-----BEGIN PRIVATE KEY-----signing"]
     s = Settings(s3_access_key=secrets[0], s3_secret_key=SecretStr(secrets[1]),
                  redis_url=f"redis://user:{secrets[2]}@redis:6379/0", functions_token=SecretStr(secrets[3]),
+                 provider_tokens={"hf-inference": SecretStr(secrets[4])}, c2pa_signing_key=SecretStr(secrets[5]),
                  s3_endpoint_url="http://minio:9000")
     text = "".join(dump(d) for d in render(s, source="sqs").values())
     assert "http://minio:9000" in text  # settings do reach the ConfigMap

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bucketbrush.broker import build_broker, enqueue_job
+from bucketbrush.credentials import DEV_CERTS, DEV_KEY, dev_dir
 from bucketbrush.deadletters import list_dead, purge_dead
 from bucketbrush.jobs import JobSpec, ObjectRef
 from bucketbrush.manifest import Manifest, RunnerStatus
@@ -33,14 +34,22 @@ from tests.helpers import png_bytes, wait_final
 
 def only_the_three(settings: Settings) -> dict[str, str]:
     """The settings a runner on another machine gets: endpoint, keys, Redis URL (plus the
-    bucket's name, which the test stack does not leave at its default)."""
-    return {
+    bucket's name, which the test stack does not leave at its default). With Content
+    Credentials on (the default) every runner also signs with the same identity: the key and
+    certificate chain as PEM text in the environment (here the stack's development signer's,
+    copied as values, not shared as files)."""
+    env = {
         "BUCKETBRUSH_S3_ENDPOINT_URL": settings.s3_endpoint_url or "",
         "BUCKETBRUSH_S3_ACCESS_KEY": settings.s3_access_key or "",
         "BUCKETBRUSH_S3_SECRET_KEY": settings.s3_secret_key.get_secret_value(),
         "BUCKETBRUSH_REDIS_URL": settings.redis_url,
         "BUCKETBRUSH_BUCKET": settings.bucket,
     }
+    if settings.content_credentials:
+        folder = dev_dir(settings.state_dir)
+        env |= {"BUCKETBRUSH_C2PA_SIGNING_KEY": (folder / DEV_KEY).read_text(),
+                "BUCKETBRUSH_C2PA_SIGNING_CERTS": (folder / DEV_CERTS).read_text()}
+    return env
 
 
 @contextmanager
