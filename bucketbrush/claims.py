@@ -40,6 +40,10 @@ class Claims:
         """Atomically take ``job_id`` for ``identity``; False if anything already holds it."""
         return bool(self.redis.set(self.key(job_id), identity, nx=True, ex=self.ttl_s))
 
+    def take(self, job_id: str, identity: str) -> None:
+        """Set the claim whoever held it (a requeue: the caller already owns the job)."""
+        self.redis.set(self.key(job_id), identity, ex=self.ttl_s)
+
     def holder(self, job_id: str) -> str | None:
         return _text(self.redis.get(self.key(job_id)))
 
@@ -63,3 +67,13 @@ class Claims:
 
     def delete(self, job_id: str) -> None:
         self.redis.delete(self.key(job_id))
+
+    # Done markers: which message finished a job. A runner that gets a message again (Dramatiq
+    # delivers at least once) learns from Redis, not from an S3 read, that it already ran.
+
+    def mark_done(self, job_id: str, delivery: str) -> None:
+        self.redis.set(f"{self.namespace}:done:{job_id}", delivery, ex=self.ttl_s)
+
+    def done_by(self, job_id: str) -> str | None:
+        """The id of the message that finished ``job_id`` (None: none did, or long ago)."""
+        return _text(self.redis.get(f"{self.namespace}:done:{job_id}"))

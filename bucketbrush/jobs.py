@@ -94,6 +94,9 @@ class JobSpec(BaseModel):
     # instead of Dramatiq's TimeLimit, which only interrupts between Python bytecodes.
     hard_time_limit: bool = False
     enqueued_at: float | None = None
+    # The queued manifest's ``timings.queued_at``, when the handler wrote that manifest just
+    # before sending this message: the runner then needs no manifest read to start.
+    queued_at: float | None = None
     # Where to send this job's events (a job spec's "webhook"); uploads carry theirs in metadata.
     webhook: WebhookTarget | None = None
     # Interactive jobs (presigned uploads, job specs) go ahead of bulk ones (drop folders,

@@ -192,6 +192,22 @@ class BrokerSettings(SettingsGroup):
     runner_device_inventory: list[str] | None = Field(
         default=None, description="the devices `--devices all` means, instead of asking CUDA (tests, "
                                   "or a machine whose driver is not visible to this process)")
+    broker_heartbeat_timeout_s: float = Field(
+        default=10, ge=1, le=3600,
+        description="a process silent on Redis this long is presumed dead and its unacknowledged messages go "
+                    "back to the queue (Dramatiq's heartbeat_timeout, 60 s there): lower = faster recovery from a "
+                    "killed runner; a runner cut off from Redis longer than this has its job run a second time")
+    broker_maintenance_chance: float = Field(
+        default=0.2, gt=0, le=1,
+        description="share of broker Redis calls that also return dead processes' messages and expire dead "
+                    "letters (Dramatiq's maintenance_chance / 10^6; 0.001 there): how soon after the heartbeat "
+                    "timeout a killed runner's job is queued again")
+    runner_metrics_port: int | None = Field(
+        default=None, ge=0, le=65535,
+        description="port of the runner's Prometheus /metrics; 0: any free port (its heartbeat names the URL); "
+                    "unset: none")
+    runner_metrics_host: str = Field(
+        default="127.0.0.1", description="address the runner's /metrics binds (0.0.0.0 for a scraper on another host)")
 
 
 class EventsSettings(SettingsGroup):
@@ -238,6 +254,9 @@ class LimitsSettings(SettingsGroup):
     hard_time_limit_recipes: list[str] = Field(
         default_factory=list, description="recipes run in a child process killed at the time limit "
                                           "(not for diffusion recipes: their models live in the runner)")
+    max_runner_deaths: int = Field(
+        default=3, ge=1, description="a job whose runner dies in it this many times (killed, out of memory) "
+                                     "ends failed with runner_died instead of being delivered again")
 
     def time_limit_s(self, recipe: str, requested: int | None = None) -> int:
         """The recipe's limit, or a tighter one the job asked for."""

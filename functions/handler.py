@@ -8,22 +8,25 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import dramatiq
+from botocore.exceptions import ClientError
 
+from bucketbrush import metrics
 from bucketbrush.broker import build_broker, enqueue_job
 from bucketbrush.claims import Claims
-from bucketbrush.errors import InvalidSpec, InvalidWebhook, JobError, OutsideTenant, QuotaExceeded
+from bucketbrush.errors import InputMissing, InvalidSpec, InvalidWebhook, JobError, OutsideTenant, QuotaExceeded
 from bucketbrush.jobs import RECIPE_NAME, JobSpec, ObjectRef, WebhookTarget, is_job_id, job_id_for, json_object
 from bucketbrush.layout import NotAnInput, unsafe_key
 from bucketbrush.manifest import ErrorInfo, Manifest
 from bucketbrush.quotas import Quotas
 from bucketbrush.routing import Priority
 from bucketbrush.settings import Settings
-from bucketbrush.store import Bucket
+from bucketbrush.store import Bucket, is_not_found
 from bucketbrush.tenants import TenantsFile
 from functions.events import S3Record
 
@@ -56,6 +59,8 @@ class Handler:
         # Tenants' limits (the tenants file) and their counters in Redis.
         self.tenants = TenantsFile.from_settings(settings)
         self.quotas = Quotas(redis, settings)
+        # Index writes beside manifest writes; up to 8 at once for a host handling requests in parallel.
+        self._io = ThreadPoolExecutor(max_workers=8, thread_name_prefix="handler-io")
         self.stats: dict[str, Any] = {"records": 0, "enqueued": 0, "last_event_at": None}
 
     @classmethod
@@ -66,7 +71,12 @@ class Handler:
         return cls(settings, bucket or Bucket(settings), broker, broker.client)
 
     def handle(self, records: Iterable[S3Record]) -> list[Outcome]:
-        outcomes = [self.handle_record(r) for r in records]
+        try:
+            outcomes = [self.handle_record(r) for r in records]
+        except Exception:
+            metrics.count_outcomes(["error"])  # the transport redelivers the batch
+            raise
+        metrics.count_outcomes(o.action for o in outcomes)
         if outcomes:  # counters for the event source's heartbeat (`bucketbrush status`)
             self.stats["records"] += len(outcomes)
             self.stats["enqueued"] += sum(o.action == "enqueued" for o in outcomes)
@@ -123,6 +133,37 @@ class Handler:
             timings={"queued_at": now, "finished_at": now}, tenant=tenant,
         ))
         return Outcome(ref.key, "rejected", job_id, reason=str(exc))
+
+    def requeue(self, job_id: str, source: ObjectRef) -> Outcome:
+        """Enqueue ``job_id`` again, rebuilt from its source object (an upload or a job spec)
+        as its first event did, whatever its claim says. For the sweep, when the broker lost
+        the job's message (Redis restarted empty): the caller holds a lock so that only one
+        sweeper requeues it. The manifest is left as it is (``queued``; or ``running``, which
+        tells the runner that a runner died in this job); quotas were counted the first time."""
+        try:
+            route = self.bucket.layout.parse_input(source.key)
+        except NotAnInput as exc:
+            return Outcome(source.key, "rejected", job_id, reason=exc.reason)
+        tenant = route.tenant
+        recipe, input_ref, params = route.recipe or "", source, {}
+        options: dict[str, Any] = {"priority": "interactive" if route.job_id else "bulk"}
+        if route.kind != "upload":
+            try:
+                recipe, input_ref, params, options = self._read_spec(source, tenant)
+            except (InvalidSpec, InvalidWebhook, OutsideTenant) as exc:
+                return self._failed(source, job_id, tenant, exc, claimed=True)
+            except ClientError as exc:
+                if not is_not_found(exc):
+                    raise
+                return self._failed(source, job_id, tenant, InputMissing(f"the job spec {source.key!r} is gone"),
+                                    claimed=True)
+        # No queued_at: the runner then reads the stored manifest (the job may have finished).
+        spec = JobSpec(job_id=job_id, recipe=recipe, source=source, input=input_ref, params=params, tenant=tenant,
+                       **options)
+        self.claims.for_tenant(tenant).take(job_id, source.identity)
+        enqueue_job(self.broker, self.settings, spec)
+        log.warning("requeued job %s (%s): the broker had lost its message", job_id, recipe)
+        return Outcome(source.key, "enqueued", job_id, reason="requeued")
 
     def _read_spec(self, ref: ObjectRef, tenant: str | None = None
                    ) -> tuple[str, ObjectRef | None, dict[str, Any], dict[str, Any]]:
@@ -191,9 +232,10 @@ class Handler:
         existing = None if recent else bucket.read_manifest(job_id)
         if existing and existing.finished_for(source):
             return Outcome(source.key, "duplicate", job_id, reason="already finished")
+        queued_at = time.time()
         spec = JobSpec(job_id=job_id, recipe=recipe, source=source, input=input_ref, params=params,
                        time_limit_s=time_limit_s, hard_time_limit=hard_time_limit, webhook=webhook,
-                       priority=priority, tenant=tenant, replay_of=replay_of)
+                       priority=priority, tenant=tenant, replay_of=replay_of, queued_at=queued_at)
         if tenant is not None:
             limits = self.tenants.limits(self.settings, tenant)
             try:
@@ -202,11 +244,16 @@ class Handler:
             except QuotaExceeded as exc:
                 log.warning("job %s of tenant %s refused: %s", job_id, tenant, exc)
                 return self._failed(source, job_id, tenant, exc, recipe=recipe, claimed=True)
+        queued = Manifest(job_id=job_id, status="queued", recipe=recipe, params=params, inputs=spec.inputs,
+                          timings={"queued_at": queued_at}, tenant=tenant, replay_of=replay_of)
         try:
-            bucket.write_manifest(Manifest(
-                job_id=job_id, status="queued", recipe=recipe, params=params, inputs=spec.inputs,
-                timings={"queued_at": time.time()}, tenant=tenant, replay_of=replay_of,
-            ))
+            # The manifest and its job index entry side by side: one round trip, not two.
+            indexed = self._io.submit(bucket.index_manifest, queued.model_copy())
+            try:
+                bucket.write_manifest(queued, index=False)
+            finally:
+                wait([indexed])
+            indexed.result()
             enqueue_job(self.broker, self.settings, spec)
         except Exception:
             # Let the transport redeliver: the claim (and the quota slot) must not block the retry.
