@@ -245,6 +245,11 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
                    source=args.events, filer=args.filer, max_cpu=args.max_cpu_runners, max_gpu=args.max_gpu_runners)
     for path in write(files, args.out):
         print(f"wrote {path}")
+    loopback = [name for name, url in (("S3 endpoint", settings.s3_endpoint_url), ("Redis", settings.redis_url))
+                if url and urlsplit(url).hostname in ("127.0.0.1", "localhost", "::1")]
+    if loopback:
+        print(f"warning: the {' and '.join(loopback)} settings point at this machine (a local stack's?); "
+              "pods cannot reach it: set BUCKETBRUSH_S3_ENDPOINT_URL / BUCKETBRUSH_REDIS_URL to the cluster's")
     print(f"then: kubectl create secret generic {SECRET} --from-literal=s3-access-key=... "
           "--from-literal=s3-secret-key=... --from-literal=redis-url=... (see docs/scaling.md); "
           f"kubectl apply -f {args.out}")
