@@ -333,8 +333,8 @@ def describe(report: CredentialsReport | None) -> list[str]:
     """``bucketbrush verify``'s lines for people: verdict, signer, actions, ingredients, failures."""
     if report is None:
         return ["content credentials: none (no C2PA manifest in this file)"]
-    verdict = {"Trusted": "signature valid, signer trusted (a configured or local trust anchor)",
-               "Valid": "signature valid, signer not among the trust anchors",
+    verdict = {"Trusted": "the signature is valid and the signer chains to a trust anchor",
+               "Valid": "the signature is valid; the signer is not among the trust anchors",
                "Invalid": "INVALID: the file or its manifest does not match the signature"}
     lines = [f"content credentials: {report.validation_state} ({verdict.get(report.validation_state, '?')})",
              f"signed by: {report.signer or '?'} (issuer {report.issuer or '?'})"
