@@ -10,9 +10,10 @@ from dramatiq.brokers.redis import RedisBroker
 from dramatiq.middleware import CurrentMessage
 
 from bucketbrush.jobs import JobSpec
+from bucketbrush.routing import ACTORS, RUN_JOB_ACTOR, queue_for
 from bucketbrush.settings import Settings
 
-RUN_JOB_ACTOR = "bucketbrush.run_job"
+__all__ = ["RUN_JOB_ACTOR", "build_broker", "enqueue_job"]
 
 
 def build_broker(settings: Settings) -> RedisBroker:
@@ -22,17 +23,19 @@ def build_broker(settings: Settings) -> RedisBroker:
 
 
 def enqueue_job(broker: dramatiq.Broker, settings: Settings, spec: JobSpec) -> dramatiq.Message:
-    """Send one job message. Safe to repeat: the runner skips jobs that already finished."""
+    """Send one job message to its queue (``bucketbrush.routing``: by what the recipe needs and
+    the job's priority). Safe to repeat: the runner skips jobs that already finished."""
     spec = spec.model_copy(update={"enqueued_at": time.time()})
     limit_s = settings.time_limit_s(spec.recipe, spec.time_limit_s)
+    queue = queue_for(settings, spec.recipe, spec.priority)
     message = dramatiq.Message(
-        queue_name=settings.queue_name,
-        actor_name=RUN_JOB_ACTOR,
+        queue_name=queue,
+        actor_name=ACTORS[spec.priority],
         args=(spec.model_dump(mode="json"),),
         kwargs={},
         # Dramatiq's TimeLimit middleware reads this per message: limits are per recipe.
         options={"time_limit": limit_s * 1000},
     )
     # The producer does not declare the actor, so declare its queue for the broker.
-    broker.declare_queue(settings.queue_name)
+    broker.declare_queue(queue)
     return broker.enqueue(message)

@@ -343,8 +343,11 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
           + ("ok" if brk["reachable"] else f"UNREACHABLE ({brk['error']})"))
     if (q := report["queue"]) and "ready" in q:
         dead = " (`bucketbrush jobs dead list`)" if q["dead_lettered"] else ""
-        print(f"queue   {q['name']}: {q['ready']} ready, {q['delayed']} waiting to retry, "
+        print(f"queue   {q['name']}-*: {q['ready']} ready, {q['delayed']} waiting to retry, "
               f"{q['dead_lettered']} dead-lettered{dead}")
+        for name, d in report["queues"].items():
+            if any(d.values()):
+                print(f"  {name}: {d['ready']} ready, {d['delayed']} waiting to retry, {d['dead_lettered']} dead")
     if report["local_stack"]:
         procs = ", ".join(f"{p['name']} {'running' if p['running'] else 'STOPPED'} (pid {p['pid']})"
                           for p in report["local_stack"]["processes"])
@@ -359,10 +362,11 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
               "`bucketbrush sweep` recovers lost events)")
     for r in report["runners"]:
         gpu = f", {r['gpu']['name']}" if r.get("gpu") else ""
+        gpu += f", CUDA_VISIBLE_DEVICES={r['visible_devices']}" if r.get("visible_devices") is not None else ""
         state_word = "STALE" if r["stale"] else "ok"
         print(f"runner  {r['runner_id']} [{state_word}, {r['age_s']}s ago] {r['device']}{gpu}: "
               f"{r['jobs_done']} done, {r['jobs_failed']} failed, current {r['current_job'] or '-'}, "
-              f"models {', '.join(r['loaded_models']) or '-'}")
+              f"models {', '.join(r['loaded_models']) or '-'}, queues {r['queue']}")
     if store["reachable"] and not report["runners"]:
         print("runner  none")
     if report["pruned"]:
@@ -378,7 +382,7 @@ def cmd_jobs_dead(settings: Settings, args: argparse.Namespace) -> int:
     ids = args.ids or None
     if args.action == "list":
         letters = deadletters.list_dead(broker, settings)
-        print(f"{_count(len(letters), 'dead-lettered message')} in {settings.queue_name}"
+        print(f"{_count(len(letters), 'dead-lettered message')} in {settings.queue_name}-*"
               + (":" if letters else ""), file=sys.stderr)
         for d in letters:
             when = datetime.fromtimestamp(d.dead_at).strftime("%Y-%m-%d %H:%M:%S")
@@ -441,8 +445,19 @@ def cmd_refine(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_runner(settings: Settings, args: argparse.Namespace) -> int:
+    from bucketbrush.routing import served_capabilities
     from gpu_runner.worker import run_worker
 
+    update: dict[str, Any] = {}
+    if args.serve is not None:
+        update["runner_serve"] = served_capabilities(args.serve.split(","))
+    if args.devices is not None:
+        update["runner_devices"] = args.devices
+    settings = settings.model_copy(update=update)
+    if settings.runner_devices:
+        from gpu_runner.supervisor import run_per_device
+
+        return run_per_device(settings, ready_file=args.ready_file)
     run_worker(settings, ready_file=args.ready_file)
     return 0
 
@@ -660,6 +675,13 @@ def build_parser() -> argparse.ArgumentParser:
     aws = infra.add_parser("aws", help="AWS or LocalStack: bucket, S3 -> SQS (or SNS -> SQS) notifications, lifecycle")
     aws_arguments(aws)
     aws.set_defaults(func=cmd_infra_aws)
+    from infra.k8s import add_arguments as k8s_arguments
+    from infra.k8s import run as cmd_infra_k8s
+
+    k8s = infra.add_parser("k8s", help="Kubernetes manifests from settings: functions, events, runners per "
+                                       "capability, KEDA autoscaling on queue length")
+    k8s_arguments(k8s)
+    k8s.set_defaults(func=cmd_infra_k8s)
     mi = infra.add_parser("minio", help="MinIO: bucket, event routes to the webhook target, ILM rules")
     mi.add_argument("--target-id", default="bucketbrush", help="webhook target id (MINIO_NOTIFY_WEBHOOK_*_<ID>)")
     mi.add_argument("--region", default="", help="the server's MINIO_SITE_REGION, if set")
@@ -774,6 +796,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("runner", help="run a runner process (Dramatiq worker)")
     run.add_argument("--ready-file", type=Path)
+    run.add_argument("--serve", metavar="CAPS", help="capabilities to consume, comma-separated: cpu,gpu "
+                                                      "(`any` always; default: BUCKETBRUSH_RUNNER_SERVE, all)")
+    run.add_argument("--devices", metavar="all|0,1", help="one worker process per GPU, pinned with "
+                                                          "CUDA_VISIBLE_DEVICES (default: BUCKETBRUSH_RUNNER_DEVICES)")
     run.set_defaults(func=cmd_runner)
 
     wa = sub.add_parser("watch", help="stream manifest changes as they happen (see Subscribers)")

@@ -6,7 +6,7 @@ import hashlib
 import json
 import re
 import secrets
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -96,6 +96,9 @@ class JobSpec(BaseModel):
     enqueued_at: float | None = None
     # Where to send this job's events (a job spec's "webhook"); uploads carry theirs in metadata.
     webhook: WebhookTarget | None = None
+    # Interactive jobs (presigned uploads, job specs) go ahead of bulk ones (drop folders,
+    # replays) on the same runners (bucketbrush/routing.py).
+    priority: Literal["interactive", "bulk"] = "interactive"
 
     @property
     def inputs(self) -> list[ObjectRef]:

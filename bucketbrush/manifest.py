@@ -136,7 +136,7 @@ class RunnerStatus(Beat):
     """A runner's heartbeat at ``status/runners/<runner_id>.json``: who works on what."""
 
     runner_id: str
-    queue: str
+    queue: str  # the queues it consumes, comma-separated (bucketbrush/routing.py)
     device: str = "cpu"  # cpu | cuda:N | mps
     device_name: str | None = None  # e.g. the GPU's or the CPU's model name
     gpu: dict[str, Any] | None = None  # name and memory, when a CUDA device is in use
@@ -144,6 +144,7 @@ class RunnerStatus(Beat):
     jobs_done: int = 0
     jobs_failed: int = 0
     current_job: str | None = None
+    visible_devices: str | None = None  # CUDA_VISIBLE_DEVICES: the device a per-device runner is pinned to
 
 
 class SourceStatus(Beat):

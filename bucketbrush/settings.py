@@ -176,6 +176,20 @@ class BrokerSettings(SettingsGroup):
         description="an idle runner's Redis poll interval (Dramatiq's worker_timeout): the most a job waits "
                     "in the queue after a quiet spell, against idle Redis traffic")
     dedupe_ttl_s: int = Field(default=7 * 24 * 3600, description="how long a seen object identity is remembered")
+    # Scale-out (docs/scaling.md): queues by capability, runners per device.
+    recipe_capabilities: dict[str, Literal["cpu", "gpu", "any"]] = Field(
+        default_factory=dict,
+        description="re-map what a recipe needs (cpu, gpu or any; see bucketbrush/routing.py), e.g. "
+                    '{"upscale": "gpu"}; the handler and the runners must agree')
+    runner_serve: list[Literal["cpu", "gpu", "any"]] = Field(
+        default=["cpu", "gpu", "any"],
+        description="the capabilities a runner consumes (`runner --serve`); `any` queues are always served")
+    runner_devices: str = Field(
+        default="", description="`runner --devices`: empty (one process, no pinning), `all`, or indices `0,1`: "
+                                "one worker process per device, pinned with CUDA_VISIBLE_DEVICES")
+    runner_device_inventory: list[str] | None = Field(
+        default=None, description="the devices `--devices all` means, instead of asking CUDA (tests, "
+                                  "or a machine whose driver is not visible to this process)")
 
 
 class EventsSettings(SettingsGroup):

@@ -20,6 +20,7 @@ from bucketbrush.errors import InvalidSpec, InvalidWebhook
 from bucketbrush.jobs import RECIPE_NAME, JobSpec, ObjectRef, WebhookTarget, job_id_for, json_object
 from bucketbrush.layout import NotAnInput, unsafe_key
 from bucketbrush.manifest import ErrorInfo, Manifest
+from bucketbrush.routing import Priority
 from bucketbrush.settings import Settings
 from bucketbrush.store import Bucket
 from functions.events import S3Record
@@ -81,8 +82,11 @@ class Handler:
             return Outcome(key, "rejected" if exc.rejected else "ignored", reason=exc.reason)
         if route.kind == "upload":
             assert route.recipe is not None
+            # A presigned upload's key names its job (an app waits for it); a drop-folder
+            # file's does not (a batch): it goes behind interactive work (bucketbrush/routing.py).
             return self._submit(record.ref, route.recipe, input_ref=record.ref, params={},
-                                preferred_id=route.job_id, recent=self._recent(record))
+                                preferred_id=route.job_id, recent=self._recent(record),
+                                priority="interactive" if route.job_id else "bulk")
         if route.job_id is None:
             # A spec under a name that is no job id: leave a trace where the user looks.
             job_id = job_id_for(record.ref)
@@ -115,7 +119,8 @@ class Handler:
         return Outcome(record.key, "rejected", job_id, reason=str(exc))
 
     def _read_spec(self, ref: ObjectRef) -> tuple[str, ObjectRef | None, dict[str, Any], dict[str, Any]]:
-        """(recipe, input, params, options: ``time_limit_s``, ``hard_time_limit``, ``webhook``)."""
+        """(recipe, input, params, options: ``time_limit_s``, ``hard_time_limit``, ``webhook``,
+        ``priority``)."""
         if ref.size is not None and ref.size > MAX_SPEC_BYTES:
             raise InvalidSpec(f"job spec is {ref.size} bytes; the limit is {MAX_SPEC_BYTES}")
         body = self.bucket.s3.get_object(Bucket=ref.bucket, Key=ref.key)["Body"].read(MAX_SPEC_BYTES + 1)
@@ -142,14 +147,18 @@ class Handler:
         webhook = None
         if doc.get("webhook") is not None:
             webhook = WebhookTarget.parse(doc["webhook"], doc.get("webhook_events"), InvalidWebhook)
-        return recipe, input_ref, params, {"time_limit_s": time_limit_s, "hard_time_limit": hard, "webhook": webhook}
+        priority = doc.get("priority", "interactive")
+        if priority not in ("interactive", "bulk"):
+            raise InvalidSpec('"priority" must be "interactive" or "bulk"')
+        return recipe, input_ref, params, {"time_limit_s": time_limit_s, "hard_time_limit": hard, "webhook": webhook,
+                                           "priority": priority}
 
     # -- the common path ------------------------------------------------------------------
 
     def _submit(self, source: ObjectRef, recipe: str, *, input_ref: ObjectRef | None,
                 params: dict[str, Any], preferred_id: str | None,
                 time_limit_s: int | None = None, hard_time_limit: bool = False, recent: bool = False,
-                webhook: WebhookTarget | None = None) -> Outcome:
+                webhook: WebhookTarget | None = None, priority: Priority = "interactive") -> Outcome:
         claims, identity = self.claims, source.identity
         job_id = preferred_id if preferred_id and claims.claim(preferred_id, identity) else None
         if preferred_id and job_id is None and claims.holder(preferred_id) == identity:
@@ -167,7 +176,8 @@ class Handler:
         if existing and existing.finished_for(source):
             return Outcome(source.key, "duplicate", job_id, reason="already finished")
         spec = JobSpec(job_id=job_id, recipe=recipe, source=source, input=input_ref, params=params,
-                       time_limit_s=time_limit_s, hard_time_limit=hard_time_limit, webhook=webhook)
+                       time_limit_s=time_limit_s, hard_time_limit=hard_time_limit, webhook=webhook,
+                       priority=priority)
         try:
             self.bucket.write_manifest(Manifest(
                 job_id=job_id, status="queued", recipe=recipe, params=params, inputs=spec.inputs,

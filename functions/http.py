@@ -41,7 +41,7 @@ from bucketbrush.errors import BucketbrushError, JobError
 from bucketbrush.layout import unsafe_key
 from bucketbrush.presign import ParamsValidator, presign_upload
 from bucketbrush.settings import Settings
-from bucketbrush.status import queue_depths, runner_heartbeats
+from bucketbrush.status import job_queue_depths, runner_heartbeats
 from bucketbrush.store import Bucket
 from functions.events import InvalidEvent, S3Record, parse_records
 from functions.handler import Handler
@@ -245,8 +245,8 @@ class FunctionsApp:
             "runners": [],
         }
         if broker_ok:
-            ok, _, depths = await _probe(lambda: queue_depths(self.handler.broker, s.queue_name, s.broker_namespace))
-            report["queue"] = {"name": s.queue_name, **depths} if ok else None
+            ok, _, depths = await _probe(lambda: job_queue_depths(self.handler.broker, s))
+            report["queue"] = {"name": s.queue_name, **depths[0]} if ok else None
         if bucket_ok:
             ok, _, runners = await _probe(lambda: runner_heartbeats(self.bucket))
             report["runners"] = runners if ok else []

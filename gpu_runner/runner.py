@@ -95,7 +95,9 @@ class JobRunner:
 
     def run(self, spec: JobSpec, *, attempt: int = 1, last_attempt: bool = True) -> Manifest:
         """Run ``spec`` once. JobErrors end in a failed manifest and are re-raised (never
-        retried); other errors leave the job queued for a retry, or failed on the last one."""
+        retried); other errors (the store's, or unexpected ones: ``internal_error``) leave the
+        job queued for a retry, or failed on the last one. Either way the outputs written
+        before the failure are removed."""
         existing = self.bucket.read_manifest(spec.job_id)
         if existing and existing.finished_for(spec.source):
             log.info("job %s already %s; skipping duplicate delivery", spec.job_id, existing.status)
@@ -155,6 +157,11 @@ class JobRunner:
         except (ClientError, BotoCoreError) as exc:
             self._discard(written)
             error = TransientError(f"storage error: {exc}")
+            return self._finish_failed(manifest, error, final=last_attempt, cause=exc, target=target)
+        except Exception as exc:  # a bug, or a library failing in a way no recipe expected
+            log.exception("job %s: unexpected error", spec.job_id)
+            self._discard(written)
+            error = BucketbrushError(f"unexpected error: {type(exc).__name__}: {exc}")
             return self._finish_failed(manifest, error, final=last_attempt, cause=exc, target=target)
         self._record_result(manifest, result)
         manifest.status = "succeeded"
@@ -266,7 +273,9 @@ class JobRunner:
         """Record the failure, then raise: JobErrors are in the actor's ``throws`` (never
         retried); anything else is retried by Dramatiq until ``last_attempt``."""
         manifest.outputs = []
-        manifest.error = ErrorInfo.of(exc, retryable=not final)
+        # While retries remain: retryable. After the last: the error's own word (a store that
+        # kept failing may be back later, so `jobs retry` can try again; bad input cannot).
+        manifest.error = ErrorInfo.of(exc, retryable=exc.retryable if final else True)
         if isinstance(exc, JobCancelled):
             manifest.status = "cancelled"
         else:

@@ -10,7 +10,8 @@ from pathlib import Path
 from dramatiq import Worker
 
 from bucketbrush.broker import build_broker
-from bucketbrush.settings import Settings
+from bucketbrush.routing import served_queues
+from bucketbrush.settings import Settings, mask_url_password
 from bucketbrush.store import Bucket
 from bucketbrush.webhooks import Deliverer, Notifier, declare_webhook_actor
 from gpu_runner.actors import declare_actors
@@ -36,21 +37,24 @@ def run_worker(settings: Settings, *, ready_file: Path | None = None) -> None:
     deliveries = None
     if settings.webhook_worker_threads:
         declare_webhook_actor(broker, settings, Deliverer(settings, bucket, broker.client))
+    queues = [q for q, _ in served_queues(settings, settings.runner_serve)]
+    for queue in queues:  # a runner may start before any job was sent to its queues
+        broker.declare_queue(queue)
     heartbeat = Heartbeat(bucket, runner.stats, interval_s=settings.heartbeat_interval_s, info=runner.info,
-                          loaded_models=lambda: models.loaded if models else [])
+                          loaded_models=lambda: models.loaded if models else [], queues=queues)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     # What Dramatiq's own CLI does in a worker process; TimeLimit starts its timer thread here.
     broker.emit_after("process_boot")
-    worker = Worker(broker, queues={settings.queue_name}, worker_threads=1, worker_timeout=settings.runner_poll_ms)
+    worker = Worker(broker, queues=set(queues), worker_threads=1, worker_timeout=settings.runner_poll_ms)
     worker.start()
     if settings.webhook_worker_threads:
         deliveries = Worker(broker, queues={settings.webhook_queue_name},
                             worker_threads=settings.webhook_worker_threads, worker_timeout=settings.runner_poll_ms)
         deliveries.start()
     heartbeat.start()
-    log.info("runner consuming queue %r on %s", settings.queue_name, settings.redis_url)
+    log.info("runner consuming queues %s on %s", ", ".join(queues), mask_url_password(settings.redis_url))
     if ready_file:
         ready_file.write_text("ready\n")
     stop.wait()

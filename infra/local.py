@@ -159,6 +159,13 @@ class LocalStack:
                f"elsewhere, add {folder / DEV_CA} as a C2PA trust anchor (c2patool: --trust_anchors); "
                f"never use it in production (docs/content-credentials.md)")
 
+    def start_runner(self, name: str, *args: str, report: Callable[[str], None] = lambda _: None) -> None:
+        """One more runner in the running stack (e.g. ``--serve gpu``); ``down`` stops it too."""
+        state = self.read_state()
+        if not state:
+            raise StackError("the local stack is not running")
+        self._start_child(state, name, ["runner", *args], report)
+
     def _start_redis(self, state: StackState, report: Callable[[str], None], port: int | None = None) -> None:
         url = self.settings.redis_url
         state.broker_namespace = self.settings.broker_namespace

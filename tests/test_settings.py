@@ -32,6 +32,7 @@ refiner refine_local_model refine_local_max_new_tokens refine_local_min_confiden
 refine_openai_url refine_openai_model refine_openai_key refine_openai_timeout_s
 video_max_duration_s video_max_frames video_max_side video_max_fps video_temporal_weight
 content_credentials c2pa_signing_key c2pa_signing_certs c2pa_tsa_url c2pa_trust_anchors
+recipe_capabilities runner_serve runner_devices runner_device_inventory
 """.split()
 
 
