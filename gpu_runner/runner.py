@@ -214,11 +214,12 @@ class JobRunner:
 
     def _write_outputs(self, spec: JobSpec, result: RecipeResult, params: RecipeParams,
                        written: list[str], parent: Parent | None) -> list[Output]:
-        """Encode, sign (when content credentials are on) and PUT each output. Every output is
-        signed before the first PUT, so a signing failure leaves nothing behind."""
+        """Encode, sign (when content credentials are on) and PUT each output in turn. A failure
+        (signing_failed included) leaves the ones already written in ``written``: the caller
+        removes them, as for any failed attempt."""
         made = made_by(spec.recipe, params, result) if self.signer else None
         xmp = xmp_packet(made.source_type) if made and made.source_type else None
-        ready = []
+        outputs = []
         for artifact in result.artifacts:
             if artifact.image is not None:
                 data, content_type = encode_image(artifact.image, params.format, params.quality, xmp=xmp)
@@ -233,14 +234,13 @@ class JobRunner:
                     data, content_type, title=f"{artifact.name}.{extension}", job_id=spec.job_id,
                     recipe=spec.recipe, params=params, result=result, made=made, parent=parent,
                     input_key=spec.input.key if spec.input else None)
-            ready.append((key, data, Output(
+            self.bucket.s3.put_object(Bucket=self.bucket.name, Key=key, Body=data, ContentType=content_type)
+            written.append(key)
+            outputs.append(Output(
                 key=key, content_type=content_type, width=width, height=height,
                 bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), content_credentials=credentials,
-            )))
-        for key, data, output in ready:
-            self.bucket.s3.put_object(Bucket=self.bucket.name, Key=key, Body=data, ContentType=output.content_type)
-            written.append(key)
-        return [output for _, _, output in ready]
+            ))
+        return outputs
 
     def _record_result(self, manifest: Manifest, result: RecipeResult) -> None:
         manifest.model = result.model

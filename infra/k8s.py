@@ -37,6 +37,10 @@ SECRET_ENV = {
     "provider-token": "BUCKETBRUSH_PROVIDER_TOKEN",
     "webhook-job-secret": "BUCKETBRUSH_WEBHOOK_JOB_SECRET",
     "refine-openai-key": "BUCKETBRUSH_REFINE_OPENAI_KEY",
+    # Content Credentials (docs/content-credentials.md): PEM text; runners refuse to start
+    # without them unless BUCKETBRUSH_CONTENT_CREDENTIALS is off.
+    "c2pa-signing-key": "BUCKETBRUSH_C2PA_SIGNING_KEY",
+    "c2pa-signing-certs": "BUCKETBRUSH_C2PA_SIGNING_CERTS",
 }
 REQUIRED_SECRETS = {"s3-access-key", "s3-secret-key", "redis-url"}
 REDIS_PASSWORD_KEY = "redis-password"  # for KEDA's scaler, when the Redis URL has a password

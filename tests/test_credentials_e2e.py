@@ -96,3 +96,20 @@ def test_ai_output_has_the_xmp_source_type(bucket):
     assert xmp["xmpmeta"]["RDF"]["Description"]["DigitalSourceType"] == TRAINED
     assert read_credentials(data, "image/webp", anchors=trust_anchors(bucket.settings)).digital_source_types == [
         TRAINED]
+
+
+def test_a_runner_whose_key_does_not_match_its_certificate_fails_jobs_with_signing_failed(settings, tmp_path):
+    from bucketbrush.credentials import make_dev_ca
+    from tests.test_runner_processes import new_corner, runner
+
+    corner = new_corner(settings, tmp_path)  # its own bucket and queue namespace
+    _, chain, _ = make_dev_ca()
+    _, _, other_key = make_dev_ca()
+    env = corner.runner_env(c2pa_signing_key=other_key.decode(), c2pa_signing_certs=chain.decode())
+    with runner(corner, "bad-key-runner", env) as r:
+        spec = corner.enqueue("test-slow", "unsigned", seconds=0, steps=1, outputs=2)
+        manifest = wait_final(corner.bucket, spec.job_id, timeout=60)
+        assert manifest.status == "failed" and manifest.error.code == "signing_failed", manifest.error
+        assert manifest.error.retryable is False and manifest.attempts == 1
+        assert manifest.outputs == [] and corner.outputs(spec.job_id) == []
+        assert "PRIVATE KEY" not in r.log  # the key never reaches the log

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bucketbrush.broker import build_broker, enqueue_job
+from bucketbrush.credentials import DEV_CERTS, DEV_KEY, dev_dir
 from bucketbrush.jobs import JobSpec, ObjectRef
 from bucketbrush.manifest import Manifest, RunnerStatus
 from bucketbrush.settings import Settings
@@ -31,8 +32,12 @@ from tests.helpers import png_bytes, wait_final
 
 def only_the_three(settings: Settings) -> dict[str, str]:
     """The settings a runner on another machine gets: endpoint, keys, Redis URL (plus the
-    bucket's name, which the test stack does not leave at its default)."""
+    bucket's name, which the test stack does not leave at its default, and the key and chain
+    that sign its outputs' Content Credentials, as PEM text: the stack's development signer)."""
+    signer = dev_dir(settings.state_dir)
     return {
+        "BUCKETBRUSH_C2PA_SIGNING_KEY": (signer / DEV_KEY).read_text(),
+        "BUCKETBRUSH_C2PA_SIGNING_CERTS": (signer / DEV_CERTS).read_text(),
         "BUCKETBRUSH_S3_ENDPOINT_URL": settings.s3_endpoint_url or "",
         "BUCKETBRUSH_S3_ACCESS_KEY": settings.s3_access_key or "",
         "BUCKETBRUSH_S3_SECRET_KEY": settings.s3_secret_key.get_secret_value(),
