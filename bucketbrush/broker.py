@@ -4,10 +4,11 @@ thin functions never import the runner (or torch)."""
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import dramatiq
-from dramatiq.brokers.redis import RedisBroker
-from dramatiq.middleware import CurrentMessage
+from dramatiq.brokers.redis import MAINTENANCE_SCALE, RedisBroker, _RedisConsumer
+from dramatiq.middleware import CurrentMessage, Middleware
 
 from bucketbrush.jobs import JobSpec
 from bucketbrush.routing import ACTORS, RUN_JOB_ACTOR, queue_for
@@ -15,10 +16,73 @@ from bucketbrush.settings import Settings
 
 __all__ = ["RUN_JOB_ACTOR", "build_broker", "enqueue_job"]
 
+# Wake-up tokens kept per queue: enough to wake every idle runner of a burst, few enough that
+# stale ones (pushed while every runner was busy) cost idle consumers nothing worth counting.
+WAKE_TOKENS = 16
+# How often a consumer whose worker is busy looks whether it is free again (no Redis call).
+BUSY_CHECK_S = 0.005
+
+
+def wake_key(namespace: str, queue_name: str) -> str:
+    return f"{namespace}:{queue_name}.wake"
+
+
+class WakeUp(Middleware):
+    """After each enqueue, push a token onto the queue's wake list: an idle consumer blocks on
+    it (BLPOP) instead of sleeping between polls, so a job starts within a Redis round trip."""
+
+    def after_enqueue(self, broker: Any, message: dramatiq.Message, delay: int | None) -> None:
+        # message.queue_name is the delay queue's for a delayed message: its consumer wakes.
+        key = wake_key(broker.namespace, message.queue_name)
+        pipe = broker.client.pipeline(transaction=False)
+        pipe.rpush(key, 1)
+        pipe.ltrim(key, -WAKE_TOKENS, -1)
+        pipe.expire(key, 60)
+        pipe.execute()
+
+
+class _WakeConsumer(_RedisConsumer):
+    """Dramatiq's Redis consumer, idle-waiting on the queue's wake list. Dramatiq's own idle
+    wait is a sleep of up to the worker timeout between polls (a job arriving after a quiet
+    spell waited half of it on average); here that sleep is cut to 1 ms and the consumer blocks
+    on BLPOP for up to the worker timeout instead (its poll, and its heartbeat, still come at
+    least that often). A consumer whose worker is busy does not take wake-ups (an idle runner
+    gets the token): it waits, without Redis calls, until its worker is free, then polls."""
+
+    def __init__(self, broker: RedisBroker, queue_name: str, prefetch: int, timeout: int) -> None:
+        super().__init__(broker, queue_name, prefetch, 1)
+        self.idle_s = timeout / 1000
+        self.wake_key = wake_key(broker.namespace, queue_name)
+
+    def __next__(self) -> Any:
+        message = super().__next__()
+        if message is None:
+            if self.outstanding_message_count:
+                deadline = time.monotonic() + self.idle_s
+                while self.outstanding_message_count and time.monotonic() < deadline:
+                    time.sleep(BUSY_CHECK_S)
+            else:
+                self.broker.client.blpop([self.wake_key], timeout=self.idle_s)
+        return message
+
+
+class Broker(RedisBroker):
+    """Dramatiq's RedisBroker whose consumers wake on enqueue (see ``WakeUp``)."""
+
+    @property
+    def consumer_class(self) -> type[_RedisConsumer]:
+        return _WakeConsumer
+
 
 def build_broker(settings: Settings) -> RedisBroker:
-    broker = RedisBroker(url=settings.redis_url, namespace=settings.broker_namespace)
+    broker = Broker(
+        url=settings.redis_url, namespace=settings.broker_namespace,
+        # How soon a killed runner's messages come back (docs/operations.md, "A runner dies").
+        heartbeat_timeout=int(settings.broker_heartbeat_timeout_s * 1000),
+        maintenance_chance=max(1, round(settings.broker_maintenance_chance * MAINTENANCE_SCALE)),
+    )
     broker.add_middleware(CurrentMessage())
+    broker.add_middleware(WakeUp())
     return broker
 
 

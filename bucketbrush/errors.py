@@ -192,3 +192,19 @@ class SigningFailed(JobError):
     unsigned. Not retried (a bad key or certificate fails the same way again)."""
 
     code = "signing_failed"
+# Tenants (bucketbrush/tenants.py): each tenant keeps to its own prefix and its own limits.
+class OutsideTenant(JobError):
+    """A job names a key outside its tenant's prefix (another tenant's, or the shared layout's)."""
+
+    code = "outside_tenant"
+
+
+class QuotaExceeded(JobError):
+    """A tenant's limit (jobs per hour, concurrent jobs, input bytes per day, recipes) is reached;
+    the message says which and when it resets."""
+
+    code = "quota_exceeded"
+
+
+class UnknownTenant(BucketbrushError):
+    code = "unknown_tenant"

@@ -142,7 +142,7 @@ def delete_job(bucket: Bucket, broker: dramatiq.Broker, job_id: str) -> list[str
     for i in range(0, len(own), 1000):
         bucket.s3.delete_objects(Bucket=bucket.name, Delete={
             "Objects": [{"Key": k} for k in own[i:i + 1000]], "Quiet": True})
-    Claims(broker.client, bucket.settings).delete(job_id)
+    Claims(broker.client, bucket.settings, bucket.tenant).delete(job_id)
     bucket.index.forget(manifest)
     return own
 
@@ -158,7 +158,7 @@ def retry_job(bucket: Bucket, broker: dramatiq.Broker, job_id: str,
         raise InvalidState(f"job {job_id} records no input to retry from")
     source = _latest_same_content(bucket, manifest.inputs[0])
     settings = bucket.settings
-    if source.key.startswith(settings.inbox_prefix):
+    if source.key.startswith(bucket.layout.inbox):
         input_ref = source
     else:
         input_ref = manifest.inputs[1] if len(manifest.inputs) > 1 else None
@@ -166,10 +166,11 @@ def retry_job(bucket: Bucket, broker: dramatiq.Broker, job_id: str,
     bucket.index.forget(manifest)  # the retried job is indexed anew, as just submitted
     queued = Manifest(job_id=job_id, status="queued", recipe=manifest.recipe, params=manifest.params,
                       inputs=manifest.inputs, timings={"queued_at": time.time()},
-                      attempts=manifest.attempts)
+                      attempts=manifest.attempts, tenant=manifest.tenant, replay_of=manifest.replay_of)
     bucket.write_manifest(queued)
     enqueue_job(broker, settings, JobSpec(job_id=job_id, recipe=manifest.recipe, source=source,
-                                          input=input_ref, params=manifest.params, priority=priority))
+                                          input=input_ref, params=manifest.params, priority=priority,
+                                          tenant=manifest.tenant, replay_of=manifest.replay_of))
     return queued
 
 

@@ -99,6 +99,10 @@ class Manifest(BaseModel):
     urls_expire_at: float | None = None
     attempts: int = 0
     updated_at: float = Field(default_factory=time.time)
+    # Whose job it is (None: the default tenant); the manifest lives under tenants/<tenant>/.
+    tenant: str | None = None
+    # The job this one re-ran (`bucketbrush replay`), with its report's id.
+    replay_of: str | None = None
 
     @property
     def is_final(self) -> bool:
@@ -145,6 +149,8 @@ class RunnerStatus(Beat):
     jobs_failed: int = 0
     current_job: str | None = None
     visible_devices: str | None = None  # CUDA_VISIBLE_DEVICES: the device a per-device runner is pinned to
+    # Its Prometheus metrics (runner_metrics_port), when it serves them.
+    metrics_url: str | None = None
 
 
 class SourceStatus(Beat):

@@ -28,6 +28,7 @@ def declare_actors(broker: dramatiq.Broker, settings: Settings, runner: JobRunne
             JobSpec.model_validate(spec),
             attempt=retries + 1,
             last_attempt=retries >= max_retries,
+            delivery=message.message_id if message else None,
         )
 
     return [dramatiq.actor(

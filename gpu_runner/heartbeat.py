@@ -30,7 +30,9 @@ class Heartbeat:
 
     def __init__(self, bucket: Bucket, stats: dict[str, Any], *, interval_s: float,
                  info: dict[str, Any] | None = None, loaded_models: Any = lambda: [],
-                 queues: list[str] | None = None) -> None:
+                 queues: list[str] | None = None,
+                 metrics_url: str | None = None) -> None:
+        self.metrics_url = metrics_url
         self.bucket = bucket
         self.stats = stats
         self.info = info or {}
@@ -51,6 +53,7 @@ class Heartbeat:
             loaded_models=list(self.loaded_models()), jobs_done=self.stats["jobs_done"],
             jobs_failed=self.stats["jobs_failed"], current_job=self.stats["current_job"],
             started_at=self.started_at, updated_at=time.time(), interval_s=self.interval_s,
+            metrics_url=self.metrics_url,
         )
 
     def start(self) -> None:

@@ -9,10 +9,13 @@ from pathlib import Path
 
 from dramatiq import Worker
 
+from bucketbrush import metrics
 from bucketbrush.broker import build_broker
+from bucketbrush.claims import Claims
+from bucketbrush.quotas import Quotas
 from bucketbrush.routing import served_queues
 from bucketbrush.settings import Settings, mask_url_password
-from bucketbrush.store import Bucket
+from bucketbrush.store import Bucket, RequestCounter
 from bucketbrush.webhooks import Deliverer, Notifier, declare_webhook_actor
 from gpu_runner.actors import declare_actors
 from gpu_runner.heartbeat import Heartbeat
@@ -31,7 +34,15 @@ def run_worker(settings: Settings, *, ready_file: Path | None = None) -> None:
 
         models = ModelCache.from_settings(settings)
         models.preload(settings.preload_models)
-    runner = JobRunner(bucket, models, Notifier(settings, broker))
+    requests = RequestCounter(settings, on_request=metrics.count_request)
+    requests.attach(bucket.s3)
+    runner = JobRunner(bucket, models, Notifier(settings, broker), claims=Claims(broker.client, settings),
+                       requests=requests, quotas=Quotas(broker.client, settings))
+    metrics_url = None
+    if settings.runner_metrics_port is not None:
+        server = metrics.serve(settings.runner_metrics_port, settings.runner_metrics_host)
+        metrics_url = f"http://{settings.runner_metrics_host}:{server.server_port}/metrics"
+        log.info("runner metrics at %s", metrics_url)
     declare_actors(broker, settings, runner)
     # Webhook deliveries: their own actor, queue and threads, so they never hold up a job.
     deliveries = None
@@ -41,7 +52,8 @@ def run_worker(settings: Settings, *, ready_file: Path | None = None) -> None:
     for queue in queues:  # a runner may start before any job was sent to its queues
         broker.declare_queue(queue)
     heartbeat = Heartbeat(bucket, runner.stats, interval_s=settings.heartbeat_interval_s, info=runner.info,
-                          loaded_models=lambda: models.loaded if models else [], queues=queues)
+                          loaded_models=lambda: models.loaded if models else [], queues=queues,
+                          metrics_url=metrics_url)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

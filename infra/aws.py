@@ -24,7 +24,7 @@ import boto3
 from bucketbrush.settings import Settings
 from bucketbrush.store import s3_client
 from functions.sources.sqs import sqs_client
-from infra.bucket import apply_bucket
+from infra.bucket import apply_bucket, layouts, rule_id
 
 EVENTS = ["s3:ObjectCreated:*"]
 # After this many failed receives a message goes to the dead-letter queue.
@@ -43,8 +43,9 @@ class EventRoute:
 
 
 def notification_prefixes(settings: Settings) -> dict[str, str]:
-    """Notification id -> key prefix: the only folders whose uploads become jobs."""
-    return {"bucketbrush-inbox": settings.inbox_prefix, "bucketbrush-jobs": settings.jobs_prefix}
+    """Notification id -> key prefix: the only folders whose uploads become jobs (each
+    tenant's too: S3 filters by prefix, and tenants/ alone would announce every output)."""
+    return {rule_id(name, layout): getattr(layout, name) for layout in layouts(settings) for name in ("inbox", "jobs")}
 
 
 def _queue(sqs: Any, name: str, attributes: dict[str, str] | None = None) -> tuple[str, str]:

@@ -30,7 +30,7 @@ from minio.notificationconfig import NotificationConfig, PrefixFilterRule, Queue
 
 from bucketbrush.errors import BucketbrushError
 from bucketbrush.settings import Settings
-from infra.bucket import lifecycle_rules
+from infra.bucket import layouts, lifecycle_rules
 
 WEBHOOK_ID = "bucketbrush"
 CREATED_EVENTS = ["s3:ObjectCreated:*"]
@@ -60,9 +60,10 @@ def notification_routes(settings: Settings, arn: str, manifests_arn: str | None 
     route ``manifests/*.json`` to that target (any MinIO target: a subscriber's webhook, Kafka,
     AMQP, NATS...), for event subscribers; never to the functions' own webhook."""
     routes = [
-        QueueConfig(queue=arn, events=list(CREATED_EVENTS), config_id=f"{_CONFIG_ID_PREFIX}{name}",
-                    prefix_filter_rule=PrefixFilterRule(prefix))
-        for name, prefix in (("inbox", settings.inbox_prefix), ("jobs", settings.jobs_prefix))
+        QueueConfig(queue=arn, events=list(CREATED_EVENTS),
+                    config_id=f"{_CONFIG_ID_PREFIX}{name}" + (f"-{layout.tenant}" if layout.tenant else ""),
+                    prefix_filter_rule=PrefixFilterRule(getattr(layout, name)))
+        for layout in layouts(settings) for name in ("inbox", "jobs")
     ]
     if manifests_arn:
         if manifests_arn == arn:

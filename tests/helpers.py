@@ -10,6 +10,7 @@ import uuid
 from pathlib import Path
 
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from bucketbrush.credentials import CredentialsReport, read_credentials, trust_anchors
 from bucketbrush.jobs import ObjectRef, job_id_for
@@ -118,3 +119,13 @@ def check_credentials(bucket: Bucket, manifest: Manifest, out: Output, data: byt
         [ingredient] = report.ingredients
         assert ingredient["relationship"] == "parentOf" and len(ingredient["sha256"]) == 64
     return report
+
+
+def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of an exposition: (name, sorted labels) -> value."""
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def metric_value(samples: dict, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
