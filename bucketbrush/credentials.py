@@ -273,8 +273,9 @@ class CredentialsReport:
 
 
 def read_credentials(data: bytes, mime: str | None = None, *, anchors: str | None = None) -> CredentialsReport | None:
-    """The Content Credentials embedded in ``data``; None when it carries none. ``anchors``: PEM
-    trust anchors (a signer chaining to one is ``Trusted``)."""
+    """The Content Credentials embedded in ``data``; None when it carries none (or is of a type
+    C2PA cannot carry, e.g. JSON). ``anchors``: PEM trust anchors (a signer chaining to one is
+    ``Trusted``)."""
     c2pa = require_c2pa()
     config: dict[str, Any] = {"verify": {"verify_trust": True}}
     if anchors:
@@ -282,7 +283,7 @@ def read_credentials(data: bytes, mime: str | None = None, *, anchors: str | Non
     with c2pa.Context.from_dict(config) as context:
         try:
             reader = c2pa.Reader(mime or None, io.BytesIO(data), None, context)
-        except c2pa.C2paError.ManifestNotFound:
+        except (c2pa.C2paError.ManifestNotFound, c2pa.C2paError.NotSupported):
             return None
         with reader:
             store = json.loads(reader.json())

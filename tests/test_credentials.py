@@ -248,3 +248,13 @@ def test_the_runner_command_refuses_to_start_without_a_key(tmp_path: Path, monke
     err = capsys.readouterr().err
     assert "error [config_error]: content credentials are on but no signing key" in err
     assert "BUCKETBRUSH_CONTENT_CREDENTIALS=off" in err
+
+
+def test_verify_a_file_without_credentials_or_of_another_type(tmp_path: Path, capsys) -> None:
+    from bucketbrush.cli import main
+
+    (tmp_path / "plain.png").write_bytes(png())
+    (tmp_path / "doc.json").write_text('{"a": 1}')
+    for name in ("plain.png", "doc.json"):
+        assert main(["verify", str(tmp_path / name)]) == 1
+        assert "content credentials: none" in capsys.readouterr().out
