@@ -113,3 +113,18 @@ def test_a_runner_whose_key_does_not_match_its_certificate_fails_jobs_with_signi
         assert manifest.error.retryable is False and manifest.attempts == 1
         assert manifest.outputs == [] and corner.outputs(spec.job_id) == []
         assert "PRIVATE KEY" not in r.log  # the key never reaches the log
+
+
+def test_with_content_credentials_off_a_runner_writes_plain_outputs(settings, tmp_path):
+    from tests.test_runner_processes import new_corner, runner
+
+    corner = new_corner(settings, tmp_path)
+    env = corner.runner_env(content_credentials="off")
+    with runner(corner, "unsigned-runner", env):
+        spec = corner.enqueue("test-slow", "plain", seconds=0, steps=1, outputs=2)
+        manifest = wait_final(corner.bucket, spec.job_id, timeout=60)
+    assert manifest.status == "succeeded", manifest.error
+    assert len(manifest.outputs) == 2
+    for out in manifest.outputs:
+        assert out.content_credentials is None
+        assert read_credentials(get(corner.bucket, out.key), out.content_type) is None
