@@ -41,7 +41,8 @@ RECIPE_NEEDS: MappingProxyType[str, Capability] = MappingProxyType({
     "remove-bg": "any",  # a small segmentation model: fine on a CPU, faster on a GPU
     "txt2img": "gpu", "img2img": "gpu", "sketch": "gpu", "stylize": "gpu", "inpaint": "gpu",
     "layers": "gpu", "video": "gpu",  # diffusion (video stylizes every frame)
-    "test-slow": "any", "test-slow-limited": "any", "test-fail-late": "any",  # tests only (recipes/testing.py)
+    # tests only (recipes/testing.py)
+    "test-slow": "any", "test-slow-limited": "any", "test-fail-late": "any", "test-crash": "any",
 })
 
 

@@ -254,6 +254,9 @@ class LimitsSettings(SettingsGroup):
     hard_time_limit_recipes: list[str] = Field(
         default_factory=list, description="recipes run in a child process killed at the time limit "
                                           "(not for diffusion recipes: their models live in the runner)")
+    max_runner_deaths: int = Field(
+        default=3, ge=1, description="a job whose runner dies in it this many times (killed, out of memory) "
+                                     "ends failed with runner_died instead of being delivered again")
 
     def time_limit_s(self, recipe: str, requested: int | None = None) -> int:
         """The recipe's limit, or a tighter one the job asked for."""

@@ -23,7 +23,7 @@ WEBHOOK_TEST_SETTINGS = {
     "webhook_retry_schedule_s": [0.5, 0.5, 0.5],
 }
 # Fixtures that start servers: a test that uses one (directly or through another fixture) is e2e.
-SERVER_FIXTURES = {"stack", "localstack_endpoint", "private_redis", "openai_server"}
+SERVER_FIXTURES = {"stack", "localstack_endpoint", "private_redis", "openai_server", "chaos"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
