@@ -5,6 +5,7 @@ output's credentials against the recipe's row of the table.)"""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import stat
@@ -128,3 +129,24 @@ def test_with_content_credentials_off_a_runner_writes_plain_outputs(settings, tm
     for out in manifest.outputs:
         assert out.content_credentials is None
         assert read_credentials(get(corner.bucket, out.key), out.content_type) is None
+
+
+def test_a_mask_the_recipe_read_is_an_input_to_ingredient(bucket):
+    from PIL import ImageDraw
+
+    mask = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(mask).ellipse((16, 16, 48, 48), fill=255)
+    mask_bytes = png_bytes(mask)
+    bucket.s3.put_object(Bucket=bucket.name, Key="masks/c2pa-round.png", Body=mask_bytes)
+    job = drop(bucket, "inbox/inpaint/c2pa.png", png_bytes(portrait(64, 64)),
+               Metadata={"params": json.dumps({"prompt": "a tree", "mask_key": "masks/c2pa-round.png",
+                                               "steps": 2, "seed": 7})})
+    manifest = wait_final(bucket, job, timeout=120)
+    assert manifest.status == "succeeded", manifest.error
+    out = manifest.outputs[0]
+    report = check_credentials(bucket, manifest, out, get(bucket, out.key))
+    assert report.digital_source_types == ["http://cv.iptc.org/newscodes/digitalsourcetype/"
+                                           "compositeWithTrainedAlgorithmicMedia"]
+    [mask_ingredient] = [i for i in report.ingredients if i["relationship"] == "inputTo"]
+    assert mask_ingredient["title"] == "c2pa-round.png"
+    assert mask_ingredient["sha256"] == hashlib.sha256(mask_bytes).hexdigest()
