@@ -402,9 +402,11 @@ class VideoSettings(SettingsGroup):
 
 
 class CredentialsSettings(SettingsGroup):
-    """Content Credentials (C2PA) on every output (bucketbrush/credentials.py,
-    docs/content-credentials.md). Key and certificates: PEM text or a file path each; unset:
-    the development signer `bucketbrush up` makes under the state dir."""
+    """Content Credentials (C2PA) on every output: the signing key, certificates and trust.
+
+    Key and certificates: PEM text or a file path each; unset: the development signer
+    `bucketbrush up` makes under the state dir (bucketbrush/credentials.py,
+    docs/content-credentials.md)."""
 
     content_credentials: bool = Field(
         default=True, description="sign every output with a C2PA manifest and write XMP DigitalSourceType; "
