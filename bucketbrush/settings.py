@@ -222,6 +222,10 @@ class EventsSettings(SettingsGroup):
     sweep_interval_s: float = Field(
         default=300, ge=0, description="period of the sweep (functions/sweep.py) in the event source; 0: off")
     sweep_grace_s: float = Field(default=60, ge=0, description="how old an input must be before the sweep takes it")
+    handler_concurrency: int = Field(
+        default=8, ge=1, le=256,
+        description="records the handler works on at once (in order for one key): event sources and the HTTP "
+                    "host wait on the store's round trips in parallel")
 
 
 class FunctionsSettings(SettingsGroup):
@@ -300,6 +304,17 @@ class DiffusionSettings(SettingsGroup):
         default=None, description="semantic segmentation model for `remove-bg`; unset: GrabCut fallback")
     segmentation_labels: list[str] = Field(
         default_factory=list, description="labels of segmentation_model that are foreground; empty: automatic")
+    # Remote inference providers (models file entries with `provider`, or `fallback`; docs/scaling.md).
+    provider_endpoints: dict[str, str] = Field(
+        default_factory=dict, description="base URL per provider (hf-inference, openai-images, replicate), "
+                                          "instead of its public API's")
+    provider_tokens: dict[str, SecretStr] = Field(
+        default_factory=dict, description="API token per provider, e.g. {\"hf-inference\": \"hf_...\"}; never "
+                                          "logged nor written to a manifest")
+    provider_timeout_s: float = Field(default=60, gt=0, description="one request to a provider")
+    provider_deadline_s: float = Field(
+        default=300, gt=0, description="one job's whole remote call: retries while the model loads (503), "
+                                       "waits on rate limits (429), polling")
 
 
 class LocalStackSettings(SettingsGroup):
@@ -387,9 +402,11 @@ class VideoSettings(SettingsGroup):
 
 
 class CredentialsSettings(SettingsGroup):
-    """Content Credentials (C2PA) on every output (bucketbrush/credentials.py,
-    docs/content-credentials.md). Key and certificates: PEM text or a file path each; unset:
-    the development signer `bucketbrush up` makes under the state dir."""
+    """Content Credentials (C2PA) on every output: the signing key, certificates and trust.
+
+    Key and certificates: PEM text or a file path each; unset: the development signer
+    `bucketbrush up` makes under the state dir (bucketbrush/credentials.py,
+    docs/content-credentials.md)."""
 
     content_credentials: bool = Field(
         default=True, description="sign every output with a C2PA manifest and write XMP DigitalSourceType; "

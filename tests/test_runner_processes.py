@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import signal
 import sys
 import time
@@ -24,7 +23,7 @@ import pytest
 import redis
 
 from bucketbrush.broker import build_broker, enqueue_job
-from bucketbrush.credentials import dev_dir
+from bucketbrush.credentials import ensure_dev_credentials
 from bucketbrush.jobs import JobSpec, ObjectRef, job_id_for
 from bucketbrush.management import cancel_job
 from bucketbrush.manifest import Manifest, RunnerStatus
@@ -84,9 +83,7 @@ def new_corner(settings: Settings, logs: Path) -> Corner:
     name = f"bbrun-{uuid.uuid4().hex[:10]}"
     own = settings.model_copy(update={"bucket": name, "broker_namespace": name, "state_dir": logs})
     apply_bucket(s3_client(own), own)
-    # The stack's development signer (and its CA, to check the outputs): runners here sign
-    # their outputs as the stack's do.
-    shutil.copytree(dev_dir(settings.state_dir), dev_dir(logs), dirs_exist_ok=True)
+    ensure_dev_credentials(logs)  # its runners sign outputs with a development signer of its own
     return Corner(own, Bucket(own), logs)
 
 
