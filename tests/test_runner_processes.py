@@ -196,16 +196,21 @@ def test_outputs_of_a_failed_attempt_are_removed(corner, faults, proxied_runner)
     assert retry["outputs"] == [] and retry["error"]["code"] == "transient_error" and retry["error"]["retryable"]
 
 
-def test_an_unexpected_error_fails_the_job_and_writes_nothing(corner, proxy, proxied_runner):
-    # test-fail-late: its last output cannot be encoded (a Pillow error, not a JobError).
+def test_an_unexpected_error_after_the_first_outputs_removes_them(corner, proxy, proxied_runner):
+    # test-fail-late: its last output cannot be encoded (a Pillow error, not a JobError), after
+    # the runner has written the others.
     spec = corner.enqueue("test-fail-late", "fail-late", outputs=3)
     manifest = wait_final(corner.bucket, spec.job_id, timeout=90)
     assert manifest.status == "failed" and manifest.error.code == "internal_error", manifest.error
     assert "cannot write mode CMYK as PNG" in manifest.error.message
     # Retried like a store error (it may be one in disguise), then final and not retryable.
     assert manifest.error.retryable is False and manifest.outputs == [] and manifest.attempts == 3
-    # Every output is encoded before the first PUT: none was written, on any attempt.
-    assert proxy.seen(prefix=f"/{corner.bucket.name}/outputs/{spec.job_id}/") == []
+    prefix = f"/{corner.bucket.name}/outputs/{spec.job_id}/"
+    written = proxy.seen("PUT", prefix)
+    # Each of the three attempts wrote two outputs, then removed them.
+    assert sorted(r.path.rsplit("/", 1)[1] for r in written) == ["first-2.png"] * 3 + ["first.png"] * 3
+    assert all(r.status == 200 for r in written)
+    assert len(proxy.seen("DELETE", prefix)) == 6
     assert corner.outputs(spec.job_id) == []
 
 

@@ -5,10 +5,9 @@ steps, reporting progress and honouring cancel between them, so time limits and 
 tested on any machine. ``test-slow-limited`` is the same recipe under another name, for a
 per-recipe time limit (``recipe_time_limits_s``) that leaves ``test-slow`` alone.
 
-``test-fail-late`` fails late, after the recipe has run: its last output is a CMYK image,
-which PNG cannot hold, so the runner's encoder fails on it with an unexpected error (not a
-JobError), after the others were encoded. (The runner encodes every output before the first
-PUT, so what fails between PUTs is the store: tests make it fail with tests/fault_proxy.py.)
+``test-fail-late`` fails while the runner writes its outputs, after the first are in the
+bucket: its last output is a CMYK image, which PNG cannot hold, so the failure comes from
+the encoder itself (an unexpected error, not a JobError), at a known point.
 
 ``test-crash`` kills its runner process (``os._exit``), as a job exhausting the machine's
 memory would: the poison job of the fault tests.
@@ -62,7 +61,7 @@ TEST_RECIPES = (
     *(Recipe(name=name, description="tests only: waits `seconds`, then returns the input", params=SlowParams,
              run=run_slow)
       for name in ("test-slow", "test-slow-limited")),
-    Recipe(name="test-fail-late", description="tests only: its last output cannot be encoded",
+    Recipe(name="test-fail-late", description="tests only: fails while its outputs are written, after the first",
            params=FailLateParams, run=run_fail_late),
 )
 
