@@ -196,3 +196,20 @@ def test_rotate_and_remove(stack: Any, settings: Settings) -> None:
     cli(settings, "tenants", "remove", tenant)
     wait_usable(new, settings, second["prefix"], usable=False)
     assert tenant not in {t["tenant"] for t in json.loads(cli(settings, "tenants", "list", "--json"))}
+
+
+def test_an_app_acting_as_a_tenant(two_tenants: dict[str, Any], settings: Settings, bucket: Bucket) -> None:
+    """BUCKETBRUSH_TENANT for an app: presigned uploads land in the tenant's inbox (signed by the
+    service's keys: SeaweedFS refuses POSTs signed by prefix-scoped keys), the job runs there,
+    and the manifest link the app polls reads the tenant's manifest."""
+    from bucketbrush.client import Studio
+
+    a = two_tenants["a"]
+    studio = Studio.from_settings(settings.model_copy(update={"tenant": a["tenant"]}))
+    job = studio.submit(png_bytes(), "filter", filename="cat.png", style="sepia")
+    assert job.upload is not None and job.upload.key.startswith(f"{a['prefix']}inbox/filter/{job.job_id}/")
+    manifest = job.wait(timeout=60)
+    assert (manifest.status, manifest.tenant) == ("succeeded", a["tenant"])
+    assert requests.get(job.upload.manifest_url, timeout=10).json()["job_id"] == job.job_id
+    assert manifest.outputs[0].key.startswith(f"{a['prefix']}outputs/")
+    assert bucket.read_manifest(job.job_id) is None
