@@ -374,6 +374,9 @@ class TenantsSettings(SettingsGroup):
     tenant_quota_stale_s: float = Field(
         default=6 * 3600, gt=0, description="a job counted as running for longer than this no longer counts "
                                             "towards max_concurrent (its runner died)")
+    tenant_queues: bool = Field(
+        default=False, description="each tenant's jobs go to a Dramatiq queue of its own, which runners consume "
+                                   "side by side: one tenant's burst cannot starve another's job")
 
     @field_validator("tenants_prefix")
     @classmethod

@@ -46,6 +46,12 @@ def run_worker(settings: Settings, *, ready_file: Path | None = None) -> None:
     broker.emit_after("process_boot")
     worker = Worker(broker, queues={settings.queue_name}, worker_threads=1, worker_timeout=settings.runner_poll_ms)
     worker.start()
+    tenant_queues = None
+    if settings.tenant_queues:
+        from gpu_runner.tenant_queues import TenantQueues
+
+        tenant_queues = TenantQueues(broker, settings, worker)
+        tenant_queues.start()
     if settings.webhook_worker_threads:
         deliveries = Worker(broker, queues={settings.webhook_queue_name},
                             worker_threads=settings.webhook_worker_threads, worker_timeout=settings.runner_poll_ms)
@@ -56,6 +62,8 @@ def run_worker(settings: Settings, *, ready_file: Path | None = None) -> None:
         ready_file.write_text("ready\n")
     stop.wait()
     log.info("runner stopping")
+    if tenant_queues:
+        tenant_queues.stop()
     worker.stop(timeout=600_000)
     if deliveries:
         deliveries.stop(timeout=int(settings.webhook_timeout_s * 1000) + 5_000)

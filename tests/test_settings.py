@@ -32,7 +32,7 @@ refiner refine_local_model refine_local_max_new_tokens refine_local_min_confiden
 refine_openai_url refine_openai_model refine_openai_key refine_openai_timeout_s
 video_max_duration_s video_max_frames video_max_side video_max_fps video_temporal_weight
 tenant tenants_prefix tenants_file tenant_jobs_per_hour tenant_max_concurrent tenant_input_bytes_per_day
-tenant_recipes tenant_quota_stale_s
+tenant_recipes tenant_quota_stale_s tenant_queues
 """.split()
 
 
