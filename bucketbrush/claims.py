@@ -63,3 +63,13 @@ class Claims:
 
     def delete(self, job_id: str) -> None:
         self.redis.delete(self.key(job_id))
+
+    # Done markers: which message finished a job. A runner that gets a message again (Dramatiq
+    # delivers at least once) learns from Redis, not from an S3 read, that it already ran.
+
+    def mark_done(self, job_id: str, delivery: str) -> None:
+        self.redis.set(f"{self.namespace}:done:{job_id}", delivery, ex=self.ttl_s)
+
+    def done_by(self, job_id: str) -> str | None:
+        """The id of the message that finished ``job_id`` (None: none did, or long ago)."""
+        return _text(self.redis.get(f"{self.namespace}:done:{job_id}"))

@@ -135,6 +135,30 @@ def cmd_presign_get(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
+    """Content Credentials of a local file or a bucket key: 0 valid, 1 invalid or none."""
+    import mimetypes
+
+    from bucketbrush.credentials import describe, read_credentials, trust_anchors
+
+    path = Path(args.target)
+    if path.exists():
+        data, mime = path.read_bytes(), mimetypes.guess_type(path.name)[0]
+    else:
+        from bucketbrush.store import Bucket
+
+        bucket = Bucket(settings)
+        obj = bucket.s3.get_object(Bucket=bucket.name, Key=args.target)
+        data, mime = obj["Body"].read(), obj.get("ContentType")
+    report = read_credentials(data, mime, anchors=trust_anchors(settings))
+    if args.json:
+        print(json.dumps(report.to_dict() if report else None, indent=2))
+    else:
+        print(f"{args.target} ({mime or 'unknown type'}, {len(data):,} bytes)")
+        print("\n".join(describe(report)))
+    return 0 if report and report.validation_state in ("Valid", "Trusted") else 1
+
+
 def print_manifest(manifest: Any, bucket: Any) -> None:
     """A final (or current) manifest for people: status, timing, errors, warnings, outputs
     with presigned GET links."""
@@ -151,7 +175,9 @@ def print_manifest(manifest: Any, bucket: Any) -> None:
         print(f"  warning: {warning}")
     for out in manifest.outputs:
         size = f"  {out.width}x{out.height}" if out.width else ""
-        print(f"  -> {out.key}{size}  {out.bytes:,} bytes")
+        cc = out.content_credentials
+        signed = (f"  C2PA {cc.validation_state}" if cc and cc.signed else "  unsigned" if cc else "")
+        print(f"  -> {out.key}{size}  {out.bytes:,} bytes{signed}")
         print(f"     {bucket.presigned_get(out.key)}")
 
 
@@ -317,8 +343,11 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
           + ("ok" if brk["reachable"] else f"UNREACHABLE ({brk['error']})"))
     if (q := report["queue"]) and "ready" in q:
         dead = " (`bucketbrush jobs dead list`)" if q["dead_lettered"] else ""
-        print(f"queue   {q['name']}: {q['ready']} ready, {q['delayed']} waiting to retry, "
+        print(f"queue   {q['name']}-*: {q['ready']} ready, {q['delayed']} waiting to retry, "
               f"{q['dead_lettered']} dead-lettered{dead}")
+        for name, d in report["queues"].items():
+            if any(d.values()):
+                print(f"  {name}: {d['ready']} ready, {d['delayed']} waiting to retry, {d['dead_lettered']} dead")
     if report["local_stack"]:
         procs = ", ".join(f"{p['name']} {'running' if p['running'] else 'STOPPED'} (pid {p['pid']})"
                           for p in report["local_stack"]["processes"])
@@ -333,10 +362,11 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
               "`bucketbrush sweep` recovers lost events)")
     for r in report["runners"]:
         gpu = f", {r['gpu']['name']}" if r.get("gpu") else ""
+        gpu += f", CUDA_VISIBLE_DEVICES={r['visible_devices']}" if r.get("visible_devices") is not None else ""
         state_word = "STALE" if r["stale"] else "ok"
         print(f"runner  {r['runner_id']} [{state_word}, {r['age_s']}s ago] {r['device']}{gpu}: "
               f"{r['jobs_done']} done, {r['jobs_failed']} failed, current {r['current_job'] or '-'}, "
-              f"models {', '.join(r['loaded_models']) or '-'}")
+              f"models {', '.join(r['loaded_models']) or '-'}, queues {r['queue']}")
     if store["reachable"] and not report["runners"]:
         print("runner  none")
     if report["pruned"]:
@@ -352,7 +382,7 @@ def cmd_jobs_dead(settings: Settings, args: argparse.Namespace) -> int:
     ids = args.ids or None
     if args.action == "list":
         letters = deadletters.list_dead(broker, settings)
-        print(f"{_count(len(letters), 'dead-lettered message')} in {settings.queue_name}"
+        print(f"{_count(len(letters), 'dead-lettered message')} in {settings.queue_name}-*"
               + (":" if letters else ""), file=sys.stderr)
         for d in letters:
             when = datetime.fromtimestamp(d.dead_at).strftime("%Y-%m-%d %H:%M:%S")
@@ -415,8 +445,19 @@ def cmd_refine(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_runner(settings: Settings, args: argparse.Namespace) -> int:
+    from bucketbrush.routing import served_capabilities
     from gpu_runner.worker import run_worker
 
+    update: dict[str, Any] = {}
+    if args.serve is not None:
+        update["runner_serve"] = served_capabilities(args.serve.split(","))
+    if args.devices is not None:
+        update["runner_devices"] = args.devices
+    settings = settings.model_copy(update=update)
+    if settings.runner_devices:
+        from gpu_runner.supervisor import run_per_device
+
+        return run_per_device(settings, ready_file=args.ready_file)
     run_worker(settings, ready_file=args.ready_file)
     return 0
 
@@ -823,6 +864,13 @@ def build_parser() -> argparse.ArgumentParser:
     aws = infra.add_parser("aws", help="AWS or LocalStack: bucket, S3 -> SQS (or SNS -> SQS) notifications, lifecycle")
     aws_arguments(aws)
     aws.set_defaults(func=cmd_infra_aws)
+    from infra.k8s import add_arguments as k8s_arguments
+    from infra.k8s import run as cmd_infra_k8s
+
+    k8s = infra.add_parser("k8s", help="Kubernetes manifests from settings: functions, events, runners per "
+                                       "capability, KEDA autoscaling on queue length")
+    k8s_arguments(k8s)
+    k8s.set_defaults(func=cmd_infra_k8s)
     mi = infra.add_parser("minio", help="MinIO: bucket, event routes to the webhook target, ILM rules")
     mi.add_argument("--target-id", default="bucketbrush", help="webhook target id (MINIO_NOTIFY_WEBHOOK_*_<ID>)")
     mi.add_argument("--region", default="", help="the server's MINIO_SITE_REGION, if set")
@@ -847,6 +895,12 @@ def build_parser() -> argparse.ArgumentParser:
     pg.add_argument("target", metavar="JOB_ID|KEY")
     pg.add_argument("--expires", type=int, help="seconds (default BUCKETBRUSH_PRESIGN_EXPIRES_S)")
     pg.set_defaults(func=cmd_presign_get)
+
+    ve = sub.add_parser("verify", help="Content Credentials (C2PA) of a file or bucket key: signer, actions, "
+                                       "ingredients, validation")
+    ve.add_argument("target", metavar="FILE|KEY")
+    ve.add_argument("--json", action="store_true", help="the report as JSON")
+    ve.set_defaults(func=cmd_verify)
 
     sm = sub.add_parser("submit", help="upload a file as a job and wait for its manifest")
     sm.add_argument("file")
@@ -931,6 +985,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("runner", help="run a runner process (Dramatiq worker)")
     run.add_argument("--ready-file", type=Path)
+    run.add_argument("--serve", metavar="CAPS", help="capabilities to consume, comma-separated: cpu,gpu "
+                                                      "(`any` always; default: BUCKETBRUSH_RUNNER_SERVE, all)")
+    run.add_argument("--devices", metavar="all|0,1", help="one worker process per GPU, pinned with "
+                                                          "CUDA_VISIBLE_DEVICES (default: BUCKETBRUSH_RUNNER_DEVICES)")
     run.set_defaults(func=cmd_runner)
 
     wa = sub.add_parser("watch", help="stream manifest changes as they happen (see Subscribers)")

@@ -186,6 +186,12 @@ class VideoFpsTooHigh(JobError):
     code = "video_fps_too_high"
 
 
+# Content Credentials (bucketbrush/credentials.py).
+class SigningFailed(JobError):
+    """Content Credentials are on and an output could not be signed: nothing is written
+    unsigned. Not retried (a bad key or certificate fails the same way again)."""
+
+    code = "signing_failed"
 # Tenants (bucketbrush/tenants.py): each tenant keeps to its own prefix and its own limits.
 class OutsideTenant(JobError):
     """A job names a key outside its tenant's prefix (another tenant's, or the shared layout's)."""

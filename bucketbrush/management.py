@@ -10,6 +10,7 @@ import binascii
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import dramatiq
 from botocore.exceptions import ClientError
@@ -146,8 +147,10 @@ def delete_job(bucket: Bucket, broker: dramatiq.Broker, job_id: str) -> list[str
     return own
 
 
-def retry_job(bucket: Bucket, broker: dramatiq.Broker, job_id: str) -> Manifest:
-    """Run a failed or cancelled job again with the params it resolved to."""
+def retry_job(bucket: Bucket, broker: dramatiq.Broker, job_id: str,
+              priority: Literal["interactive", "bulk"] = "interactive") -> Manifest:
+    """Run a failed or cancelled job again with the params it resolved to (``priority``: see
+    ``bucketbrush.routing``)."""
     manifest = get_job(bucket, job_id)
     if manifest.status not in ("failed", "cancelled"):
         raise InvalidState(f"job {job_id} is {manifest.status}: only failed or cancelled jobs can be retried")
@@ -166,8 +169,8 @@ def retry_job(bucket: Bucket, broker: dramatiq.Broker, job_id: str) -> Manifest:
                       attempts=manifest.attempts, tenant=manifest.tenant, replay_of=manifest.replay_of)
     bucket.write_manifest(queued)
     enqueue_job(broker, settings, JobSpec(job_id=job_id, recipe=manifest.recipe, source=source,
-                                          input=input_ref, params=manifest.params, tenant=manifest.tenant,
-                                          replay_of=manifest.replay_of))
+                                          input=input_ref, params=manifest.params, priority=priority,
+                                          tenant=manifest.tenant, replay_of=manifest.replay_of))
     return queued
 
 

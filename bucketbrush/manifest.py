@@ -19,6 +19,21 @@ Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 FINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 
 
+class OutputCredentials(BaseModel):
+    """An output's Content Credentials (C2PA), as the runner read them back after signing:
+    ``signer`` is the signing certificate's common name, ``validation_state`` c2pa's verdict
+    (``Trusted``, ``Valid`` or ``Invalid``). ``signed`` false comes with ``reason`` (e.g. a JSON
+    output, a format C2PA cannot carry)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    signed: bool
+    signer: str | None = None
+    validation_state: str | None = None
+    digital_source_type: str | None = None
+    reason: str | None = None
+
+
 class Output(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -32,6 +47,8 @@ class Output(BaseModel):
     # without credentials download through it (renew: ``bucketbrush presign-get JOB``,
     # ``GET /manifest-url?job_id=JOB``).
     url: str | None = None
+    # Absent when content credentials are off (``BUCKETBRUSH_CONTENT_CREDENTIALS=off``).
+    content_credentials: OutputCredentials | None = None
 
 
 class Progress(BaseModel):
@@ -123,7 +140,7 @@ class RunnerStatus(Beat):
     """A runner's heartbeat at ``status/runners/<runner_id>.json``: who works on what."""
 
     runner_id: str
-    queue: str
+    queue: str  # the queues it consumes, comma-separated (bucketbrush/routing.py)
     device: str = "cpu"  # cpu | cuda:N | mps
     device_name: str | None = None  # e.g. the GPU's or the CPU's model name
     gpu: dict[str, Any] | None = None  # name and memory, when a CUDA device is in use
@@ -131,6 +148,9 @@ class RunnerStatus(Beat):
     jobs_done: int = 0
     jobs_failed: int = 0
     current_job: str | None = None
+    visible_devices: str | None = None  # CUDA_VISIBLE_DEVICES: the device a per-device runner is pinned to
+    # Its Prometheus metrics (runner_metrics_port), when it serves them.
+    metrics_url: str | None = None
 
 
 class SourceStatus(Beat):

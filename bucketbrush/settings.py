@@ -178,6 +178,36 @@ class BrokerSettings(SettingsGroup):
         description="an idle runner's Redis poll interval (Dramatiq's worker_timeout): the most a job waits "
                     "in the queue after a quiet spell, against idle Redis traffic")
     dedupe_ttl_s: int = Field(default=7 * 24 * 3600, description="how long a seen object identity is remembered")
+    # Scale-out (docs/scaling.md): queues by capability, runners per device.
+    recipe_capabilities: dict[str, Literal["cpu", "gpu", "any"]] = Field(
+        default_factory=dict,
+        description="re-map what a recipe needs (cpu, gpu or any; see bucketbrush/routing.py), e.g. "
+                    '{"upscale": "gpu"}; the handler and the runners must agree')
+    runner_serve: list[Literal["cpu", "gpu", "any"]] = Field(
+        default=["cpu", "gpu", "any"],
+        description="the capabilities a runner consumes (`runner --serve`); `any` queues are always served")
+    runner_devices: str = Field(
+        default="", description="`runner --devices`: empty (one process, no pinning), `all`, or indices `0,1`: "
+                                "one worker process per device, pinned with CUDA_VISIBLE_DEVICES")
+    runner_device_inventory: list[str] | None = Field(
+        default=None, description="the devices `--devices all` means, instead of asking CUDA (tests, "
+                                  "or a machine whose driver is not visible to this process)")
+    broker_heartbeat_timeout_s: float = Field(
+        default=10, ge=1, le=3600,
+        description="a process silent on Redis this long is presumed dead and its unacknowledged messages go "
+                    "back to the queue (Dramatiq's heartbeat_timeout, 60 s there): lower = faster recovery from a "
+                    "killed runner; a runner cut off from Redis longer than this has its job run a second time")
+    broker_maintenance_chance: float = Field(
+        default=0.2, gt=0, le=1,
+        description="share of broker Redis calls that also return dead processes' messages and expire dead "
+                    "letters (Dramatiq's maintenance_chance / 10^6; 0.001 there): how soon after the heartbeat "
+                    "timeout a killed runner's job is queued again")
+    runner_metrics_port: int | None = Field(
+        default=None, ge=0, le=65535,
+        description="port of the runner's Prometheus /metrics; 0: any free port (its heartbeat names the URL); "
+                    "unset: none")
+    runner_metrics_host: str = Field(
+        default="127.0.0.1", description="address the runner's /metrics binds (0.0.0.0 for a scraper on another host)")
 
 
 class EventsSettings(SettingsGroup):
@@ -353,6 +383,29 @@ class VideoSettings(SettingsGroup):
         description="how much of the previous stylised frame, warped by optical flow, goes into the next (0: none)")
 
 
+class CredentialsSettings(SettingsGroup):
+    """Content Credentials (C2PA) on every output (bucketbrush/credentials.py,
+    docs/content-credentials.md). Key and certificates: PEM text or a file path each; unset:
+    the development signer `bucketbrush up` makes under the state dir."""
+
+    content_credentials: bool = Field(
+        default=True, description="sign every output with a C2PA manifest and write XMP DigitalSourceType; "
+                                  "off: neither (needs the `credentials` extra when on)")
+    c2pa_signing_key: SecretStr | None = Field(
+        default=None, description="PEM private key (or its file path) that signs Content Credentials")
+    c2pa_signing_certs: str | None = Field(
+        default=None, description="PEM certificate chain (or its file path): signing certificate first")
+    c2pa_tsa_url: str | None = Field(
+        default=None, description="RFC 3161 timestamp authority URL; signatures then outlive the certificate")
+    c2pa_trust_anchors: str | None = Field(
+        default=None, description="PEM trust anchors (or a file path) for validation, besides the local dev CA")
+
+    @field_validator("c2pa_signing_key", "c2pa_signing_certs", "c2pa_tsa_url", "c2pa_trust_anchors", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, v: Any) -> Any:
+        return None if v == "" else v
+
+
 class TenantsSettings(SettingsGroup):
     """Tenants (bucketbrush/tenants.py): many apps on one bucket, each under ``tenants/<tenant>/``
     with its own credentials and limits. The limits here are every tenant's defaults; a tenant's
@@ -396,13 +449,15 @@ GROUPS: dict[str, type[SettingsGroup]] = {
     "refine": RefineSettings,
     "video": VideoSettings,
     "local": LocalStackSettings,
+    "credentials": CredentialsSettings,
     "tenants": TenantsSettings,
 }
 
 
 # pydantic collects fields from the last base first: the bases are listed in reverse, so the
 # fields (and validation errors) come in the order of GROUPS.
-class Settings(TenantsSettings, LocalStackSettings, VideoSettings, RefineSettings, WebhooksSettings, DiffusionSettings,
+class Settings(TenantsSettings, CredentialsSettings,
+               LocalStackSettings, VideoSettings, RefineSettings, WebhooksSettings, DiffusionSettings,
                RetentionSettings, LimitsSettings, FunctionsSettings, EventsSettings, BrokerSettings,
                StorageSettings):
     """Everything a deployable needs to reach the bucket and the queue."""

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
+import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
+from collections.abc import Callable
 from functools import cached_property
 from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit
 
 import boto3
 from botocore.config import Config
@@ -35,6 +39,56 @@ def s3_client(settings: Settings, *, public: bool = False, probe: bool = False) 
         read_timeout=2 if probe else 60,
     )
     return boto3.client("s3", config=config, **settings.s3_client_kwargs(public=public))
+
+
+_FIRST_KEY = re.compile(rb"<Key>([^<]*)</Key>")
+
+
+class RequestCounter:
+    """Counts the HTTP requests S3 clients send, by (operation, what the key is), through
+    botocore's ``before-send`` event: every request sent (retries too, as a bill counts them;
+    presigning sends nothing), whoever makes it. ``kind`` names a key: ``manifest``,
+    ``output``, ``index``, ``cancel``, ``status``, ``input`` (inbox or job specs), ``other``."""
+
+    def __init__(self, settings: Settings, on_request: Callable[[str, str], None] | None = None) -> None:
+        s = settings
+        self.bucket = s.bucket
+        # Told (operation, kind) of each request as it is sent (the metrics' totals).
+        self.on_request = on_request
+        self._kinds = [(s.manifests_prefix, "manifest"), (s.outputs_prefix, "output"), (s.index_prefix, "index"),
+                       (s.cancel_prefix, "cancel"), (s.status_prefix, "status"), (s.inbox_prefix, "input"),
+                       (s.jobs_prefix, "input")]
+        self.counts: Counter[tuple[str, str]] = Counter()
+        self._lock = threading.Lock()
+
+    def attach(self, s3: Any) -> Any:
+        s3.meta.events.register("before-send.s3", self._count)
+        return s3
+
+    def kind(self, key: str) -> str:
+        return next((kind for prefix, kind in self._kinds if key.startswith(prefix)), "other")
+
+    def _count(self, request: Any, event_name: str, **_: Any) -> None:
+        operation = event_name.rsplit(".", 1)[-1]
+        key = unquote(urlsplit(request.url).path).lstrip("/")
+        key = key.removeprefix(self.bucket + "/")  # path-style addressing
+        if operation == "DeleteObjects" and (found := _FIRST_KEY.search(bytes(request.body or b""))):
+            key = found.group(1).decode()
+        kind = self.kind(key)
+        with self._lock:
+            self.counts[(operation, kind)] += 1
+        if self.on_request:
+            self.on_request(operation, kind)
+
+    def total(self, *, exclude: tuple[str, ...] = ()) -> int:
+        with self._lock:
+            return sum(n for (_, kind), n in self.counts.items() if kind not in exclude)
+
+    def take(self) -> Counter[tuple[str, str]]:
+        """The counts so far, and start again from zero."""
+        with self._lock:
+            counts, self.counts = self.counts, Counter()
+        return counts
 
 
 def is_not_found(exc: ClientError) -> bool:
@@ -115,11 +169,12 @@ class Bucket:
         except ValueError:
             return None, None
 
-    def write_manifest(self, manifest: Manifest, *, if_match: str | None = None) -> bool:
+    def write_manifest(self, manifest: Manifest, *, if_match: str | None = None, index: bool = True) -> bool:
         """Write the manifest (stamping ``updated_at``). With ``if_match`` (an ETag from
         ``read_manifest_with_etag``) only if nobody wrote it since: False when somebody did.
         Stores that do not implement conditional PUTs answer NotImplemented; there the write
-        is unconditional (last writer wins)."""
+        is unconditional (last writer wins). ``index=False``: leave the job index as it is
+        (the caller indexes the status later with ``index_manifest``, or never)."""
         manifest.updated_at = time.time()
         kwargs: dict[str, Any] = {
             "Bucket": self.name, "Key": self.manifest_key(manifest.job_id),
@@ -138,10 +193,11 @@ class Bucket:
                 if code != "NotImplemented":
                     raise
                 self.s3.put_object(**kwargs)
-        self._index(manifest)
+        if index:
+            self.index_manifest(manifest)
         return True
 
-    def _index(self, manifest: Manifest) -> None:
+    def index_manifest(self, manifest: Manifest) -> None:
         """Keep the job index (``bucketbrush.index``) in step: once per status change."""
         key = self.index.key(manifest)
         if self._indexed.get(manifest.job_id) == key:

@@ -32,6 +32,7 @@ from dramatiq.middleware import CurrentMessage
 from pydantic import BaseModel, ConfigDict
 from standardwebhooks import Webhook
 
+from bucketbrush import metrics
 from bucketbrush.jobs import WebhookTarget
 from bucketbrush.manifest import Manifest
 from bucketbrush.settings import Settings
@@ -260,6 +261,7 @@ class Deliverer:
     def _record(self, delivery: Delivery, entry: dict[str, Any], outcome: str, retry_in: float | None,
                 *, error: str | None = None) -> float | None:
         entry["outcome"] = outcome
+        metrics.WEBHOOK_DELIVERIES.labels(delivery.type, outcome).inc()
         if error:
             entry["error"] = error
         if retry_in is not None:

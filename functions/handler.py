@@ -8,12 +8,14 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import dramatiq
 
+from bucketbrush import metrics
 from bucketbrush.broker import build_broker, enqueue_job
 from bucketbrush.claims import Claims
 from bucketbrush.errors import InvalidSpec, InvalidWebhook, JobError, OutsideTenant, QuotaExceeded
@@ -21,6 +23,7 @@ from bucketbrush.jobs import RECIPE_NAME, JobSpec, ObjectRef, WebhookTarget, is_
 from bucketbrush.layout import NotAnInput, unsafe_key
 from bucketbrush.manifest import ErrorInfo, Manifest
 from bucketbrush.quotas import Quotas
+from bucketbrush.routing import Priority
 from bucketbrush.settings import Settings
 from bucketbrush.store import Bucket
 from bucketbrush.tenants import TenantsFile
@@ -55,6 +58,8 @@ class Handler:
         # Tenants' limits (the tenants file) and their counters in Redis.
         self.tenants = TenantsFile.from_settings(settings)
         self.quotas = Quotas(redis, settings)
+        # Index writes beside manifest writes; up to 8 at once for a host handling requests in parallel.
+        self._io = ThreadPoolExecutor(max_workers=8, thread_name_prefix="handler-io")
         self.stats: dict[str, Any] = {"records": 0, "enqueued": 0, "last_event_at": None}
 
     @classmethod
@@ -65,7 +70,12 @@ class Handler:
         return cls(settings, bucket or Bucket(settings), broker, broker.client)
 
     def handle(self, records: Iterable[S3Record]) -> list[Outcome]:
-        outcomes = [self.handle_record(r) for r in records]
+        try:
+            outcomes = [self.handle_record(r) for r in records]
+        except Exception:
+            metrics.count_outcomes(["error"])  # the transport redelivers the batch
+            raise
+        metrics.count_outcomes(o.action for o in outcomes)
         if outcomes:  # counters for the event source's heartbeat (`bucketbrush status`)
             self.stats["records"] += len(outcomes)
             self.stats["enqueued"] += sum(o.action == "enqueued" for o in outcomes)
@@ -87,8 +97,11 @@ class Handler:
         tenant = route.tenant
         if route.kind == "upload":
             assert route.recipe is not None
+            # A presigned upload's key names its job (an app waits for it); a drop-folder
+            # file's does not (a batch): it goes behind interactive work (bucketbrush/routing.py).
             return self._submit(record.ref, route.recipe, input_ref=record.ref, params={},
-                                preferred_id=route.job_id, recent=self._recent(record), tenant=tenant)
+                                preferred_id=route.job_id, recent=self._recent(record),
+                                priority="interactive" if route.job_id else "bulk", tenant=tenant)
         if route.job_id is None:
             # A spec under a name that is no job id: leave a trace where the user looks.
             job_id = job_id_for(record.ref)
@@ -123,7 +136,7 @@ class Handler:
     def _read_spec(self, ref: ObjectRef, tenant: str | None = None
                    ) -> tuple[str, ObjectRef | None, dict[str, Any], dict[str, Any]]:
         """(recipe, input, params, options: ``time_limit_s``, ``hard_time_limit``, ``webhook``,
-        ``replay_of``). A tenant's spec may only name an input of its own."""
+        ``priority``, ``replay_of``). A tenant's spec may only name an input of its own."""
         if ref.size is not None and ref.size > MAX_SPEC_BYTES:
             raise InvalidSpec(f"job spec is {ref.size} bytes; the limit is {MAX_SPEC_BYTES}")
         body = self.bucket.s3.get_object(Bucket=ref.bucket, Key=ref.key)["Body"].read(MAX_SPEC_BYTES + 1)
@@ -155,19 +168,22 @@ class Handler:
         webhook = None
         if doc.get("webhook") is not None:
             webhook = WebhookTarget.parse(doc["webhook"], doc.get("webhook_events"), InvalidWebhook)
+        priority = doc.get("priority", "interactive")
+        if priority not in ("interactive", "bulk"):
+            raise InvalidSpec('"priority" must be "interactive" or "bulk"')
         replay_of = doc.get("replay_of")
         if replay_of is not None and (not isinstance(replay_of, str) or not is_job_id(replay_of)):
             raise InvalidSpec('"replay_of" must be a job id')
         return recipe, input_ref, params, {"time_limit_s": time_limit_s, "hard_time_limit": hard, "webhook": webhook,
-                                           "replay_of": replay_of}
+                                           "priority": priority, "replay_of": replay_of}
 
     # -- the common path ------------------------------------------------------------------
 
     def _submit(self, source: ObjectRef, recipe: str, *, input_ref: ObjectRef | None,
                 params: dict[str, Any], preferred_id: str | None,
                 time_limit_s: int | None = None, hard_time_limit: bool = False, recent: bool = False,
-                webhook: WebhookTarget | None = None, tenant: str | None = None,
-                replay_of: str | None = None) -> Outcome:
+                webhook: WebhookTarget | None = None, priority: Priority = "interactive",
+                tenant: str | None = None, replay_of: str | None = None) -> Outcome:
         claims, identity, bucket = self.claims.for_tenant(tenant), source.identity, self.bucket.for_tenant(tenant)
         job_id = preferred_id if preferred_id and claims.claim(preferred_id, identity) else None
         if preferred_id and job_id is None and claims.holder(preferred_id) == identity:
@@ -184,9 +200,10 @@ class Handler:
         existing = None if recent else bucket.read_manifest(job_id)
         if existing and existing.finished_for(source):
             return Outcome(source.key, "duplicate", job_id, reason="already finished")
+        queued_at = time.time()
         spec = JobSpec(job_id=job_id, recipe=recipe, source=source, input=input_ref, params=params,
                        time_limit_s=time_limit_s, hard_time_limit=hard_time_limit, webhook=webhook,
-                       tenant=tenant, replay_of=replay_of)
+                       priority=priority, tenant=tenant, replay_of=replay_of, queued_at=queued_at)
         if tenant is not None:
             limits = self.tenants.limits(self.settings, tenant)
             try:
@@ -195,11 +212,16 @@ class Handler:
             except QuotaExceeded as exc:
                 log.warning("job %s of tenant %s refused: %s", job_id, tenant, exc)
                 return self._failed(source, job_id, tenant, exc, recipe=recipe, claimed=True)
+        queued = Manifest(job_id=job_id, status="queued", recipe=recipe, params=params, inputs=spec.inputs,
+                          timings={"queued_at": queued_at}, tenant=tenant, replay_of=replay_of)
         try:
-            bucket.write_manifest(Manifest(
-                job_id=job_id, status="queued", recipe=recipe, params=params, inputs=spec.inputs,
-                timings={"queued_at": time.time()}, tenant=tenant, replay_of=replay_of,
-            ))
+            # The manifest and its job index entry side by side: one round trip, not two.
+            indexed = self._io.submit(bucket.index_manifest, queued.model_copy())
+            try:
+                bucket.write_manifest(queued, index=False)
+            finally:
+                wait([indexed])
+            indexed.result()
             enqueue_job(self.broker, self.settings, spec)
         except Exception:
             # Let the transport redeliver: the claim (and the quota slot) must not block the retry.

@@ -9,12 +9,14 @@ import platform
 import socket
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 from dramatiq.middleware import TimeLimitExceeded
 
-from bucketbrush import __version__
+from bucketbrush import __version__, metrics
+from bucketbrush.credentials import xmp_packet
 from bucketbrush.errors import (
     BucketbrushError,
     EmptyInput,
@@ -32,14 +34,16 @@ from bucketbrush.jobs import JobSpec, ObjectRef, WebhookTarget, json_object
 from bucketbrush.layout import NotAnInput
 from bucketbrush.manifest import ErrorInfo, Manifest, Output, Progress
 from bucketbrush.settings import Settings
-from bucketbrush.store import Bucket, is_not_found
+from bucketbrush.store import Bucket, RequestCounter, is_not_found
 from gpu_runner.images import decode_image, encode_image
 from gpu_runner.isolation import run_isolated
 from gpu_runner.monitor import JobMonitor
+from gpu_runner.provenance import OutputSigner, Parent, made_by
 from gpu_runner.recipes import MODEL_CACHE_RECIPES, check_params, get_recipe
 from gpu_runner.recipes.base import JobContext, Recipe, RecipeParams, RecipeResult
 
 if TYPE_CHECKING:
+    from bucketbrush.claims import Claims
     from bucketbrush.quotas import Quotas
     from bucketbrush.webhooks import Event, Notifier
     from gpu_runner.pipelines import ModelCache
@@ -81,49 +85,103 @@ class JobRunner:
     """Executes job specs against the bucket. One instance per worker process."""
 
     def __init__(self, bucket: Bucket, models: ModelCache | None = None, notifier: Notifier | None = None,
+                 claims: Claims | None = None, requests: RequestCounter | None = None,
                  quotas: Quotas | None = None) -> None:
         self.bucket = bucket
+        # Counts the S3 requests of ``bucket``'s client, for the per-job metric.
+        self.requests = requests
+        # Done markers in Redis (None: every delivery reads the stored manifest first).
+        self.claims = claims
         # Tenants' counters: a job's end frees its max_concurrent slot (None: no tenants' limits).
         self.quotas = quotas
+        # The cancel check overlaps the input's read.
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="job-io")
         # Enqueues webhook deliveries (bucketbrush/webhooks.py); None: no webhooks.
         self.notifier = notifier
         self.settings = bucket.settings
         # Diffusion pipelines, loaded once per process (None: no models file configured).
         self.models = models
         self.info = runner_info(self.settings)
+        # Content Credentials on every output (None: off). Raises ConfigError when they are on
+        # but cannot be made: a runner that would ship unsigned outputs does not start.
+        self.signer = OutputSigner.from_settings(self.settings)
         # Read by the heartbeat thread.
         self.stats: dict[str, Any] = {"jobs_done": 0, "jobs_failed": 0, "current_job": None}
 
-    def run(self, spec: JobSpec, *, attempt: int = 1, last_attempt: bool = True) -> Manifest:
+    def run(self, spec: JobSpec, *, attempt: int = 1, last_attempt: bool = True,
+            delivery: str | None = None) -> Manifest:
         """Run ``spec`` once. JobErrors end in a failed manifest and are re-raised (never
-        retried); other errors leave the job queued for a retry, or failed on the last one.
-        A tenant's job reads and writes only under its tenant's prefix."""
+        retried); other errors (the store's, or unexpected ones: ``internal_error``) leave the
+        job queued for a retry, or failed on the last one. Either way the outputs written
+        before the failure are removed. A tenant's job reads and writes only under its
+        tenant's prefix. ``delivery``: the id of the message that carries it (for the done marker)."""
         if spec.tenant is not None and self.bucket.tenant != spec.tenant:
-            tenant_runner = copy.copy(self)  # shares stats, models and notifier
+            tenant_runner = copy.copy(self)  # shares stats, models, notifier, claims and counters
             tenant_runner.bucket = self.bucket.for_tenant(spec.tenant)
-            return tenant_runner.run(spec, attempt=attempt, last_attempt=last_attempt)
-        existing = self.bucket.read_manifest(spec.job_id)
+            return tenant_runner.run(spec, attempt=attempt, last_attempt=last_attempt, delivery=delivery)
+        if self.requests:
+            self.requests.take()  # from here on, this job's requests
+        existing = self._stored(spec, attempt, delivery)
         if existing and existing.finished_for(spec.source):
             log.info("job %s already %s; skipping duplicate delivery", spec.job_id, existing.status)
+            self._observe(spec, "skipped", {})
             if spec.tenant is not None and self.quotas is not None:
                 self.quotas.release(spec.tenant, spec.job_id)
             return existing
+        if existing:
+            timings = dict(existing.timings)
+        else:
+            timings = {"queued_at": spec.queued_at} if spec.queued_at else {}
         manifest = Manifest(
             job_id=spec.job_id, status="running", recipe=spec.recipe, params=spec.params,
-            inputs=spec.inputs,
-            timings=dict(existing.timings) if existing else {},
-            runner=self.info, attempts=attempt, tenant=spec.tenant, replay_of=spec.replay_of,
+            inputs=spec.inputs, timings=timings, runner=self.info, attempts=attempt,
+            tenant=spec.tenant, replay_of=spec.replay_of,
         )
         manifest.timings["started_at"] = time.time()
         if spec.enqueued_at:
             manifest.timings["queue_wait_s"] = manifest.timings["started_at"] - spec.enqueued_at
         self.stats["current_job"] = spec.job_id
         try:
-            return self._run(spec, manifest, last_attempt)
+            result = self._run(spec, manifest, last_attempt)
+        except JobError:
+            self._mark_done(spec, delivery)
+            raise
+        except BucketbrushError:
+            if last_attempt:
+                self._mark_done(spec, delivery)
+            raise
         finally:
             self.stats["current_job"] = None
             if manifest.is_final and spec.tenant is not None and self.quotas is not None:
                 self.quotas.release(spec.tenant, spec.job_id)
+            self._observe(spec, manifest.status, manifest.timings)
+        self._mark_done(spec, delivery)
+        return result
+
+    def _observe(self, spec: JobSpec, status: str, timings: dict[str, float]) -> None:
+        """The job's metrics (bucketbrush/metrics.py): never a reason for a job to fail."""
+        try:
+            metrics.observe_job(spec.recipe, status, timings, self.requests.take() if self.requests else {})
+        except Exception:  # noqa: BLE001
+            log.warning("job %s: could not record its metrics", spec.job_id, exc_info=True)
+
+    def _stored(self, spec: JobSpec, attempt: int, delivery: str | None) -> Manifest | None:
+        """The job's stored manifest, when this delivery needs it. The first delivery of a
+        handler's message (it carries the queued manifest's stamp) needs none, unless the same
+        message already finished the job (Dramatiq redelivers, e.g. after a runner died before
+        its ack): the done marker in Redis says so for the price of a Redis GET, not an S3 GET."""
+        fresh = attempt == 1 and spec.queued_at is not None and delivery is not None and self.claims is not None
+        if fresh and self.claims.done_by(spec.job_id) != delivery:
+            return None
+        return self.bucket.read_manifest(spec.job_id)
+
+    def _mark_done(self, spec: JobSpec, delivery: str | None) -> None:
+        if self.claims is None or delivery is None:
+            return
+        try:
+            self.claims.mark_done(spec.job_id, delivery)
+        except Exception:  # noqa: BLE001 - a lost marker costs one S3 read on a redelivery
+            log.warning("job %s: could not record the done marker", spec.job_id, exc_info=True)
 
     def _run(self, spec: JobSpec, manifest: Manifest, last_attempt: bool) -> Manifest:
         written: list[str] = []
@@ -132,11 +190,8 @@ class JobRunner:
         # The job's own webhook: from its spec, else from the upload's metadata (below).
         target = spec.webhook
         try:
-            if self.bucket.exists(self.bucket.cancel_key(spec.job_id)):
-                raise JobCancelled("cancelled before it started")
-            self.bucket.write_manifest(manifest)
             recipe = get_recipe(spec.recipe, testing=self.settings.test_recipes)
-            image, metadata = self._load_input(spec.input, recipe.input_kind) if recipe.needs_input else (None, {})
+            image, metadata, parent = self._start(spec, recipe)
             if target is None and "webhook" in metadata:
                 target = WebhookTarget.parse(metadata["webhook"], metadata.get("webhook-events"), InvalidWebhook)
             self._emit("started", manifest, target)
@@ -152,7 +207,7 @@ class JobRunner:
                 else:
                     result = recipe.run(self._context(manifest, monitor), image, params)
                 manifest.timings["processing_s"] = time.perf_counter() - started
-            manifest.outputs = self._write_outputs(spec.job_id, result, params, written)
+            manifest.outputs = self._write_outputs(spec, result, params, written, parent)
         except TimeLimitExceeded as exc:
             self._discard(written)
             return self._finish_failed(manifest, TimedOut(f"the job ran past its time limit of {limit} s"),
@@ -164,6 +219,11 @@ class JobRunner:
         except (ClientError, BotoCoreError) as exc:
             self._discard(written)
             error = TransientError(f"storage error: {exc}")
+            return self._finish_failed(manifest, error, final=last_attempt, cause=exc, target=target)
+        except Exception as exc:  # a bug, or a library failing in a way no recipe expected
+            log.exception("job %s: unexpected error", spec.job_id)
+            self._discard(written)
+            error = BucketbrushError(f"unexpected error: {type(exc).__name__}: {exc}")
             return self._finish_failed(manifest, error, final=last_attempt, cause=exc, target=target)
         self._record_result(manifest, result)
         manifest.status = "succeeded"
@@ -185,6 +245,21 @@ class JobRunner:
 
     # -- steps ----------------------------------------------------------------------------
 
+    def _start(self, spec: JobSpec, recipe: Recipe) -> tuple[Any, dict[str, str], Parent | None]:
+        """Look for a cancel request while the input is read and decoded: two round trips,
+        one wait. The running manifest is the monitor's first write (gpu_runner/monitor.py),
+        once the job has run one progress interval: a job shorter than that goes from
+        ``queued`` to its final manifest, one manifest PUT and two index writes fewer."""
+        cancelled = self._io.submit(self.bucket.exists, self.bucket.cancel_key(spec.job_id))
+        try:
+            loaded = (self._load_input(spec.input, recipe.input_kind) if recipe.needs_input
+                      else (None, {}, None))
+        finally:
+            wait([cancelled])
+        if cancelled.result():
+            raise JobCancelled("cancelled before it started")
+        return loaded
+
     def _hard_limit(self, spec: JobSpec, manifest: Manifest) -> bool:
         """Whether to run the recipe in a killable child process (gpu_runner/isolation.py)."""
         if not (spec.hard_time_limit or spec.recipe in self.settings.hard_time_limit_recipes):
@@ -195,41 +270,54 @@ class JobRunner:
             return False
         return True
 
-    def _load_input(self, ref: ObjectRef | None, kind: str = "image") -> tuple[Any, dict[str, str]]:
-        """The input as the recipe takes it: a decoded image, or the raw bytes."""
+    def _load_input(self, ref: ObjectRef | None, kind: str = "image") -> tuple[Any, dict[str, str], Parent | None]:
+        """The input as the recipe takes it (a decoded image, or the raw bytes), its metadata,
+        and (when signing) the outputs' parent ingredient."""
         if ref is None:
             raise InvalidParams(f"this recipe needs an input {'image' if kind == 'image' else 'file'}")
         obj = get_input(self.bucket, ref)
         if obj.get("ContentLength", 0) == 0:
             raise EmptyInput("the upload is empty (0 bytes)")
         data = obj["Body"].read()
+        parent = self.signer.parent(data, obj.get("ContentType"), ref.key) if self.signer else None
         if kind == "bytes":
-            return data, obj.get("Metadata", {})
-        return decode_image(data, max_pixels=self.settings.max_image_pixels), obj.get("Metadata", {})
+            return data, obj.get("Metadata", {}), parent
+        return decode_image(data, max_pixels=self.settings.max_image_pixels), obj.get("Metadata", {}), parent
 
     def _context(self, manifest: Manifest, monitor: JobMonitor) -> JobContext:
         load_image, load_bytes = bucket_loaders(self.bucket)
         return JobContext(manifest.job_id, monitor.progress, load_image=load_image, load_bytes=load_bytes,
                           cancelled=monitor.cancelled, models=self.models, settings=self.settings)
 
-    def _write_outputs(self, job_id: str, result: RecipeResult, params: RecipeParams,
-                       written: list[str]) -> list[Output]:
-        outputs = []
+    def _write_outputs(self, spec: JobSpec, result: RecipeResult, params: RecipeParams,
+                       written: list[str], parent: Parent | None) -> list[Output]:
+        """Encode, sign (when content credentials are on) and PUT each output. Every output is
+        signed before the first PUT, so a signing failure leaves nothing behind."""
+        made = made_by(spec.recipe, params, result) if self.signer else None
+        xmp = xmp_packet(made.source_type) if made and made.source_type else None
+        ready = []
         for artifact in result.artifacts:
             if artifact.image is not None:
-                data, content_type = encode_image(artifact.image, params.format, params.quality)
+                data, content_type = encode_image(artifact.image, params.format, params.quality, xmp=xmp)
                 extension, width, height = params.format, artifact.image.width, artifact.image.height
             else:  # already encoded (e.g. a video): written as it is
                 data, content_type, extension = artifact.data, artifact.content_type, artifact.extension
                 width, height = artifact.width, artifact.height
-            key = self.bucket.output_key(job_id, f"{artifact.name}.{extension}")
-            self.bucket.s3.put_object(Bucket=self.bucket.name, Key=key, Body=data, ContentType=content_type)
-            written.append(key)
-            outputs.append(Output(
+            key = self.bucket.output_key(spec.job_id, f"{artifact.name}.{extension}")
+            credentials = None
+            if self.signer and made:
+                data, credentials = self.signer.sign(
+                    data, content_type, title=f"{artifact.name}.{extension}", job_id=spec.job_id,
+                    recipe=spec.recipe, params=params, result=result, made=made, parent=parent,
+                    input_key=spec.input.key if spec.input else None)
+            ready.append((key, data, Output(
                 key=key, content_type=content_type, width=width, height=height,
-                bytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
-            ))
-        return outputs
+                bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), content_credentials=credentials,
+            )))
+        for key, data, output in ready:
+            self.bucket.s3.put_object(Bucket=self.bucket.name, Key=key, Body=data, ContentType=output.content_type)
+            written.append(key)
+        return [output for _, _, output in ready]
 
     def _record_result(self, manifest: Manifest, result: RecipeResult) -> None:
         manifest.model = result.model
@@ -262,7 +350,9 @@ class JobRunner:
         """Record the failure, then raise: JobErrors are in the actor's ``throws`` (never
         retried); anything else is retried by Dramatiq until ``last_attempt``."""
         manifest.outputs = []
-        manifest.error = ErrorInfo.of(exc, retryable=not final)
+        # While retries remain: retryable. After the last: the error's own word (a store that
+        # kept failing may be back later, so `jobs retry` can try again; bad input cannot).
+        manifest.error = ErrorInfo.of(exc, retryable=exc.retryable if final else True)
         if isinstance(exc, JobCancelled):
             manifest.status = "cancelled"
         else:

@@ -1,13 +1,15 @@
-"""Fair turns between tenants: each tenant's jobs wait in a queue of their own
-(``settings.tenant_queues``, ``bucketbrush.broker.queue_for``), and a runner consumes all of
-them side by side.
+"""Fair turns between tenants: each tenant's jobs wait in their own copy of their queue
+(``settings.tenant_queues``, ``bucketbrush.routing.tenant_queue``), and a runner consumes the
+copies of the queues it serves side by side.
 
 Dramatiq gives each queue its own consumer, which prefetches a couple of messages into the
 worker's work queue, and the worker thread takes the message that arrived there first. So a
 tenant's burst holds at most its prefetch ahead of another tenant's job, instead of its whole
 backlog: turns go round between the tenants that have work. The handler adds each tenant queue
 it sends to to a Redis set; this thread declares the ones the worker does not consume yet (a
-new tenant's first job waits at most one poll).
+new tenant's first job waits at most one poll). This is apart from the capability queues
+(``bucketbrush.routing``): a tenant's queue is a copy of one of them, served by the runners
+that serve the original.
 """
 
 from __future__ import annotations
@@ -19,17 +21,20 @@ from typing import Any
 from dramatiq import Worker
 from dramatiq.common import dq_name
 
-from bucketbrush.broker import tenant_queues_key
+from bucketbrush.routing import base_queue, tenant_queues_key
 from bucketbrush.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
 class TenantQueues:
-    def __init__(self, broker: Any, settings: Settings, worker: Worker, *, interval_s: float = 1.0) -> None:
+    def __init__(self, broker: Any, settings: Settings, worker: Worker, served: set[str], *,
+                 interval_s: float = 1.0) -> None:
         self.broker = broker
         self.settings = settings
         self.worker = worker
+        # The queues this runner serves: it consumes the tenants' copies of these.
+        self.served = set(served)
         self.interval_s = interval_s
         self.consumed: set[str] = set()
         self._stop = threading.Event()
@@ -39,7 +44,7 @@ class TenantQueues:
         """Start consuming the tenant queues the handler has sent to; the new ones."""
         names = {n.decode() if isinstance(n, bytes) else n
                  for n in self.broker.client.smembers(tenant_queues_key(self.settings))}
-        new = sorted(names - self.consumed)
+        new = sorted(n for n in names - self.consumed if base_queue(n) in self.served)
         for name in new:
             # The job worker consumes only the queues it is told (not the webhook queue): a
             # tenant's queue joins its list, then declaring it starts its consumer.

@@ -73,6 +73,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory, models_toml: Path, vision_mo
                         depth_model=str(vision_models["depth"]), segmentation_model=str(vision_models["segmentation"]),
                         # test-slow is slow by construction; its -limited twin has a per-recipe limit.
                         test_recipes=True, recipe_time_limits_s={"test-slow-limited": 2},
+                        # The runner serves /metrics on a free port; its heartbeat names it (test_metrics).
+                        runner_metrics_port=0,
                         **WEBHOOK_TEST_SETTINGS,
                         # Video limits small enough that a test clip can pass each of them.
                         video_max_duration_s=20, video_max_frames=500, video_max_side=640, video_max_fps=60)

@@ -11,8 +11,9 @@ from typing import Any
 import dramatiq
 from dramatiq import Worker
 
-from bucketbrush.broker import RUN_JOB_ACTOR, build_broker, enqueue_job, queue_for
+from bucketbrush.broker import RUN_JOB_ACTOR, build_broker, enqueue_job
 from bucketbrush.jobs import JobSpec, ObjectRef
+from bucketbrush.routing import base_queue, queue_for
 from bucketbrush.settings import Settings
 from gpu_runner.tenant_queues import TenantQueues
 
@@ -31,13 +32,14 @@ def _order(settings: Settings, *, tenant_queues: bool, burst: int = 20) -> list[
         if len(ran) == burst + 1:
             done.set()
 
-    dramatiq.actor(run_job, broker=broker, actor_name=RUN_JOB_ACTOR, queue_name=own.queue_name)
+    served = queue_for(own, "filter")
+    dramatiq.actor(run_job, broker=broker, actor_name=RUN_JOB_ACTOR, queue_name=served)
     for n, tenant in enumerate(["a"] * burst + ["b"]):
         ref = ObjectRef(bucket="b", key=f"tenants/{tenant}/jobs/j{n}.json")
         enqueue_job(broker, own, JobSpec(job_id=f"j{n}", recipe="filter", source=ref, tenant=tenant))
-    worker = Worker(broker, queues={own.queue_name}, worker_threads=1, worker_timeout=100)
+    worker = Worker(broker, queues={served}, worker_threads=1, worker_timeout=100)
     worker.start()
-    queues = TenantQueues(broker, own, worker, interval_s=0.1)
+    queues = TenantQueues(broker, own, worker, {served}, interval_s=0.1)
     try:
         queues.start()
         assert done.wait(60), f"ran only {ran}"
@@ -59,7 +61,9 @@ def test_a_burst_does_not_hold_back_another_tenant(stack: Any, settings: Setting
 
 
 def test_queue_names() -> None:
-    settings = Settings(_env_file=None, tenant_queues=True)
-    assert queue_for(settings, None) == settings.queue_name
-    assert queue_for(settings, "acme") == f"{settings.queue_name}-tenant-acme"
-    assert queue_for(settings.model_copy(update={"tenant_queues": False}), "acme") == settings.queue_name
+    settings = Settings(_env_file=None, tenant_queues=True, queue_name="bb")
+    assert queue_for(settings, "filter") == "bb-cpu"
+    assert queue_for(settings, "filter", tenant="acme") == "bb-cpu-tenant-acme"
+    assert queue_for(settings, "txt2img", "bulk", "acme") == "bb-gpu-bulk-tenant-acme"
+    assert base_queue("bb-gpu-bulk-tenant-acme") == "bb-gpu-bulk" and base_queue("bb-cpu") == "bb-cpu"
+    assert queue_for(settings.model_copy(update={"tenant_queues": False}), "filter", tenant="acme") == "bb-cpu"
