@@ -35,6 +35,8 @@ def test_replay_a_folder_with_another_preset(stack: Any, settings: Settings, buc
         assert {k: (c.old, c.new) for k, c in pair.params.items()} == {"style": ("noir", "sepia")}
         new = bucket.read_manifest(pair.new_job_id)
         assert new.replay_of == pair.job_id
+        spec = json.loads(bucket.s3.get_object(Bucket=bucket.name, Key=f"jobs/{pair.new_job_id}.json")["Body"].read())
+        assert spec["priority"] == "bulk" and spec["replay_of"] == pair.job_id
         assert new.inputs[-1].key.startswith(folder)  # the original input, not a copy
         assert pair.identical is False and pair.psnr_db is not None and 0 < pair.psnr_db < 60
         assert pair.ssim is not None and pair.ssim < 0.99
