@@ -663,25 +663,30 @@ def _identities(settings: Settings) -> Any:
     return SeaweedIdentities(settings, state.seaweedfs_master) if state and state.seaweedfs_master else None
 
 
-def _print_credentials(settings: Settings, creds: Any, args: argparse.Namespace) -> None:
+def _print_credentials(settings: Settings, tenant: str, token: str, creds: Any, args: argparse.Namespace) -> None:
+    """A tenant's new secrets, shown this once: its functions token, and its store keys (None
+    where no local stack made them)."""
     from bucketbrush.layout import Layout
 
-    prefix = Layout(settings).for_tenant(creds.tenant).space
+    prefix = Layout(settings).for_tenant(tenant).space
+    keys = {"access_key": creds.access_key, "secret_key": creds.secret_key} if creds else {}
     if args.json:
-        print(json.dumps({"tenant": creds.tenant, "access_key": creds.access_key, "secret_key": creds.secret_key,
-                          "prefix": prefix, "bucket": settings.bucket}))
+        print(json.dumps({"tenant": tenant, "prefix": prefix, "bucket": settings.bucket, "functions_token": token,
+                          **keys}))
         return
-    print(f"# tenant {creds.tenant}: s3://{settings.bucket}/{prefix} only; the secret is shown this once",
+    print(f"# tenant {tenant}: s3://{settings.bucket}/{prefix} only; the secrets are shown this once",
           file=sys.stderr)
-    for name, value in (("BUCKETBRUSH_TENANT", creds.tenant), ("BUCKETBRUSH_S3_ACCESS_KEY", creds.access_key),
-                        ("BUCKETBRUSH_S3_SECRET_KEY", creds.secret_key), ("AWS_ACCESS_KEY_ID", creds.access_key),
-                        ("AWS_SECRET_ACCESS_KEY", creds.secret_key)):
+    lines = [("BUCKETBRUSH_TENANT", tenant), ("BUCKETBRUSH_FUNCTIONS_TOKEN", token)]
+    if creds:
+        lines += [("BUCKETBRUSH_S3_ACCESS_KEY", creds.access_key), ("BUCKETBRUSH_S3_SECRET_KEY", creds.secret_key),
+                  ("AWS_ACCESS_KEY_ID", creds.access_key), ("AWS_SECRET_ACCESS_KEY", creds.secret_key)]
+    for name, value in lines:
         print(f"export {name}={value}")
 
 
 def cmd_tenants_add(settings: Settings, args: argparse.Namespace) -> int:
     from bucketbrush.errors import InvalidState
-    from bucketbrush.tenants import Limits, Tenant, TenantsFile
+    from bucketbrush.tenants import Limits, Tenant, TenantsFile, new_token
 
     registry = TenantsFile.from_settings(settings)
     if registry.get(args.name):
@@ -689,36 +694,39 @@ def cmd_tenants_add(settings: Settings, args: argparse.Namespace) -> int:
     limits = Limits(jobs_per_hour=args.jobs_per_hour, max_concurrent=args.max_concurrent,
                     input_bytes_per_day=args.input_bytes_per_day,
                     recipes=args.recipes.split(",") if args.recipes else None)
-    tenant = Tenant(name=args.name, limits=limits)
+    token, digest = new_token()
+    tenant = Tenant(name=args.name, limits=limits, token_sha256=digest)
     registry.put(tenant)  # checks the name before any identity is made
     identities = _identities(settings)
+    creds = None
     if identities is None:
         print(f"tenant {args.name} added to {registry.path}; no local stack, so no store identity was made: "
               f"attach `bucketbrush tenants policy {args.name}` to its IAM (or MinIO) user, and run "
               "`bucketbrush infra apply` and `infra aws|minio` again (its retention rules and event routes)",
               file=sys.stderr)
-        return 0
-    from infra.seaweedfs import apply_retention
+    else:
+        from infra.seaweedfs import apply_retention
 
-    creds = identities.put(args.name)
-    registry.put(tenant.model_copy(update={"access_key": creds.access_key}))
-    apply_retention(identities.master, settings)  # its prefixes' TTLs (the store's events cover every key)
-    _print_credentials(settings, creds, args)
+        creds = identities.put(args.name)
+        registry.put(tenant.model_copy(update={"access_key": creds.access_key}))
+        apply_retention(identities.master, settings)  # its prefixes' TTLs (the store's events cover every key)
+    _print_credentials(settings, args.name, token, creds, args)
     return 0
 
 
 def cmd_tenants_rotate(settings: Settings, args: argparse.Namespace) -> int:
-    from bucketbrush.errors import ConfigError
-    from bucketbrush.tenants import TenantsFile
+    from bucketbrush.tenants import TenantsFile, new_token
 
     registry = TenantsFile.from_settings(settings)
     tenant = registry.require(args.name)
     identities = _identities(settings)
-    if identities is None:
-        raise ConfigError("no local stack: rotate the tenant's keys in your IAM (or MinIO) user")
-    creds = identities.put(args.name)  # the old keys stop working now
-    registry.put(tenant.model_copy(update={"access_key": creds.access_key, "rotated_at": time.time()}))
-    _print_credentials(settings, creds, args)
+    # The old keys and token stop working now (elsewhere than the local stack, rotate the
+    # store keys in the IAM or MinIO user).
+    creds = identities.put(args.name) if identities else None
+    token, digest = new_token()
+    registry.put(tenant.model_copy(update={"access_key": creds.access_key if creds else tenant.access_key,
+                                           "token_sha256": digest, "rotated_at": time.time()}))
+    _print_credentials(settings, args.name, token, creds, args)
     return 0
 
 

@@ -213,3 +213,41 @@ def test_an_app_acting_as_a_tenant(two_tenants: dict[str, Any], settings: Settin
     assert requests.get(job.upload.manifest_url, timeout=10).json()["job_id"] == job.job_id
     assert manifest.outputs[0].key.startswith(f"{a['prefix']}outputs/")
     assert bucket.read_manifest(job.job_id) is None
+
+
+def test_the_functions_host_serves_each_tenant_with_its_token(two_tenants: dict[str, Any], settings: Settings,
+                                                                bucket: Bucket) -> None:
+    """One host, many tenants: a tenant's token presigns into its inbox, renews links to its
+    manifests and lists its jobs only; it cannot post events; the host's own token is the
+    default tenant."""
+    from pydantic import SecretStr
+    from starlette.testclient import TestClient
+
+    from functions.http import create_app
+
+    a, b = two_tenants["a"], two_tenants["b"]
+    client = TestClient(create_app(settings.model_copy(update={"functions_token": SecretStr("host-token")})))
+    as_a = {"Authorization": f"Bearer {a['functions_token']}"}
+    signed = client.post("/presign", headers=as_a, json={"recipe": "filter", "filename": "x.png",
+                                                           "params": {"style": "noir"}})
+    assert signed.status_code == 200, signed.text
+    upload = signed.json()
+    assert upload["key"].startswith(f"{a['prefix']}inbox/filter/") and upload["manifest_key"].startswith(a["prefix"])
+    posted = requests.post(upload["url"], data=upload["fields"], timeout=10,
+                           files={"file": ("x.png", png_bytes(), "image/png")})
+    assert posted.status_code in (200, 204), posted.text
+    a_bucket = bucket.for_tenant(a["tenant"])
+    assert wait_final(a_bucket, upload["job_id"]).status == "succeeded"
+    renewed = client.get(f"/manifest-url?job_id={upload['job_id']}", headers=as_a).json()
+    assert requests.get(renewed["manifest_url"], timeout=10).json()["tenant"] == a["tenant"]
+    def listed(headers: dict[str, str]) -> set[str]:
+        return {j["job_id"] for j in client.get("/studio/jobs?limit=200", headers=headers).json()["jobs"]}
+
+    as_b = {"Authorization": f"Bearer {b['functions_token']}"}
+    assert upload["job_id"] in listed(as_a) and upload["job_id"] not in listed(as_b)
+    assert client.get(f"/studio/jobs/{upload['job_id']}", headers=as_b).status_code == 404
+    # Events are the host's business only; the host's own token is the default tenant.
+    assert client.post("/events/s3", headers=as_a, content=b"{}").status_code == 401
+    assert client.get("/studio/jobs", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    host = client.post("/presign", headers={"Authorization": "Bearer host-token"}, json={"recipe": "filter"}).json()
+    assert host["key"].startswith("inbox/filter/")
