@@ -8,7 +8,8 @@ exactly as an event would be. The handler's Redis claim makes this safe while re
 the same objects arrive concurrently, and with several sweepers running at once.
 
 Jobs whose runner died are the reaper's (``functions/reaper.py``); ``reconcile`` runs both,
-as ``bucketbrush sweep`` and the event source's periodic sweep do.
+as ``bucketbrush sweep`` and the event source's periodic sweep do, for the default tenant and
+then each tenant found under ``tenants/`` (its own ``inbox/``, ``jobs/`` and manifests).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from redis.exceptions import RedisError
 
 from bucketbrush.jobs import ObjectRef, job_id_for
-from bucketbrush.layout import NotAnInput
+from bucketbrush.layout import NotAnInput, is_tenant
 from bucketbrush.settings import Settings
 from bucketbrush.status import prune_heartbeats
 from bucketbrush.store import Bucket
@@ -62,6 +63,13 @@ class SweepReport:
     outcomes: list[Outcome] = field(default_factory=list)  # handler outcomes, one per object fed
     seconds: float = 0.0
 
+    def add(self, other: SweepReport) -> None:
+        """Count ``other`` (another tenant's pass) in."""
+        for name, value in other.__dict__.items():
+            if isinstance(value, int):
+                setattr(self, name, getattr(self, name) + value)
+        self.outcomes += other.outcomes
+
     def summary(self) -> str:
         counts = {k: v for k, v in self.__dict__.items() if isinstance(v, int) and v}
         return " ".join(f"{k}={v}" for k, v in counts.items()) + f" in {self.seconds:.2f}s"
@@ -88,10 +96,13 @@ def reconcile(settings: Settings, bucket: Bucket, handler: Handler, *, grace_s: 
     ``running_lookback_s=None`` reads every manifest instead of the recent ones."""
     started = time.monotonic()
     now = time.time() if now is None else now
-    manifests = manifest_times(bucket)
-    report = sweep(settings, bucket, handler, grace_s=grace_s, now=now, manifests=manifests)
-    report.timed_out = fail_dead_running(settings, bucket, manifests, now=now, margin_s=timeout_margin_s,
-                                         lookback_s=running_lookback_s)
+    report = SweepReport()
+    for view in tenant_views(bucket):
+        manifests = manifest_times(view)
+        part = sweep(settings, view, handler, grace_s=grace_s, now=now, manifests=manifests)
+        part.timed_out = fail_dead_running(settings, view, manifests, now=now, margin_s=timeout_margin_s,
+                                           lookback_s=running_lookback_s)
+        report.add(part)
     report.pruned = len(prune_heartbeats(bucket, now=now))
     report.seconds = time.monotonic() - started
     return report
@@ -112,6 +123,15 @@ def run_periodic(settings: Settings, handler: Handler, stop: threading.Event, *,
         log.log(level, "sweep: %s", report.summary())
 
 
+def tenant_views(bucket: Bucket) -> list[Bucket]:
+    """The default tenant's view of the bucket, then each tenant's that has keys under tenants/."""
+    root = bucket.for_tenant(None)
+    prefix, names = root.layout.tenants, []
+    for page in root.s3.get_paginator("list_objects_v2").paginate(Bucket=root.name, Prefix=prefix, Delimiter="/"):
+        names += [p["Prefix"][len(prefix):].rstrip("/") for p in page.get("CommonPrefixes", [])]
+    return [root] + [root.for_tenant(name) for name in names if is_tenant(name)]
+
+
 # -- inputs -------------------------------------------------------------------------------
 
 def _recover_inputs(settings: Settings, bucket: Bucket, handler: Handler, manifests: dict[str, float],
@@ -122,7 +142,7 @@ def _recover_inputs(settings: Settings, bucket: Bucket, handler: Handler, manife
         horizon = min(horizon, settings.manifests_retention_days * 86400)
     versioned = _versioned(bucket)
     pending: list[tuple[ObjectRef, float, str | None]] = []
-    for prefix in (settings.inbox_prefix, settings.jobs_prefix):
+    for prefix in (bucket.layout.inbox, bucket.layout.jobs):
         for ref, modified in _latest_objects(bucket, prefix, versioned):
             report.listed += 1
             if modified > now - grace_s:
@@ -144,7 +164,8 @@ def _recover_inputs(settings: Settings, bucket: Bucket, handler: Handler, manife
             pending.append((ref, modified, preferred))
     # A preferred id (presigned ticket, spec file name) with a manifest is this object's job
     # unless its claim says other content took that id first (a second POST to the same key).
-    holders = handler.claims.holders([p for _, _, p in pending if p and p in manifests])
+    claims = handler.claims.for_tenant(bucket.tenant)
+    holders = claims.holders([p for _, _, p in pending if p and p in manifests])
     for ref, modified, preferred in pending:
         if preferred in manifests and holders.get(preferred) in (None, ref.identity):
             report.has_manifest += 1
@@ -152,7 +173,7 @@ def _recover_inputs(settings: Settings, bucket: Bucket, handler: Handler, manife
         record = S3Record.created(SOURCE, ref, event_time=datetime.fromtimestamp(modified, tz=UTC).isoformat())
         outcome = handler.handle_record(record)
         if (outcome.action == "duplicate" and outcome.job_id and not outcome.reason
-                and _release_abandoned_claim(handler, outcome.job_id)):
+                and _release_abandoned_claim(handler, bucket, outcome.job_id)):
             outcome = handler.handle_record(record)
             report.reclaimed += outcome.action == "enqueued"
         report.outcomes.append(outcome)
@@ -207,13 +228,14 @@ def manifest_times(bucket: Bucket) -> dict[str, float]:
     return times
 
 
-def _release_abandoned_claim(handler: Handler, job_id: str) -> bool:
-    """Release ``job_id``'s claim if it has stood for ABANDONED_CLAIM_S with no manifest."""
-    claims = handler.claims
+def _release_abandoned_claim(handler: Handler, bucket: Bucket, job_id: str) -> bool:
+    """Release ``job_id``'s claim (in ``bucket``'s tenant) if it has stood for
+    ABANDONED_CLAIM_S with no manifest."""
+    claims = handler.claims.for_tenant(bucket.tenant)
     holder, held_s = claims.holder(job_id), claims.held_for_s(job_id)
     if holder is None or held_s is None or held_s < ABANDONED_CLAIM_S:
         return False
-    if handler.bucket.exists(handler.bucket.manifest_key(job_id)):
+    if bucket.exists(bucket.manifest_key(job_id)):
         return False
     log.warning("releasing abandoned claim on job %s (held %ds, no manifest)", job_id, held_s)
     return claims.release_if_held(job_id, holder)

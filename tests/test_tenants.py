@@ -251,3 +251,27 @@ def test_the_functions_host_serves_each_tenant_with_its_token(two_tenants: dict[
     assert client.get("/studio/jobs", headers={"Authorization": "Bearer wrong"}).status_code == 401
     host = client.post("/presign", headers={"Authorization": "Bearer host-token"}, json={"recipe": "filter"}).json()
     assert host["key"].startswith("inbox/filter/")
+
+
+def test_the_sweep_recovers_a_tenants_lost_event(two_tenants: dict[str, Any], stack: Any, settings: Settings,
+                                                  bucket: Bucket) -> None:
+    from functions.handler import Handler
+    from functions.sweep import reconcile
+    from tests.test_exactly_once import cursor_file, event_source_stopped
+
+    a = two_tenants["a"]
+    key = f"{a['prefix']}inbox/filter/lost/{uuid.uuid4().hex[:6]}.png"
+    with event_source_stopped(stack):
+        put = a["s3"].put_object(Bucket=settings.bucket, Key=key, Body=png_bytes(), Metadata={"style": "sepia"})
+        cursor_file(stack, settings).write_text(f"{time.time_ns()}\n")  # the event is lost for good
+    job_id = job_id_for(ObjectRef(bucket=settings.bucket, key=key, etag=put["ETag"].strip('"')))
+    a_bucket = bucket.for_tenant(a["tenant"])
+    canary = f"{a['prefix']}inbox/filter/lost/canary-{uuid.uuid4().hex[:6]}.png"
+    put = a["s3"].put_object(Bucket=settings.bucket, Key=canary, Body=png_bytes(), Metadata={"style": "sepia"})
+    wait_final(a_bucket, job_id_for(ObjectRef(bucket=settings.bucket, key=canary, etag=put["ETag"].strip('"'))))
+    assert a_bucket.read_manifest(job_id) is None  # the source is back, but never saw it
+
+    report = reconcile(settings, bucket, Handler.from_settings(settings), grace_s=0)
+    assert key in {o.key for o in report.outcomes if o.action == "enqueued"}, report.outcomes
+    recovered = wait_final(a_bucket, job_id)
+    assert (recovered.status, recovered.tenant, recovered.inputs[0].key) == ("succeeded", a["tenant"], key)
