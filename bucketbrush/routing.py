@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from types import MappingProxyType
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from bucketbrush.settings import Settings
 
@@ -80,6 +80,11 @@ def base_queue(queue: str) -> str:
 def tenant_queues_key(settings: Settings) -> str:
     """The Redis set of the tenants' queues jobs were sent to: runners consume them from there."""
     return f"{settings.broker_namespace}:tenant-queues"
+
+
+def tenant_queues(settings: Settings, redis: Any) -> list[str]:
+    """The tenants' queues jobs were sent to (for views over every queue: dead letters, status)."""
+    return sorted(n.decode() if isinstance(n, bytes) else n for n in redis.smembers(tenant_queues_key(settings)))
 
 
 def served_capabilities(serve: Iterable[str]) -> list[Capability]:

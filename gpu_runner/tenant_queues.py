@@ -21,7 +21,7 @@ from typing import Any
 from dramatiq import Worker
 from dramatiq.common import dq_name
 
-from bucketbrush.routing import base_queue, tenant_queues_key
+from bucketbrush.routing import base_queue, tenant_queues
 from bucketbrush.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -42,8 +42,7 @@ class TenantQueues:
 
     def sync(self) -> list[str]:
         """Start consuming the tenant queues the handler has sent to; the new ones."""
-        names = {n.decode() if isinstance(n, bytes) else n
-                 for n in self.broker.client.smembers(tenant_queues_key(self.settings))}
+        names = set(tenant_queues(self.settings, self.broker.client))
         new = sorted(n for n in names - self.consumed if base_queue(n) in self.served)
         for name in new:
             # The job worker consumes only the queues it is told (not the webhook queue): a

@@ -67,3 +67,19 @@ def test_queue_names() -> None:
     assert queue_for(settings, "txt2img", "bulk", "acme") == "bb-gpu-bulk-tenant-acme"
     assert base_queue("bb-gpu-bulk-tenant-acme") == "bb-gpu-bulk" and base_queue("bb-cpu") == "bb-cpu"
     assert queue_for(settings.model_copy(update={"tenant_queues": False}), "filter", tenant="acme") == "bb-cpu"
+
+
+def test_views_over_every_queue_include_the_tenants(stack: Any, settings: Settings) -> None:
+    from bucketbrush.deadletters import list_dead
+    from bucketbrush.status import job_queue_depths
+
+    own = settings.model_copy(update={"broker_namespace": f"fair-{uuid.uuid4().hex[:8]}", "tenant_queues": True})
+    broker = build_broker(own)
+    try:
+        ref = ObjectRef(bucket="b", key="tenants/acme/jobs/j.json")
+        enqueue_job(broker, own, JobSpec(job_id="j", recipe="filter", source=ref, tenant="acme"))
+        totals, each = job_queue_depths(broker, own)
+        assert each[queue_for(own, "filter", tenant="acme")]["ready"] == 1 and totals["ready"] == 1
+        assert list_dead(broker, own) == []
+    finally:
+        broker.close()
