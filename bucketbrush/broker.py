@@ -3,6 +3,7 @@ thin functions never import the runner (or torch)."""
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -11,7 +12,15 @@ from dramatiq.brokers.redis import MAINTENANCE_SCALE, RedisBroker, _RedisConsume
 from dramatiq.middleware import CurrentMessage, Middleware
 
 from bucketbrush.jobs import JobSpec
-from bucketbrush.routing import ACTORS, RUN_JOB_ACTOR, queue_for, tenant_queues_key
+from bucketbrush.routing import (
+    ACTORS,
+    RUN_JOB_ACTOR,
+    all_queues,
+    queue_for,
+    redis_key,
+    tenant_queues,
+    tenant_queues_key,
+)
 from bucketbrush.settings import Settings
 
 __all__ = ["RUN_JOB_ACTOR", "build_broker", "enqueue_job"]
@@ -105,3 +114,30 @@ def enqueue_job(broker: dramatiq.Broker, settings: Settings, spec: JobSpec) -> d
     # The producer does not declare the actor, so declare its queue for the broker.
     broker.declare_queue(queue)
     return broker.enqueue(message)
+
+
+def job_ids_in_broker(client: Any, settings: Settings) -> set[str]:
+    """Job ids of every job message the broker still holds: waiting, delayed (a retry not yet
+    due) or fetched by a worker and not yet acknowledged.
+
+    Every job queue is read (``bucketbrush.routing.all_queues``, and the tenants' queues). Dramatiq's Redis broker
+    keeps each message's data in a hash, ``<ns>:<queue>.msgs`` (and
+    ``<ns>:<queue>.DQ.msgs`` for the delay queue), from enqueue until the worker acks it;
+    the queue list and the per-worker ack sets hold only ids (its ``dispatch.lua``). A retry
+    moves a message from one hash to the other (written to the new one before deleting it
+    from the old), so both are read in one MULTI: a moving message is seen in one of them.
+    Dead-lettered messages (``.XQ``) never run again and are not counted."""
+    queues = [*all_queues(settings), *tenant_queues(settings, client)]
+    pipe = client.pipeline(transaction=True)
+    for queue in queues:
+        prefix = redis_key(settings, queue)
+        pipe.hvals(f"{prefix}.msgs")
+        pipe.hvals(f"{prefix}.DQ.msgs")
+    found = set()
+    for raw in (m for values in pipe.execute() for m in values):
+        try:
+            message = json.loads(raw)
+            found.add(message["args"][0]["job_id"])
+        except (ValueError, KeyError, IndexError, TypeError):
+            continue  # not a job message
+    return found

@@ -40,6 +40,10 @@ class Claims:
         """Atomically take ``job_id`` for ``identity``; False if anything already holds it."""
         return bool(self.redis.set(self.key(job_id), identity, nx=True, ex=self.ttl_s))
 
+    def take(self, job_id: str, identity: str) -> None:
+        """Set the claim whoever held it (a requeue: the caller already owns the job)."""
+        self.redis.set(self.key(job_id), identity, ex=self.ttl_s)
+
     def holder(self, job_id: str) -> str | None:
         return _text(self.redis.get(self.key(job_id)))
 

@@ -90,6 +90,13 @@ class TimedOut(JobError):
     code = "timed_out"
 
 
+class RunnerDied(JobError):
+    """The job's runner died in it ``max_runner_deaths`` times (killed, out of memory, crashed):
+    it is not run again, as it would likely kill the next runner too."""
+
+    code = "runner_died"
+
+
 class InvalidWebhook(JobError):
     """A per-job webhook that is not an http(s) URL, or asks for unknown events."""
 
@@ -208,3 +215,11 @@ class QuotaExceeded(JobError):
 
 class UnknownTenant(BucketbrushError):
     code = "unknown_tenant"
+
+
+# Remote inference providers (gpu_runner/providers.py).
+class ProviderError(JobError):
+    """A remote provider refused or failed the job (its own message follows), or did not finish
+    within ``provider_deadline_s`` (still loading the model, rate limited, still running)."""
+
+    code = "provider_error"

@@ -98,6 +98,8 @@ class Manifest(BaseModel):
     # When the presigned ``outputs[].url`` links stop working (epoch seconds).
     urls_expire_at: float | None = None
     attempts: int = 0
+    # Deliveries whose runner died in the job (killed, out of memory) before finishing it.
+    interrupted: int = 0
     updated_at: float = Field(default_factory=time.time)
     # Whose job it is (None: the default tenant); the manifest lives under tenants/<tenant>/.
     tenant: str | None = None

@@ -254,6 +254,9 @@ class LimitsSettings(SettingsGroup):
     hard_time_limit_recipes: list[str] = Field(
         default_factory=list, description="recipes run in a child process killed at the time limit "
                                           "(not for diffusion recipes: their models live in the runner)")
+    max_runner_deaths: int = Field(
+        default=3, ge=1, description="a job whose runner dies in it this many times (killed, out of memory) "
+                                     "ends failed with runner_died instead of being delivered again")
 
     def time_limit_s(self, recipe: str, requested: int | None = None) -> int:
         """The recipe's limit, or a tighter one the job asked for."""
@@ -297,6 +300,17 @@ class DiffusionSettings(SettingsGroup):
         default=None, description="semantic segmentation model for `remove-bg`; unset: GrabCut fallback")
     segmentation_labels: list[str] = Field(
         default_factory=list, description="labels of segmentation_model that are foreground; empty: automatic")
+    # Remote inference providers (models file entries with `provider`, or `fallback`; docs/scaling.md).
+    provider_endpoints: dict[str, str] = Field(
+        default_factory=dict, description="base URL per provider (hf-inference, openai-images, replicate), "
+                                          "instead of its public API's")
+    provider_tokens: dict[str, SecretStr] = Field(
+        default_factory=dict, description="API token per provider, e.g. {\"hf-inference\": \"hf_...\"}; never "
+                                          "logged nor written to a manifest")
+    provider_timeout_s: float = Field(default=60, gt=0, description="one request to a provider")
+    provider_deadline_s: float = Field(
+        default=300, gt=0, description="one job's whole remote call: retries while the model loads (503), "
+                                       "waits on rate limits (429), polling")
 
 
 class LocalStackSettings(SettingsGroup):

@@ -14,18 +14,19 @@ from datetime import datetime
 from typing import Any
 
 import dramatiq
+from botocore.exceptions import ClientError
 
 from bucketbrush import metrics
 from bucketbrush.broker import build_broker, enqueue_job
 from bucketbrush.claims import Claims
-from bucketbrush.errors import InvalidSpec, InvalidWebhook, JobError, OutsideTenant, QuotaExceeded
+from bucketbrush.errors import InputMissing, InvalidSpec, InvalidWebhook, JobError, OutsideTenant, QuotaExceeded
 from bucketbrush.jobs import RECIPE_NAME, JobSpec, ObjectRef, WebhookTarget, is_job_id, job_id_for, json_object
 from bucketbrush.layout import NotAnInput, unsafe_key
 from bucketbrush.manifest import ErrorInfo, Manifest
 from bucketbrush.quotas import Quotas
 from bucketbrush.routing import Priority
 from bucketbrush.settings import Settings
-from bucketbrush.store import Bucket
+from bucketbrush.store import Bucket, is_not_found
 from bucketbrush.tenants import TenantsFile
 from functions.events import S3Record
 
@@ -132,6 +133,37 @@ class Handler:
             timings={"queued_at": now, "finished_at": now}, tenant=tenant,
         ))
         return Outcome(ref.key, "rejected", job_id, reason=str(exc))
+
+    def requeue(self, job_id: str, source: ObjectRef) -> Outcome:
+        """Enqueue ``job_id`` again, rebuilt from its source object (an upload or a job spec)
+        as its first event did, whatever its claim says. For the sweep, when the broker lost
+        the job's message (Redis restarted empty): the caller holds a lock so that only one
+        sweeper requeues it. The manifest is left as it is (``queued``; or ``running``, which
+        tells the runner that a runner died in this job); quotas were counted the first time."""
+        try:
+            route = self.bucket.layout.parse_input(source.key)
+        except NotAnInput as exc:
+            return Outcome(source.key, "rejected", job_id, reason=exc.reason)
+        tenant = route.tenant
+        recipe, input_ref, params = route.recipe or "", source, {}
+        options: dict[str, Any] = {"priority": "interactive" if route.job_id else "bulk"}
+        if route.kind != "upload":
+            try:
+                recipe, input_ref, params, options = self._read_spec(source, tenant)
+            except (InvalidSpec, InvalidWebhook, OutsideTenant) as exc:
+                return self._failed(source, job_id, tenant, exc, claimed=True)
+            except ClientError as exc:
+                if not is_not_found(exc):
+                    raise
+                return self._failed(source, job_id, tenant, InputMissing(f"the job spec {source.key!r} is gone"),
+                                    claimed=True)
+        # No queued_at: the runner then reads the stored manifest (the job may have finished).
+        spec = JobSpec(job_id=job_id, recipe=recipe, source=source, input=input_ref, params=params, tenant=tenant,
+                       **options)
+        self.claims.for_tenant(tenant).take(job_id, source.identity)
+        enqueue_job(self.broker, self.settings, spec)
+        log.warning("requeued job %s (%s): the broker had lost its message", job_id, recipe)
+        return Outcome(source.key, "enqueued", job_id, reason="requeued")
 
     def _read_spec(self, ref: ObjectRef, tenant: str | None = None
                    ) -> tuple[str, ObjectRef | None, dict[str, Any], dict[str, Any]]:

@@ -3,33 +3,48 @@ side effects and producers never need it (they enqueue by name)."""
 
 from __future__ import annotations
 
+import logging
+from contextlib import nullcontext
+
 import dramatiq
 from dramatiq.middleware import CurrentMessage
 
 from bucketbrush.errors import JobError
 from bucketbrush.jobs import JobSpec
 from bucketbrush.routing import ACTORS, queue_name
+from bucketbrush.runlocks import Hold, RunLocks
 from bucketbrush.settings import Settings
 from gpu_runner.runner import JobRunner
+
+log = logging.getLogger(__name__)
 
 # Dramatiq runs the messages a worker has fetched lowest actor priority first.
 ACTOR_PRIORITY = {"interactive": 0, "bulk": 10}
 
 
-def declare_actors(broker: dramatiq.Broker, settings: Settings, runner: JobRunner) -> list[dramatiq.Actor]:
+def declare_actors(broker: dramatiq.Broker, settings: Settings, runner: JobRunner,
+                   locks: RunLocks | None = None) -> list[dramatiq.Actor]:
     """The job actor under its two names (interactive, bulk: ``bucketbrush.routing``). Which
-    queues a runner consumes is its worker's choice, not the actors'."""
+    queues a runner consumes is its worker's choice, not the actors'. With ``locks`` (the
+    runner process's, bucketbrush/runlocks.py) a job runs on one runner at a time, and the
+    runners that died in it are counted."""
     max_retries = settings.max_retries
 
     def run_job(spec: dict) -> None:
         message = CurrentMessage.get_current_message()
         retries = message.options.get("retries", 0) if message else 0
-        runner.run(
-            JobSpec.model_validate(spec),
-            attempt=retries + 1,
-            last_attempt=retries >= max_retries,
-            delivery=message.message_id if message else None,
-        )
+        job = JobSpec.model_validate(spec)
+        with locks.hold(job.job_id) if locks else nullcontext(Hold(held=True)) as hold:
+            if not hold.held:
+                # A second message for a job another runner is running: back to the queue,
+                # after the lock would expire if that runner died (not a retry: none is spent).
+                delay_ms = locks.expires_in_ms(job.job_id) + 500
+                log.warning("job %s is running on another runner; its duplicate message waits %d ms",
+                            job.job_id, delay_ms)
+                broker.enqueue(message.copy(), delay=delay_ms)
+                return
+            runner.run(job, attempt=retries + 1, last_attempt=retries >= max_retries,
+                       delivery=message.message_id if message else None, interrupted=hold.deaths)
 
     return [dramatiq.actor(
         run_job,

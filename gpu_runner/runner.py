@@ -27,6 +27,7 @@ from bucketbrush.errors import (
     JobCancelled,
     JobError,
     OutsideTenant,
+    RunnerDied,
     TimedOut,
     TransientError,
 )
@@ -109,19 +110,24 @@ class JobRunner:
         self.stats: dict[str, Any] = {"jobs_done": 0, "jobs_failed": 0, "current_job": None}
 
     def run(self, spec: JobSpec, *, attempt: int = 1, last_attempt: bool = True,
-            delivery: str | None = None) -> Manifest:
+            delivery: str | None = None, interrupted: int = 0) -> Manifest:
         """Run ``spec`` once. JobErrors end in a failed manifest and are re-raised (never
         retried); other errors (the store's, or unexpected ones: ``internal_error``) leave the
         job queued for a retry, or failed on the last one. Either way the outputs written
         before the failure are removed. A tenant's job reads and writes only under its
-        tenant's prefix. ``delivery``: the id of the message that carries it (for the done marker)."""
+        tenant's prefix. ``delivery``: the id of the message that carries it (for the done marker).
+        ``interrupted``: runs of this job whose runner died in them (bucketbrush/runlocks.py);
+        at ``max_runner_deaths`` the job fails with ``runner_died`` instead of running."""
         if spec.tenant is not None and self.bucket.tenant != spec.tenant:
             tenant_runner = copy.copy(self)  # shares stats, models, notifier, claims and counters
             tenant_runner.bucket = self.bucket.for_tenant(spec.tenant)
-            return tenant_runner.run(spec, attempt=attempt, last_attempt=last_attempt, delivery=delivery)
+            return tenant_runner.run(spec, attempt=attempt, last_attempt=last_attempt, delivery=delivery,
+                                     interrupted=interrupted)
         if self.requests:
             self.requests.take()  # from here on, this job's requests
-        existing = self._stored(spec, attempt, delivery)
+        # A run after a runner died in the job reads the manifest: that runner may have
+        # finished it and died before its ack.
+        existing = self._stored(spec, attempt, delivery if not interrupted else None)
         if existing and existing.finished_for(spec.source):
             log.info("job %s already %s; skipping duplicate delivery", spec.job_id, existing.status)
             self._observe(spec, "skipped", {})
@@ -136,6 +142,7 @@ class JobRunner:
             job_id=spec.job_id, status="running", recipe=spec.recipe, params=spec.params,
             inputs=spec.inputs, timings=timings, runner=self.info, attempts=attempt,
             tenant=spec.tenant, replay_of=spec.replay_of,
+            interrupted=interrupted,
         )
         manifest.timings["started_at"] = time.time()
         if spec.enqueued_at:
@@ -190,6 +197,11 @@ class JobRunner:
         # The job's own webhook: from its spec, else from the upload's metadata (below).
         target = spec.webhook
         try:
+            if manifest.interrupted >= self.settings.max_runner_deaths:
+                # A job that kills its runner (memory, a native crash) would kill every next one.
+                raise RunnerDied(
+                    f"the runner died {manifest.interrupted} times while running this job (killed, out of "
+                    f"memory or crashed); it is not run again (max_runner_deaths = {self.settings.max_runner_deaths})")
             recipe = get_recipe(spec.recipe, testing=self.settings.test_recipes)
             image, metadata, parent = self._start(spec, recipe)
             if target is None and "webhook" in metadata:

@@ -14,6 +14,7 @@ from bucketbrush.broker import build_broker
 from bucketbrush.claims import Claims
 from bucketbrush.quotas import Quotas
 from bucketbrush.routing import served_queues
+from bucketbrush.runlocks import RunLocks
 from bucketbrush.settings import Settings, mask_url_password
 from bucketbrush.store import Bucket, RequestCounter
 from bucketbrush.webhooks import Deliverer, Notifier, declare_webhook_actor
@@ -43,7 +44,7 @@ def run_worker(settings: Settings, *, ready_file: Path | None = None) -> None:
         server = metrics.serve(settings.runner_metrics_port, settings.runner_metrics_host)
         metrics_url = f"http://{settings.runner_metrics_host}:{server.server_port}/metrics"
         log.info("runner metrics at %s", metrics_url)
-    declare_actors(broker, settings, runner)
+    declare_actors(broker, settings, runner, RunLocks(broker.client, settings))
     # Webhook deliveries: their own actor, queue and threads, so they never hold up a job.
     deliveries = None
     if settings.webhook_worker_threads:

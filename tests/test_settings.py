@@ -36,6 +36,8 @@ recipe_capabilities runner_serve runner_devices runner_device_inventory
 tenant tenants_prefix tenants_file tenant_jobs_per_hour tenant_max_concurrent tenant_input_bytes_per_day
 tenant_recipes tenant_quota_stale_s
 broker_heartbeat_timeout_s broker_maintenance_chance runner_metrics_port runner_metrics_host
+max_runner_deaths
+provider_endpoints provider_tokens provider_timeout_s provider_deadline_s
 tenant_queues
 """.split()
 
