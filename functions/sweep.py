@@ -100,10 +100,11 @@ def reconcile(settings: Settings, bucket: Bucket, handler: Handler, *, grace_s: 
     started = time.monotonic()
     now = time.time() if now is None else now
     report = SweepReport()
+    views = tenant_views(bucket)  # the store first: when it is down, that is what to say
     redis = handler.claims.redis
     # Whether Redis lost its data since the last full pass: then every tenant's pass is full.
     full = running_lookback_s is None or not redis.exists(marker_key(settings))
-    for view in tenant_views(bucket):
+    for view in views:
         manifests = manifest_times(view)
         part = sweep(settings, view, handler, grace_s=grace_s, now=now, manifests=manifests)
         part.timed_out = fail_dead_running(settings, view, manifests, now=now, margin_s=timeout_margin_s,
