@@ -63,6 +63,7 @@ class SweepReport:
     timed_out: int = 0  # running manifests past their deadline, now failed
     requeued: int = 0  # queued or dead-runner jobs whose broker message was lost, enqueued again
     pruned: int = 0  # heartbeats of runners / event sources gone for over heartbeat_expire_s, deleted
+    released: int = 0  # tenants' quota slots of jobs that ended without their runner saying so
     outcomes: list[Outcome] = field(default_factory=list)  # handler outcomes, one per object fed
     seconds: float = 0.0
 
@@ -114,6 +115,8 @@ def reconcile(settings: Settings, bucket: Bucket, handler: Handler, *, grace_s: 
                                 lookback_s=None if full else running_lookback_s, mark=False)
         part.outcomes += requeued
         part.requeued = sum(o.action == "enqueued" for o in requeued)
+        if view.tenant is not None:  # slots of jobs that ended without their runner saying so
+            part.released = len(handler.quotas.release_finished(view.tenant, lambda j, v=view: _is_final(v, j)))
         report.add(part)
     if full:
         redis.set(marker_key(settings), str(now))
@@ -135,6 +138,11 @@ def run_periodic(settings: Settings, handler: Handler, stop: threading.Event, *,
             continue
         level = logging.INFO if report.enqueued or report.timed_out or report.requeued else logging.DEBUG
         log.log(level, "sweep: %s", report.summary())
+
+
+def _is_final(bucket: Bucket, job_id: str) -> bool:
+    manifest = bucket.read_manifest(job_id)
+    return manifest is not None and manifest.is_final
 
 
 def tenant_views(bucket: Bucket) -> list[Bucket]:
