@@ -275,3 +275,35 @@ def test_the_sweep_recovers_a_tenants_lost_event(two_tenants: dict[str, Any], st
     assert key in {o.key for o in report.outcomes if o.action == "enqueued"}, report.outcomes
     recovered = wait_final(a_bucket, job_id)
     assert (recovered.status, recovered.tenant, recovered.inputs[0].key) == ("succeeded", a["tenant"], key)
+
+
+def test_watch_and_job_ids_are_per_tenant(two_tenants: dict[str, Any], settings: Settings, bucket: Bucket) -> None:
+    """Both tenants write jobs/same-<n>.json: two jobs (claims are per tenant), and a watch as
+    tenant a sees a's only, though b's ended first."""
+    import subprocess
+    import sys
+
+    a, b = two_tenants["a"], two_tenants["b"]
+    job_id = f"same-{uuid.uuid4().hex[:6]}"
+    env = {**os.environ, "BUCKETBRUSH_BUCKET": settings.bucket, "BUCKETBRUSH_STATE_DIR": str(settings.state_dir),
+           "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "bucketbrush.cli", "--tenant", a["tenant"], "watch", "--final",
+                             "--json"], env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for line in proc.stderr:  # log lines may come first
+            if line.startswith(f"watching {a['prefix']}manifests/"):
+                break
+        else:
+            raise AssertionError(f"watch exited with {proc.wait()} before it was watching")
+        for creds in (b, a):  # b's job first, and to the end
+            image = f"{creds['prefix']}private/w.png"
+            creds["s3"].put_object(Bucket=settings.bucket, Key=image, Body=png_bytes())
+            creds["s3"].put_object(Bucket=settings.bucket, Key=f"{creds['prefix']}jobs/{job_id}.json", Body=json.dumps(
+                {"recipe": "filter", "input": image, "params": {"style": "noir"}}).encode())
+            done = wait_final(bucket.for_tenant(creds["tenant"]), job_id)
+            assert (done.status, done.tenant) == ("succeeded", creds["tenant"]), done.error
+        seen = json.loads(proc.stdout.readline())
+        assert (seen["job_id"], seen["tenant"]) == (job_id, a["tenant"])
+    finally:
+        proc.terminate()
+        proc.wait(30)
