@@ -414,6 +414,65 @@ def cmd_refine(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_chat(settings: Settings, args: argparse.Namespace) -> int:
+    from bucketbrush.client import wait_for_manifest
+    from bucketbrush.conversations import send_turn, wait_recorded
+    from bucketbrush.progress import JobProgress
+
+    bucket, _ = _admin(settings)
+    sent = send_turn(bucket, args.message, conversation=args.conversation, image=args.image)
+    print(f"sent {sent.key} -> job {sent.job_id}", file=sys.stderr)
+    with JobProgress(sent.job_id) as progress:
+        manifest = wait_for_manifest(bucket, sent.job_id, timeout=args.timeout, on_update=progress)
+    doc = wait_recorded(bucket, manifest)
+    if args.json:
+        print(manifest.model_dump_json(indent=2))
+        return 0 if manifest.status == "succeeded" else 1
+    turn = manifest.turn
+    assert turn is not None
+    print(f"conversation {sent.conversation}, turn {turn.seq}: {turn.intent or '?'} ({turn.refiner or '-'} refiner)")
+    if turn.prompt:
+        print(f"  refined prompt: {turn.prompt}")
+    if turn.answer:
+        print(f"  answer: {turn.answer}")
+    if turn.input:
+        print(f"  {'back to' if turn.intent == 'undo' else 'on'} picture {turn.input}")
+    print_manifest(manifest, bucket)
+    if doc.image and doc.image not in {o.key for o in manifest.outputs}:
+        print(f"  current picture: {doc.image}\n     {bucket.presigned_get(doc.image)}")
+    print(f'continue: bucketbrush chat --conversation {sent.conversation} "..."')
+    return 0 if manifest.status == "succeeded" else 1
+
+
+def cmd_conversations(settings: Settings, args: argparse.Namespace) -> int:
+    from bucketbrush import conversations, gallery
+
+    bucket, broker = _admin(settings)
+    if args.action == "list":
+        for conversation in conversations.list_conversations(bucket):
+            print(conversation)
+        return 0
+    if args.action == "deleted":
+        for conversation in gallery.deleted_conversations(bucket):
+            print(conversation)
+        return 0
+    if not args.conversation:
+        raise SystemExit(f"conversations {args.action} needs a CONVERSATION id")
+    if args.action == "show":
+        print(conversations.Conversations(bucket, None).get(args.conversation).model_dump_json(indent=2))
+        return 0
+    if args.action == "delete":
+        keys, done = conversations.delete_conversation(bucket, broker, args.conversation), "deleted"
+    elif args.action == "trash":
+        keys, done = gallery.soft_delete_conversation(bucket, args.conversation), "soft-deleted"
+    else:
+        keys, done = gallery.restore_conversation(bucket, args.conversation), "restored"
+    print(f"{done} conversation {args.conversation}: {_count(len(keys), 'object')}")
+    for key in keys:
+        print(f"  {key}")
+    return 0
+
+
 def cmd_runner(settings: Settings, args: argparse.Namespace) -> int:
     from gpu_runner.worker import run_worker
 
@@ -773,6 +832,19 @@ def build_parser() -> argparse.ArgumentParser:
     sq.add_argument("--endpoint-url", help="SQS endpoint (LocalStack); default: BUCKETBRUSH_SQS_ENDPOINT_URL, else AWS")
     sq.add_argument("--ready-file", type=Path)
     sq.set_defaults(func=cmd_events_sqs)
+
+    chat = sub.add_parser("chat", help="one chat turn: refine the message, edit the conversation's picture, show it")
+    chat.add_argument("message")
+    chat.add_argument("--conversation", help="continue this conversation (default: start a new one)")
+    chat.add_argument("--image", type=Path, help="a picture for this turn (it becomes the current one)")
+    chat.add_argument("--timeout", type=float, default=600)
+    chat.add_argument("--json", action="store_true", help="print the turn's job manifest")
+    chat.set_defaults(func=cmd_chat)
+    conv = sub.add_parser("conversations", help="conversations: list, show, delete, soft delete, restore")
+    conv.add_argument("action", choices=["list", "show", "delete", "trash", "deleted", "restore"],
+                      help="delete: for good; trash: soft delete (bucket versioning), restore brings it back")
+    conv.add_argument("conversation", nargs="?")
+    conv.set_defaults(func=cmd_conversations)
     return p
 
 

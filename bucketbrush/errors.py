@@ -184,3 +184,26 @@ class VideoTooLarge(JobError):
 
 class VideoFpsTooHigh(JobError):
     code = "video_fps_too_high"
+
+
+# Conversations (bucketbrush/conversations.py, gpu_runner/conversation.py).
+class InvalidTurn(JobError):
+    """A chat turn that cannot be read: not a JSON object, no message, a bad image key."""
+
+    code = "invalid_turn"
+
+
+class NoImage(JobError):
+    """The turn asks to change a picture, and the conversation has none yet."""
+
+    code = "no_image"
+
+
+class NothingToUndo(JobError):
+    """``undo`` with no earlier picture to go back to."""
+
+    code = "nothing_to_undo"
+
+
+class ConversationNotFound(BucketbrushError):
+    code = "conversation_not_found"

@@ -1,4 +1,4 @@
-"""The gallery: soft delete and restore of job outputs with S3 versioning.
+"""The gallery: soft delete and restore of job outputs (and of whole conversations) with S3 versioning.
 
 With versioning on, deleting a key only adds a delete marker; the data stays as a
 non-current version. Each function below is a few plain S3 calls an app can make itself:
@@ -105,3 +105,45 @@ def purge(bucket: Bucket, job_id: str) -> int:
     if not count:
         raise JobNotFound(f"no job {job_id!r}")
     return count
+
+
+# -- conversations ----------------------------------------------------------------------------
+
+def soft_delete_conversation(bucket: Bucket, conversation: str) -> list[str]:
+    """Hide a conversation: every turn's job (``soft_delete``: its turn file or upload, outputs
+    and manifest), then the conversation's manifest. Restorable with ``restore_conversation``."""
+    from bucketbrush.conversations import turn_jobs
+
+    _require_versioning(bucket)
+    manifests = turn_jobs(bucket, conversation)
+    keys = [key for m in manifests for key in soft_delete(bucket, m.job_id)]
+    key = bucket.layout.conversation_manifest_key(conversation)
+    bucket.s3.delete_object(Bucket=bucket.name, Key=key)
+    return keys + [key]
+
+
+def deleted_conversations(bucket: Bucket) -> list[str]:
+    """Conversation ids whose manifest is soft-deleted."""
+    _require_versioning(bucket)
+    return sorted(
+        conversation
+        for key, entries in _versions(bucket, bucket.layout.conversation_manifests).items()
+        if entries and entries[0]["marker"] and (conversation := bucket.layout.conversation_of_manifest(key))
+    )
+
+
+def restore_conversation(bucket: Bucket, conversation: str) -> list[str]:
+    """Bring a soft-deleted conversation back: its manifest, then every turn's job."""
+    from bucketbrush.conversations import Conversations
+
+    _require_versioning(bucket)
+    restored = _unhide(bucket, bucket.layout.conversation_manifest_key(conversation), exact=True)
+    if not restored:
+        raise JobNotFound(f"conversation {conversation} is not in the deleted list")
+    for turn in Conversations(bucket, None).get(conversation).turns:
+        if bucket.read_manifest(turn.job_id) is None:
+            try:
+                restored += restore(bucket, turn.job_id)
+            except JobNotFound:  # that turn's job was deleted for good on its own
+                continue
+    return restored

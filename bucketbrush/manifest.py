@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from bucketbrush.errors import BucketbrushError
-from bucketbrush.jobs import ObjectRef
+from bucketbrush.jobs import ObjectRef, TurnRef
 
 SCHEMA_VERSION = 1
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -56,6 +56,23 @@ class ErrorInfo(BaseModel):
                    retryable=error.retryable if retryable is None else retryable)
 
 
+class TurnInfo(TurnRef):
+    """What a chat turn's job manifest says about the turn: the message, what the refiner made
+    of it, ``given``: the picture the turn brought, if any, and ``input``: the picture the turn
+    worked on (for ``undo``: the one the conversation went back to)."""
+
+    message: str = ""
+    intent: str | None = None
+    prompt: str = ""
+    negative_prompt: str = ""
+    refiner: str | None = None
+    answer: str | None = None
+    given: str | None = None
+    input: str | None = None
+    # How often the turn was put back because the turn before it was not final yet.
+    deferred: int = 0
+
+
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -82,6 +99,8 @@ class Manifest(BaseModel):
     urls_expire_at: float | None = None
     attempts: int = 0
     updated_at: float = Field(default_factory=time.time)
+    # A chat turn's job (bucketbrush/conversations.py); None for every other job.
+    turn: TurnInfo | None = None
 
     @property
     def is_final(self) -> bool:

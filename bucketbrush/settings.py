@@ -141,9 +141,11 @@ class StorageSettings(SettingsGroup):
     index_prefix: str = Field(
         default="index/", description="time-ordered job index for `jobs list` (bucketbrush/index.py)")
     cors_allowed_origins: list[str] = Field(default=["*"], description="CORS origins for browser uploads (JSON list)")
+    conversations_prefix: str = Field(
+        default="conversations/", description="chat turns: conversations/<conversation_id>/<turn>.json")
 
     @field_validator("inbox_prefix", "jobs_prefix", "outputs_prefix", "manifests_prefix",
-                     "cancel_prefix", "status_prefix", "index_prefix")
+                     "cancel_prefix", "status_prefix", "index_prefix", "conversations_prefix")
     @classmethod
     def _folder(cls, v: str) -> str:
         v = v.strip("/")
@@ -222,6 +224,9 @@ class LimitsSettings(SettingsGroup):
     hard_time_limit_recipes: list[str] = Field(
         default_factory=list, description="recipes run in a child process killed at the time limit "
                                           "(not for diffusion recipes: their models live in the runner)")
+    conversation_wait_s: float = Field(
+        default=3600, gt=0, description="how long a chat turn waits for the turn before it to finish; "
+                                        "past this it runs on the last finished turn's image, with a warning")
 
     def time_limit_s(self, recipe: str, requested: int | None = None) -> int:
         """The recipe's limit, or a tighter one the job asked for."""

@@ -106,24 +106,31 @@ class Bucket:
         Stores that do not implement conditional PUTs answer NotImplemented; there the write
         is unconditional (last writer wins)."""
         manifest.updated_at = time.time()
-        kwargs: dict[str, Any] = {
-            "Bucket": self.name, "Key": self.manifest_key(manifest.job_id),
-            "Body": manifest.model_dump_json(indent=2).encode(),
-            "ContentType": "application/json", "CacheControl": "no-cache",
-        }
+        written = self.put_json(self.manifest_key(manifest.job_id), manifest.model_dump_json(indent=2).encode(),
+                                if_match=if_match)
+        if not written:
+            return False
+        self._index(manifest)
+        return True
+
+    def put_json(self, key: str, body: bytes, *, if_match: str | None = None) -> bool:
+        """PUT a JSON document (never cached). With ``if_match`` (the ETag it was read with)
+        only if nobody wrote it since: False when somebody did. Stores that do not implement
+        conditional PUTs answer NotImplemented; there the write is unconditional."""
+        kwargs: dict[str, Any] = {"Bucket": self.name, "Key": key, "Body": body,
+                                  "ContentType": "application/json", "CacheControl": "no-cache"}
         if if_match is None:
             self.s3.put_object(**kwargs)
-        else:
-            try:
-                self.s3.put_object(**kwargs, IfMatch=if_match)
-            except ClientError as exc:
-                code = exc.response.get("Error", {}).get("Code")
-                if code in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
-                    return False
-                if code != "NotImplemented":
-                    raise
-                self.s3.put_object(**kwargs)
-        self._index(manifest)
+            return True
+        try:
+            self.s3.put_object(**kwargs, IfMatch=if_match)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code")
+            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                return False
+            if code != "NotImplemented":
+                raise
+            self.s3.put_object(**kwargs)
         return True
 
     def _index(self, manifest: Manifest) -> None:

@@ -16,10 +16,11 @@ import dramatiq
 
 from bucketbrush.broker import build_broker, enqueue_job
 from bucketbrush.claims import Claims
+from bucketbrush.conversations import CHAT_RECIPE, Conversations
 from bucketbrush.errors import InvalidSpec, InvalidWebhook
-from bucketbrush.jobs import RECIPE_NAME, JobSpec, ObjectRef, WebhookTarget, job_id_for, json_object
-from bucketbrush.layout import NotAnInput, unsafe_key
-from bucketbrush.manifest import ErrorInfo, Manifest
+from bucketbrush.jobs import RECIPE_NAME, JobSpec, ObjectRef, TurnRef, WebhookTarget, job_id_for, json_object
+from bucketbrush.layout import InputKey, NotAnInput, unsafe_key
+from bucketbrush.manifest import ErrorInfo, Manifest, TurnInfo
 from bucketbrush.settings import Settings
 from bucketbrush.store import Bucket
 from functions.events import S3Record
@@ -50,6 +51,7 @@ class Handler:
         self.bucket = bucket
         self.broker = broker
         self.claims = Claims(redis, settings)
+        self.conversations = Conversations(bucket, redis)
         self.stats: dict[str, Any] = {"records": 0, "enqueued": 0, "last_event_at": None}
 
     @classmethod
@@ -79,6 +81,8 @@ class Handler:
             if exc.rejected:
                 log.warning("rejected key %r: %s", key, exc.reason)
             return Outcome(key, "rejected" if exc.rejected else "ignored", reason=exc.reason)
+        if route.kind == "turn":
+            return self._turn(record, route)
         if route.kind == "upload":
             assert route.recipe is not None
             return self._submit(record.ref, route.recipe, input_ref=record.ref, params={},
@@ -101,6 +105,16 @@ class Handler:
             return self._failed_spec(record, job_id, exc)
         return self._submit(ref, recipe, input_ref=input_ref, params=params, preferred_id=job_id,
                             recent=self._recent(record), **options)
+
+    def _turn(self, record: S3Record, route: InputKey) -> Outcome:
+        """A chat turn: numbered in its conversation's arrival order, then a job like any other
+        (the runner refines the message and picks the recipe, gpu_runner/conversation.py)."""
+        assert route.conversation is not None and route.turn is not None
+        ref = record.ref
+        seq = self.conversations.next_seq(route.conversation, ref.identity)
+        turn = TurnRef(conversation=route.conversation, seq=seq, name=route.turn)
+        return self._submit(ref, CHAT_RECIPE, input_ref=None, params={}, preferred_id=None,
+                            recent=self._recent(record), turn=turn)
 
     def _failed_spec(self, record: S3Record, job_id: str, exc: InvalidSpec | InvalidWebhook) -> Outcome:
         """Nothing to run: record the failure where the user will look for it."""
@@ -149,7 +163,7 @@ class Handler:
     def _submit(self, source: ObjectRef, recipe: str, *, input_ref: ObjectRef | None,
                 params: dict[str, Any], preferred_id: str | None,
                 time_limit_s: int | None = None, hard_time_limit: bool = False, recent: bool = False,
-                webhook: WebhookTarget | None = None) -> Outcome:
+                webhook: WebhookTarget | None = None, turn: TurnRef | None = None) -> Outcome:
         claims, identity = self.claims, source.identity
         job_id = preferred_id if preferred_id and claims.claim(preferred_id, identity) else None
         if preferred_id and job_id is None and claims.holder(preferred_id) == identity:
@@ -167,11 +181,11 @@ class Handler:
         if existing and existing.finished_for(source):
             return Outcome(source.key, "duplicate", job_id, reason="already finished")
         spec = JobSpec(job_id=job_id, recipe=recipe, source=source, input=input_ref, params=params,
-                       time_limit_s=time_limit_s, hard_time_limit=hard_time_limit, webhook=webhook)
+                       time_limit_s=time_limit_s, hard_time_limit=hard_time_limit, webhook=webhook, turn=turn)
         try:
             self.bucket.write_manifest(Manifest(
                 job_id=job_id, status="queued", recipe=recipe, params=params, inputs=spec.inputs,
-                timings={"queued_at": time.time()},
+                timings={"queued_at": time.time()}, turn=TurnInfo(**turn.model_dump()) if turn else None,
             ))
             enqueue_job(self.broker, self.settings, spec)
         except Exception:

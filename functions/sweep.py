@@ -122,7 +122,7 @@ def _recover_inputs(settings: Settings, bucket: Bucket, handler: Handler, manife
         horizon = min(horizon, settings.manifests_retention_days * 86400)
     versioned = _versioned(bucket)
     pending: list[tuple[ObjectRef, float, str | None]] = []
-    for prefix in (settings.inbox_prefix, settings.jobs_prefix):
+    for prefix in bucket.layout.input_folders.values():
         for ref, modified in _latest_objects(bucket, prefix, versioned):
             report.listed += 1
             if modified > now - grace_s:

@@ -10,20 +10,24 @@ from bucketbrush.broker import RUN_JOB_ACTOR
 from bucketbrush.errors import JobError
 from bucketbrush.jobs import JobSpec
 from bucketbrush.settings import Settings
+from gpu_runner.conversation import TurnRunner
 from gpu_runner.runner import JobRunner
 
 
-def declare_actors(broker: dramatiq.Broker, settings: Settings, runner: JobRunner) -> dramatiq.Actor:
+def declare_actors(broker: dramatiq.Broker, settings: Settings, runner: JobRunner,
+                   turns: TurnRunner | None = None) -> dramatiq.Actor:
+    """The job actor; chat turns go through ``turns`` (gpu_runner/conversation.py)."""
     max_retries = settings.max_retries
 
     def run_job(spec: dict) -> None:
         message = CurrentMessage.get_current_message()
         retries = message.options.get("retries", 0) if message else 0
-        runner.run(
-            JobSpec.model_validate(spec),
-            attempt=retries + 1,
-            last_attempt=retries >= max_retries,
-        )
+        job = JobSpec.model_validate(spec)
+        attempt, last_attempt = retries + 1, retries >= max_retries
+        if job.turn is not None and turns is not None:
+            turns.run(job, message=message, attempt=attempt, last_attempt=last_attempt)
+        else:
+            runner.run(job, attempt=attempt, last_attempt=last_attempt)
 
     return dramatiq.actor(
         run_job,

@@ -14,6 +14,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from dramatiq.middleware import TimeLimitExceeded
 
 from bucketbrush import __version__
+from bucketbrush.conversations import CHAT_RECIPE
 from bucketbrush.errors import (
     BucketbrushError,
     EmptyInput,
@@ -28,7 +29,7 @@ from bucketbrush.errors import (
 )
 from bucketbrush.jobs import JobSpec, ObjectRef, WebhookTarget, json_object
 from bucketbrush.layout import NotAnInput
-from bucketbrush.manifest import ErrorInfo, Manifest, Output, Progress
+from bucketbrush.manifest import ErrorInfo, Manifest, Output, Progress, TurnInfo
 from bucketbrush.settings import Settings
 from bucketbrush.store import Bucket, is_not_found
 from gpu_runner.images import decode_image, encode_image
@@ -88,9 +89,14 @@ class JobRunner:
         # Read by the heartbeat thread.
         self.stats: dict[str, Any] = {"jobs_done": 0, "jobs_failed": 0, "current_job": None}
 
-    def run(self, spec: JobSpec, *, attempt: int = 1, last_attempt: bool = True) -> Manifest:
+    def run(self, spec: JobSpec, *, attempt: int = 1, last_attempt: bool = True,
+            prepare: Callable[[Manifest], JobSpec] | None = None) -> Manifest:
         """Run ``spec`` once. JobErrors end in a failed manifest and are re-raised (never
-        retried); other errors leave the job queued for a retry, or failed on the last one."""
+        retried); other errors leave the job queued for a retry, or failed on the last one.
+
+        ``prepare`` (a chat turn, gpu_runner/conversation.py) runs once the job is ``running``
+        and returns the spec to run instead (its recipe, params and input); its errors fail the
+        job like the recipe's. A spec whose recipe is ``chat`` renders nothing."""
         existing = self.bucket.read_manifest(spec.job_id)
         if existing and existing.finished_for(spec.source):
             log.info("job %s already %s; skipping duplicate delivery", spec.job_id, existing.status)
@@ -100,17 +106,19 @@ class JobRunner:
             inputs=spec.inputs,
             timings=dict(existing.timings) if existing else {},
             runner=self.info, attempts=attempt,
+            turn=TurnInfo(**spec.turn.model_dump()) if spec.turn else None,
         )
         manifest.timings["started_at"] = time.time()
         if spec.enqueued_at:
             manifest.timings["queue_wait_s"] = manifest.timings["started_at"] - spec.enqueued_at
         self.stats["current_job"] = spec.job_id
         try:
-            return self._run(spec, manifest, last_attempt)
+            return self._run(spec, manifest, last_attempt, prepare)
         finally:
             self.stats["current_job"] = None
 
-    def _run(self, spec: JobSpec, manifest: Manifest, last_attempt: bool) -> Manifest:
+    def _run(self, spec: JobSpec, manifest: Manifest, last_attempt: bool,
+             prepare: Callable[[Manifest], JobSpec] | None = None) -> Manifest:
         written: list[str] = []
         limit = self.settings.time_limit_s(spec.recipe, spec.time_limit_s)
         deadline = time.monotonic() + limit
@@ -120,24 +128,14 @@ class JobRunner:
             if self.bucket.exists(self.bucket.cancel_key(spec.job_id)):
                 raise JobCancelled("cancelled before it started")
             self.bucket.write_manifest(manifest)
-            recipe = get_recipe(spec.recipe, testing=self.settings.test_recipes)
-            image, metadata = self._load_input(spec.input, recipe.input_kind) if recipe.needs_input else (None, {})
-            if target is None and "webhook" in metadata:
-                target = WebhookTarget.parse(metadata["webhook"], metadata.get("webhook-events"), InvalidWebhook)
-            self._emit("started", manifest, target)
-            params = resolve_params(recipe, spec.params, metadata, single_fields=not self._presigned(spec))
-            manifest.params = params.model_dump(mode="json")
-            with JobMonitor(self.bucket, manifest, interval_s=PROGRESS_INTERVAL_S,
-                            on_write=lambda m: self._emit("progress", m, target)) as monitor:
-                started = time.perf_counter()
-                if self._hard_limit(spec, manifest):
-                    result = run_isolated(spec.recipe, image, params, job_id=spec.job_id, settings=self.settings,
-                                          deadline=deadline, limit_s=limit, on_progress=monitor.progress,
-                                          cancelled=monitor.cancelled)
-                else:
-                    result = recipe.run(self._context(manifest, monitor), image, params)
-                manifest.timings["processing_s"] = time.perf_counter() - started
-            manifest.outputs = self._write_outputs(spec.job_id, result, params, written)
+            if prepare is not None:
+                spec = prepare(manifest)
+                manifest.recipe, manifest.params, manifest.inputs = spec.recipe, spec.params, spec.inputs
+            if spec.recipe == CHAT_RECIPE:  # a chat turn with nothing to render (chat, undo)
+                self._emit("started", manifest, target)
+                result = RecipeResult(artifacts=[], details={"image": spec.input.key} if spec.input else {})
+            else:
+                result, target = self._run_recipe(spec, manifest, deadline, limit, target, written)
         except TimeLimitExceeded as exc:
             self._discard(written)
             return self._finish_failed(manifest, TimedOut(f"the job ran past its time limit of {limit} s"),
@@ -169,6 +167,33 @@ class JobRunner:
         return manifest
 
     # -- steps ----------------------------------------------------------------------------
+
+    def _run_recipe(self, spec: JobSpec, manifest: Manifest, deadline: float, limit: int,
+                    target: WebhookTarget | None, written: list[str]) -> tuple[RecipeResult, WebhookTarget | None]:
+        """Load the input, run the recipe (in a killable child under a hard time limit), write
+        the outputs (their keys go to ``written`` as they are written). Also returns the job's
+        webhook: ``target``, else the one in the upload's metadata."""
+        recipe = get_recipe(spec.recipe, testing=self.settings.test_recipes)
+        image, metadata = self._load_input(spec.input, recipe.input_kind) if recipe.needs_input else (None, {})
+        if target is None and "webhook" in metadata:
+            target = WebhookTarget.parse(metadata["webhook"], metadata.get("webhook-events"), InvalidWebhook)
+        self._emit("started", manifest, target)
+        # A chat turn's params come from its refinement only (its upload's metadata carries the message).
+        params = resolve_params(recipe, spec.params, {} if spec.turn else metadata,
+                                single_fields=not self._presigned(spec))
+        manifest.params = params.model_dump(mode="json")
+        with JobMonitor(self.bucket, manifest, interval_s=PROGRESS_INTERVAL_S,
+                        on_write=lambda m: self._emit("progress", m, target)) as monitor:
+            started = time.perf_counter()
+            if self._hard_limit(spec, manifest):
+                result = run_isolated(spec.recipe, image, params, job_id=spec.job_id, settings=self.settings,
+                                      deadline=deadline, limit_s=limit, on_progress=monitor.progress,
+                                      cancelled=monitor.cancelled)
+            else:
+                result = recipe.run(self._context(manifest, monitor), image, params)
+            manifest.timings["processing_s"] = time.perf_counter() - started
+        manifest.outputs = self._write_outputs(spec.job_id, result, params, written)
+        return result, target
 
     def _hard_limit(self, spec: JobSpec, manifest: Manifest) -> bool:
         """Whether to run the recipe in a killable child process (gpu_runner/isolation.py)."""
@@ -219,7 +244,7 @@ class JobRunner:
     def _record_result(self, manifest: Manifest, result: RecipeResult) -> None:
         manifest.model = result.model
         manifest.seeds = result.seeds
-        manifest.warnings = result.warnings
+        manifest.warnings = [*manifest.warnings, *result.warnings]
         manifest.details = result.details
 
     def _presigned(self, spec: JobSpec) -> bool:

@@ -14,7 +14,9 @@ from bucketbrush.settings import Settings
 from bucketbrush.store import Bucket
 from bucketbrush.webhooks import Deliverer, Notifier, declare_webhook_actor
 from gpu_runner.actors import declare_actors
+from gpu_runner.conversation import TurnRunner
 from gpu_runner.heartbeat import Heartbeat
+from gpu_runner.refine import get_refiner
 from gpu_runner.runner import JobRunner
 
 log = logging.getLogger(__name__)
@@ -31,7 +33,8 @@ def run_worker(settings: Settings, *, ready_file: Path | None = None) -> None:
         models = ModelCache.from_settings(settings)
         models.preload(settings.preload_models)
     runner = JobRunner(bucket, models, Notifier(settings, broker))
-    declare_actors(broker, settings, runner)
+    # The refiner of chat turns, kept for the process (a local model loads on the first turn).
+    declare_actors(broker, settings, runner, TurnRunner(runner, broker, get_refiner(settings=settings)))
     # Webhook deliveries: their own actor, queue and threads, so they never hold up a job.
     deliveries = None
     if settings.webhook_worker_threads:

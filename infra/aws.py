@@ -21,6 +21,7 @@ from typing import Any
 
 import boto3
 
+from bucketbrush.layout import Layout
 from bucketbrush.settings import Settings
 from bucketbrush.store import s3_client
 from functions.sources.sqs import sqs_client
@@ -44,7 +45,7 @@ class EventRoute:
 
 def notification_prefixes(settings: Settings) -> dict[str, str]:
     """Notification id -> key prefix: the only folders whose uploads become jobs."""
-    return {"bucketbrush-inbox": settings.inbox_prefix, "bucketbrush-jobs": settings.jobs_prefix}
+    return {f"bucketbrush-{name}": prefix for name, prefix in Layout(settings).input_folders.items()}
 
 
 def _queue(sqs: Any, name: str, attributes: dict[str, str] | None = None) -> tuple[str, str]:

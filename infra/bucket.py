@@ -18,6 +18,9 @@ def lifecycle_rules(settings: Settings) -> list[dict[str, Any]]:
     for rule_id, prefix, days in (
         ("bucketbrush-inbox", settings.inbox_prefix, settings.inbox_retention_days),
         ("bucketbrush-jobs", settings.jobs_prefix, settings.inbox_retention_days),
+        # Chat turn files are inputs like job specs (the conversation's manifest and its
+        # pictures live under manifests/ and outputs/, on their schedules).
+        ("bucketbrush-conversations", settings.conversations_prefix, settings.inbox_retention_days),
         ("bucketbrush-outputs", settings.outputs_prefix, settings.outputs_retention_days),
         ("bucketbrush-manifests", settings.manifests_prefix, settings.manifests_retention_days),
         # The job index (bucketbrush/index.py) goes with the manifests it points at.
