@@ -9,9 +9,10 @@ once per turn object, in Redis: ``next_seq``) and enqueues each as a job. The ru
 every finished turn in ``manifests/conversations/<conversation_id>.json`` (``record``: under a
 per-conversation Redis lock, with a conditional PUT).
 
-The conversation's picture is a stack replayed from its turns (``image_stack``): a succeeded
-turn pushes the picture it brought and its output; ``undo`` pops; failed, cancelled and ``chat``
-turns change nothing, so a failed turn never breaks the chain.
+The conversation's picture is a stack replayed from its turns (``image_stack``): a turn pushes
+the picture it brought (even when it failed, unless that picture was the problem) and, when it
+succeeded, its output; ``undo`` pops; ``chat`` renders nothing. A failed or cancelled turn adds
+no output, so the next turn edits the last good picture: a failure never breaks the chain.
 """
 
 from __future__ import annotations
@@ -37,8 +38,9 @@ SCHEMA_VERSION = 1
 # The recipe name a turn's job has until the runner picks the real one (and keeps when the
 # turn renders nothing: chat, undo). No recipe has this name.
 CHAT_RECIPE = "chat"
-# Intents that render nothing: their turn's job has no outputs.
-RENDERS_NOTHING = frozenset({"chat", "undo"})
+# A failed turn's own picture still counts, unless the failure was about it.
+BAD_PICTURE_CODES = frozenset({"input_missing", "invalid_image", "empty_input", "image_too_large",
+                               "input_too_large", "image_too_small"})
 
 # One number per turn object, in arrival order; a repeated event gets the number it had.
 # ARGV: identity, floor ("" when unknown), ttl. Returns -1 when the counter is gone and no
@@ -107,13 +109,15 @@ def image_stack(turns: list[TurnRecord]) -> list[str]:
     """The conversation's pictures, oldest first, after ``turns``; the last is the current one."""
     stack: list[str] = []
     for turn in sorted(turns, key=lambda t: t.seq):
+        if turn.given and not (turn.error and turn.error.code in BAD_PICTURE_CODES):
+            stack.append(turn.given)
         if turn.status != "succeeded":
             continue
         if turn.intent == "undo":
             if len(stack) > 1:
                 stack.pop()
-            continue
-        stack += [key for key in (turn.given, turn.output) if key]
+        elif turn.output:
+            stack.append(turn.output)
     return stack
 
 

@@ -12,6 +12,7 @@ non-current version. Each function below is a few plain S3 calls an app can make
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from bucketbrush.errors import InvalidState, JobNotFound
@@ -64,11 +65,16 @@ def soft_delete(bucket: Bucket, job_id: str) -> list[str]:
 
 def list_deleted(bucket: Bucket) -> list[str]:
     """Job ids whose manifest is soft-deleted (latest entry is a delete marker)."""
+    return _deleted(bucket, bucket.layout.manifests, bucket.layout.job_id_of_manifest)
+
+
+def _deleted(bucket: Bucket, prefix: str, name_of: Callable[[str], str | None]) -> list[str]:
+    """``name_of(key)`` of each key under ``prefix`` whose latest entry is a delete marker."""
     _require_versioning(bucket)
     return sorted(
-        job_id
-        for key, entries in _versions(bucket, bucket.layout.manifests).items()
-        if entries and entries[0]["marker"] and (job_id := bucket.layout.job_id_of_manifest(key))
+        name
+        for key, entries in _versions(bucket, prefix).items()
+        if entries and entries[0]["marker"] and (name := name_of(key))
     )
 
 
@@ -124,12 +130,7 @@ def soft_delete_conversation(bucket: Bucket, conversation: str) -> list[str]:
 
 def deleted_conversations(bucket: Bucket) -> list[str]:
     """Conversation ids whose manifest is soft-deleted."""
-    _require_versioning(bucket)
-    return sorted(
-        conversation
-        for key, entries in _versions(bucket, bucket.layout.conversation_manifests).items()
-        if entries and entries[0]["marker"] and (conversation := bucket.layout.conversation_of_manifest(key))
-    )
+    return _deleted(bucket, bucket.layout.conversation_manifests, bucket.layout.conversation_of_manifest)
 
 
 def restore_conversation(bucket: Bucket, conversation: str) -> list[str]:

@@ -20,10 +20,11 @@ from urllib.parse import unquote
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from bucketbrush.conversations import CHAT_RECIPE, Conversation, Conversations
-from bucketbrush.errors import BucketbrushError, InvalidTurn, NoImage, NothingToUndo
+from bucketbrush.errors import BucketbrushError, InputMissing, InvalidTurn, NoImage, NothingToUndo
 from bucketbrush.jobs import JobSpec, ObjectRef, json_object
 from bucketbrush.layout import unsafe_key
 from bucketbrush.manifest import Manifest, TurnInfo
+from gpu_runner.recipes import get_recipe
 from gpu_runner.recipes.filter import STYLES as FILTER_STYLES
 from gpu_runner.refine import Refinement, Refiner
 from gpu_runner.refine.schema import NEEDS_INPUT
@@ -49,6 +50,8 @@ class TurnRequest(BaseModel):
     image: str | None = None
     # Overrides merged into the params the turn's intent chose (e.g. a mask_key for remove_object).
     params: dict[str, Any] = Field(default_factory=dict)
+    # A recipe named outright (an app's button): no refinement, ``params`` are its params.
+    recipe: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_-]{0,31}$")
 
     @field_validator("image")
     @classmethod
@@ -175,14 +178,19 @@ class TurnRunner:
         manifest.turn = TurnInfo(**turn.model_dump(), deferred=deferred)
         manifest.warnings += warnings
         request = read_request(self.runner, spec)
+        if request.image and request.image != spec.source.key and not self.bucket.exists(request.image):
+            raise InputMissing(f"the turn's image {request.image!r} does not exist")
         stack = doc.stack_before(turn.seq) + ([request.image] if request.image else [])
-        refinement = self.refiner.refine(request.message, has_image=bool(stack))
-        manifest.turn = manifest.turn.model_copy(update={
-            "message": request.message, "intent": refinement.intent, "prompt": refinement.prompt,
-            "negative_prompt": refinement.negative_prompt, "refiner": refinement.refiner,
-            "answer": refinement.answer, "given": request.image})
-        manifest.warnings += refinement.warnings
-        choice = choose(refinement, stack, diffusion=self.runner.models is not None, overrides=request.params)
+        manifest.turn = manifest.turn.model_copy(update={"message": request.message, "given": request.image})
+        if request.recipe is not None:
+            choice = self._named(request, stack)
+        else:
+            refinement = self.refiner.refine(request.message, has_image=bool(stack))
+            manifest.turn = manifest.turn.model_copy(update={
+                "intent": refinement.intent, "prompt": refinement.prompt, "negative_prompt": refinement.negative_prompt,
+                "refiner": refinement.refiner, "answer": refinement.answer})
+            manifest.warnings += refinement.warnings
+            choice = choose(refinement, stack, diffusion=self.runner.models is not None, overrides=request.params)
         manifest.warnings += choice.warnings
         manifest.turn = manifest.turn.model_copy(update={"input": choice.input})
         if choice.input is None:
@@ -192,6 +200,15 @@ class TurnRunner:
         else:
             source = ObjectRef(bucket=self.bucket.name, key=choice.input)
         return spec.model_copy(update={"recipe": choice.recipe, "params": choice.params, "input": source})
+
+    def _named(self, request: TurnRequest, stack: list[str]) -> Choice:
+        """A turn that names its recipe: that recipe with the turn's params on the current picture."""
+        assert request.recipe is not None
+        if not get_recipe(request.recipe, testing=self.runner.settings.test_recipes).needs_input:
+            return Choice(request.recipe, request.params, None)
+        if not stack:
+            raise NoImage(f"{request.recipe} works on a picture, and this conversation has none yet")
+        return Choice(request.recipe, request.params, stack[-1])
 
 
 __all__ = ["Choice", "TurnRequest", "TurnRunner", "choose", "read_request"]

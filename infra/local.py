@@ -285,6 +285,24 @@ class LocalStack:
         state.processes.remove(proc)
         self._start_child(state, name, proc.args, lambda _: None)
 
+    def start_runner(self, name: str) -> None:
+        """Start one more runner process (e.g. ``runner-1``) on the running stack."""
+        state = self.read_state()
+        if not state:
+            raise StackError("the local stack is not running")
+        self._start_child(state, name, ["runner"], lambda _: None)
+
+    def stop_runner(self, name: str, timeout: float = 60) -> bool:
+        """Stop a runner started with ``start_runner`` (it finishes its job) and forget it."""
+        state = self.read_state()
+        proc = state.process(name) if state else None
+        if state is None or proc is None:
+            return False
+        stopped = terminate(proc, timeout)
+        state.processes.remove(proc)
+        self._write_state(state)
+        return stopped
+
     def down(self, *, report: Callable[[str], None] = lambda _: None) -> None:
         """Stop every process this stack started (children first), then forget the state."""
         state = self.read_state()
