@@ -84,7 +84,7 @@ def cmd_down(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from infra.demo import run_demo
 
-    return run_demo(settings, show=print_manifest)
+    return run_demo(settings, show=print_manifest, show_turn=print_turn)
 
 
 def cmd_infra_apply(settings: Settings, args: argparse.Namespace) -> int:
@@ -140,7 +140,7 @@ def print_manifest(manifest: Any, bucket: Any) -> None:
     with presigned GET links."""
     params = json.dumps(manifest.params, separators=(",", ":")) if manifest.params else ""
     print(f"job {manifest.job_id}: {manifest.status} ({manifest.recipe} {params})".replace(" )", ")"))
-    facts = [f"input {manifest.inputs[0].key}"] if manifest.inputs else []
+    facts = [f"{'turn' if manifest.turn else 'input'} {manifest.inputs[0].key}"] if manifest.inputs else []
     if "processing_s" in manifest.timings:
         facts.append(f"processing {manifest.timings['processing_s'] * 1000:.0f} ms")
     if facts:
@@ -428,9 +428,17 @@ def cmd_chat(settings: Settings, args: argparse.Namespace) -> int:
     if args.json:
         print(manifest.model_dump_json(indent=2))
         return 0 if manifest.status == "succeeded" else 1
+    print_turn(manifest, doc, bucket)
+    print(f'continue: bucketbrush chat --conversation {sent.conversation} "..."')
+    return 0 if manifest.status == "succeeded" else 1
+
+
+def print_turn(manifest: Any, conversation: Any, bucket: Any) -> None:
+    """A chat turn's final job manifest for people: what the refiner made of the message, the
+    job, and the conversation's current picture."""
     turn = manifest.turn
-    assert turn is not None
-    print(f"conversation {sent.conversation}, turn {turn.seq}: {turn.intent or '?'} ({turn.refiner or '-'} refiner)")
+    print(f"conversation {conversation.conversation_id}, turn {turn.seq}: {turn.message!r} -> "
+          f"{turn.intent or 'recipe ' + manifest.recipe} ({turn.refiner or 'no'} refiner)")
     if turn.prompt:
         print(f"  refined prompt: {turn.prompt}")
     if turn.answer:
@@ -438,10 +446,8 @@ def cmd_chat(settings: Settings, args: argparse.Namespace) -> int:
     if turn.input:
         print(f"  {'back to' if turn.intent == 'undo' else 'on'} picture {turn.input}")
     print_manifest(manifest, bucket)
-    if doc.image and doc.image not in {o.key for o in manifest.outputs}:
-        print(f"  current picture: {doc.image}\n     {bucket.presigned_get(doc.image)}")
-    print(f'continue: bucketbrush chat --conversation {sent.conversation} "..."')
-    return 0 if manifest.status == "succeeded" else 1
+    if conversation.image and conversation.image not in {o.key for o in manifest.outputs}:
+        print(f"  current picture: {conversation.image}\n     {bucket.presigned_get(conversation.image)}")
 
 
 def cmd_conversations(settings: Settings, args: argparse.Namespace) -> int:
