@@ -202,7 +202,8 @@ class Conversations:
 
     def record(self, manifest: Manifest, *, attempts: int = 5) -> Conversation:
         """Add a turn's final job manifest to its conversation's manifest. One writer at a time
-        per conversation (a Redis lock), and a conditional PUT against writers that hold no lock."""
+        per conversation (a Redis lock), and a conditional PUT (If-Match, or If-None-Match for
+        the first turn) against writers that hold no lock."""
         assert manifest.turn is not None
         conversation = manifest.turn.conversation
         key = self.bucket.layout.conversation_manifest_key(conversation)
@@ -212,7 +213,8 @@ class Conversations:
                 doc = found or Conversation(conversation_id=conversation)
                 doc.upsert(TurnRecord.of(manifest))
                 doc.updated_at = time.time()
-                if self.bucket.put_json(key, doc.model_dump_json(indent=2).encode(), if_match=etag):
+                if self.bucket.put_json(key, doc.model_dump_json(indent=2).encode(), if_match=etag,
+                                        if_none_match=etag is None):
                     return doc
         raise TransientError(f"could not record turn {manifest.turn.seq} of conversation {conversation}: "
                              "its manifest kept changing")

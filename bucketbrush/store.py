@@ -113,17 +113,19 @@ class Bucket:
         self._index(manifest)
         return True
 
-    def put_json(self, key: str, body: bytes, *, if_match: str | None = None) -> bool:
+    def put_json(self, key: str, body: bytes, *, if_match: str | None = None, if_none_match: bool = False) -> bool:
         """PUT a JSON document (never cached). With ``if_match`` (the ETag it was read with)
-        only if nobody wrote it since: False when somebody did. Stores that do not implement
-        conditional PUTs answer NotImplemented; there the write is unconditional."""
+        only if nobody wrote it since, with ``if_none_match`` only if it does not exist yet:
+        False when somebody wrote it. Stores that do not implement conditional PUTs answer
+        NotImplemented; there the write is unconditional."""
         kwargs: dict[str, Any] = {"Bucket": self.name, "Key": key, "Body": body,
                                   "ContentType": "application/json", "CacheControl": "no-cache"}
-        if if_match is None:
+        condition = {"IfMatch": if_match} if if_match is not None else {"IfNoneMatch": "*"} if if_none_match else {}
+        if not condition:
             self.s3.put_object(**kwargs)
             return True
         try:
-            self.s3.put_object(**kwargs, IfMatch=if_match)
+            self.s3.put_object(**kwargs, **condition)
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code")
             if code in ("PreconditionFailed", "412", "ConditionalRequestConflict"):

@@ -15,10 +15,10 @@ from dramatiq.brokers.stub import StubBroker
 
 from bucketbrush import gallery
 from bucketbrush.broker import build_broker
-from bucketbrush.conversations import CHAT_RECIPE, Conversation, Conversations, delete_conversation, wait_recorded
+from bucketbrush.conversations import CHAT_RECIPE, Conversations, delete_conversation, wait_recorded
 from bucketbrush.errors import ConversationNotFound
 from bucketbrush.jobs import ObjectRef
-from bucketbrush.management import cancel_job
+from bucketbrush.management import cancel_job, retry_job
 from bucketbrush.manifest import Manifest, TurnInfo
 from bucketbrush.samples import landscape
 from bucketbrush.settings import Settings
@@ -141,14 +141,26 @@ def test_turns_run_in_order_with_two_runners(stack: LocalStack, bucket: Bucket) 
     assert sum(m.turn.deferred for m in manifests) >= 1
 
 
-def test_soft_delete_restore_and_delete_a_conversation(bucket: Bucket, settings: Settings) -> None:
+def test_retry_soft_delete_restore_and_delete_a_conversation(bucket: Bucket, settings: Settings) -> None:
     gallery.enable_versioning(bucket)
     conversation = new_conversation()
-    photo = f"inbox/chat/{conversation}/photo.png"
+    photo, late = f"inbox/chat/{conversation}/photo.png", f"pictures/{conversation}-late.png"
     jobs = [drop(bucket, photo, png_bytes(landscape(48, 32)), Metadata={"message": "hello%20there"}),
-            say(bucket, conversation, "t2", message="upscale this cartoon 2x")]
-    hello, upscaled = [finished(bucket, j) for j in jobs]
+            say(bucket, conversation, "t2", message="upscale this cartoon 2x", image=late)]
+    hello, missing = [finished(bucket, j) for j in jobs]
     assert hello.turn.message == "hello there" and hello.turn.intent == "chat"  # URL-decoded metadata
+    assert missing.status == "failed" and missing.error.code == "input_missing"
+    # Retried once its picture is there, the turn runs again as that turn and is recorded again.
+    bucket.s3.put_object(Bucket=bucket.name, Key=late, Body=png_bytes(landscape(40, 30)))
+    assert retry_job(bucket, build_broker(settings), missing.job_id).turn.seq == 2
+    upscaled = wait_final(bucket, missing.job_id)
+    assert upscaled.status == "succeeded" and upscaled.turn.input == late
+    deadline = time.monotonic() + 30
+    while Conversations(bucket, None).get(conversation).turns[1].status != "succeeded":
+        assert time.monotonic() < deadline, "the retried turn was not recorded"
+        time.sleep(0.1)
+    assert Conversations(bucket, None).get(conversation).image == upscaled.outputs[0].key
+
     keys = gallery.soft_delete_conversation(bucket, conversation)
     assert bucket.layout.conversation_manifest_key(conversation) in keys and upscaled.outputs[0].key in keys
     assert conversation in gallery.deleted_conversations(bucket)
@@ -168,12 +180,18 @@ def test_soft_delete_restore_and_delete_a_conversation(bucket: Bucket, settings:
         Conversations(bucket, None).get(conversation)
 
 
-def test_the_handler_numbers_turns_once_in_arrival_order(settings: Settings) -> None:
-    """The handler alone (Dramatiq's StubBroker, the stack's Redis and SeaweedFS, a bucket of
-    its own that no event source follows)."""
+@pytest.fixture(scope="module")
+def unit_settings(settings: Settings) -> Settings:
+    """The stack's Redis and SeaweedFS, on a bucket of its own that no event source follows."""
     unit = settings.model_copy(update={"bucket": "conversations-unit"})
+    Bucket(unit).s3.create_bucket(Bucket=unit.bucket)
+    return unit
+
+
+def test_the_handler_numbers_turns_once_in_arrival_order(unit_settings: Settings) -> None:
+    """The handler alone, with Dramatiq's StubBroker."""
+    unit = unit_settings
     bucket = Bucket(unit)
-    bucket.s3.create_bucket(Bucket=unit.bucket)
     client = redis.Redis.from_url(unit.redis_url)
     handler = Handler(unit, bucket, StubBroker(), client)
     conversation = new_conversation()
@@ -193,9 +211,29 @@ def test_the_handler_numbers_turns_once_in_arrival_order(settings: Settings) -> 
     assert store.next_seq(conversation, first.ref.identity) == 1  # the same turn keeps its number
     # With its Redis state gone, a conversation goes on after the turns its manifest records.
     store.forget(conversation)
-    doc = Conversation(conversation_id=conversation)
     store.record(Manifest(job_id=outcomes[1].job_id, status="succeeded", recipe=CHAT_RECIPE,
                           turn=TurnInfo(conversation=conversation, seq=2, name="b", intent="chat")))
-    assert store.get(conversation).last_seq == 2 and doc.last_seq == 0
+    assert store.get(conversation).last_seq == 2
     assert handler.handle_record(event("c")).action == "enqueued"
     assert store.next_seq(conversation, "another turn") == 4
+
+
+def test_concurrent_records_lose_no_turn(unit_settings: Settings) -> None:
+    """Eight writers record eight turns of one conversation at once (the stack's Redis lock and
+    SeaweedFS): the manifest ends up listing every one, in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    bucket = Bucket(unit_settings)
+    unit = unit_settings
+    conversation = new_conversation()
+
+    def write(seq: int) -> None:
+        store = Conversations(Bucket(unit), redis.Redis.from_url(unit.redis_url))
+        store.record(Manifest(job_id=f"j{seq}", status="succeeded", recipe=CHAT_RECIPE,
+                              turn=TurnInfo(conversation=conversation, seq=seq, name=str(seq), intent="chat")))
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(write, range(1, 9)))
+    doc = Conversations(bucket, None).get(conversation)
+    assert [t.seq for t in doc.turns] == list(range(1, 9))
+    assert [t.job_id for t in doc.turns] == [f"j{n}" for n in range(1, 9)]
