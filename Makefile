@@ -88,6 +88,7 @@ bench: install browser
 	$(BIN)/python -m bench.studio_page
 	$(BIN)/python -m bench.video
 	$(BIN)/python -m bench.refine
+	$(BIN)/python -m bench.credentials
 
 # The AWS flavour on LocalStack (host mode, its own Python 3.13 venv in .venv-localstack/).
 localstack: install

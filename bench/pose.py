@@ -12,25 +12,15 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable
 from importlib import metadata
 
 import cv2
 import numpy as np
 
+from bench.stack import timed
 from gpu_runner import pose, segmentation, tflite
 from gpu_runner.annotators import KEYPOINT_NAMES, render_openpose
 from tests.references import iou, photo, reference
-
-
-def timed(fn: Callable[[], object], repeat: int) -> tuple[float, float]:
-    fn()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1000)
-    return statistics.median(times), statistics.quantiles(times, n=10)[-1]
 
 
 def latency(size: int, repeat: int) -> None:

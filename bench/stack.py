@@ -1,11 +1,12 @@
-"""A private local stack for one benchmark run, and the percentile the tables report."""
+"""A private local stack for one benchmark run, the percentile the tables report, and a timer."""
 
 from __future__ import annotations
 
 import os
 import statistics
 import tempfile
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -32,3 +33,14 @@ def private_stack(state_dir: Path | None = None, **settings: Any) -> Iterator[Lo
 def pct(values: list[float], q: int) -> float:
     """The q-th percentile (inclusive method), or the value itself for a single sample."""
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
+
+
+def timed(fn: Callable[[], object], repeat: int) -> tuple[float, float]:
+    """Median and p90 milliseconds of ``repeat`` calls of ``fn``, after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000)
+    return statistics.median(times), statistics.quantiles(times, n=10)[-1]

@@ -135,6 +135,30 @@ def cmd_presign_get(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(settings: Settings, args: argparse.Namespace) -> int:
+    """Content Credentials of a local file or a bucket key: 0 valid, 1 invalid or none."""
+    import mimetypes
+
+    from bucketbrush.credentials import describe, read_credentials, trust_anchors
+
+    path = Path(args.target)
+    if path.exists():
+        data, mime = path.read_bytes(), mimetypes.guess_type(path.name)[0]
+    else:
+        from bucketbrush.store import Bucket
+
+        bucket = Bucket(settings)
+        obj = bucket.s3.get_object(Bucket=bucket.name, Key=args.target)
+        data, mime = obj["Body"].read(), obj.get("ContentType")
+    report = read_credentials(data, mime, anchors=trust_anchors(settings))
+    if args.json:
+        print(json.dumps(report.to_dict() if report else None, indent=2))
+    else:
+        print(f"{args.target} ({mime or 'unknown type'}, {len(data):,} bytes)")
+        print("\n".join(describe(report)))
+    return 0 if report and report.validation_state in ("Valid", "Trusted") else 1
+
+
 def print_manifest(manifest: Any, bucket: Any) -> None:
     """A final (or current) manifest for people: status, timing, errors, warnings, outputs
     with presigned GET links."""
@@ -151,7 +175,9 @@ def print_manifest(manifest: Any, bucket: Any) -> None:
         print(f"  warning: {warning}")
     for out in manifest.outputs:
         size = f"  {out.width}x{out.height}" if out.width else ""
-        print(f"  -> {out.key}{size}  {out.bytes:,} bytes")
+        cc = out.content_credentials
+        signed = (f"  C2PA {cc.validation_state}" if cc and cc.signed else "  unsigned" if cc else "")
+        print(f"  -> {out.key}{size}  {out.bytes:,} bytes{signed}")
         print(f"     {bucket.presigned_get(out.key)}")
 
 
@@ -723,6 +749,12 @@ def build_parser() -> argparse.ArgumentParser:
     pg.add_argument("target", metavar="JOB_ID|KEY")
     pg.add_argument("--expires", type=int, help="seconds (default BUCKETBRUSH_PRESIGN_EXPIRES_S)")
     pg.set_defaults(func=cmd_presign_get)
+
+    ve = sub.add_parser("verify", help="Content Credentials (C2PA) of a file or bucket key: signer, actions, "
+                                       "ingredients, validation")
+    ve.add_argument("target", metavar="FILE|KEY")
+    ve.add_argument("--json", action="store_true", help="the report as JSON")
+    ve.set_defaults(func=cmd_verify)
 
     sm = sub.add_parser("submit", help="upload a file as a job and wait for its manifest")
     sm.add_argument("file")

@@ -186,6 +186,14 @@ class VideoFpsTooHigh(JobError):
     code = "video_fps_too_high"
 
 
+# Content Credentials (bucketbrush/credentials.py).
+class SigningFailed(JobError):
+    """Content Credentials are on and an output could not be signed: nothing is written
+    unsigned. Not retried (a bad key or certificate fails the same way again)."""
+
+    code = "signing_failed"
+
+
 # Conversations (bucketbrush/conversations.py, gpu_runner/conversation.py).
 class InvalidTurn(JobError):
     """A chat turn that cannot be read: not a JSON object, no message, a bad image key."""

@@ -19,6 +19,21 @@ Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 FINAL_STATUSES = frozenset({"succeeded", "failed", "cancelled"})
 
 
+class OutputCredentials(BaseModel):
+    """An output's Content Credentials (C2PA), as the runner read them back after signing:
+    ``signer`` is the signing certificate's common name, ``validation_state`` c2pa's verdict
+    (``Trusted``, ``Valid`` or ``Invalid``). ``signed`` false comes with ``reason`` (e.g. a JSON
+    output, a format C2PA cannot carry)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    signed: bool
+    signer: str | None = None
+    validation_state: str | None = None
+    digital_source_type: str | None = None
+    reason: str | None = None
+
+
 class Output(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -32,6 +47,8 @@ class Output(BaseModel):
     # without credentials download through it (renew: ``bucketbrush presign-get JOB``,
     # ``GET /manifest-url?job_id=JOB``).
     url: str | None = None
+    # Absent when content credentials are off (``BUCKETBRUSH_CONTENT_CREDENTIALS=off``).
+    content_credentials: OutputCredentials | None = None
 
 
 class Progress(BaseModel):

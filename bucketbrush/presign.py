@@ -1,9 +1,10 @@
 """Presigned POST uploads into ``inbox/<recipe>/<job_id>/<file>`` for apps and browsers.
 
-The store enforces the policy: the exact key, a size range, an ``image/*`` content type and
-the job params. The job id is in the key, so the app knows which manifest to watch, and the
-reply carries a presigned GET for that manifest (``manifest_url``): manifests are private, so
-an app without credentials reads its job through it. ``presign_manifest`` renews the link.
+The store enforces the policy: the exact key, a size range, the content type (``image/*``;
+``video/*`` or ``image/gif`` for the ``video`` recipe) and the job params. The job id is in
+the key, so the app knows which manifest to watch, and the reply carries a presigned GET for
+that manifest (``manifest_url``): manifests are private, so an app without credentials reads
+its job through it. ``presign_manifest`` renews the link.
 
 Recipe and params are checked before anything is signed, by a ``ParamsValidator`` the
 composition root injects (``bucketbrush/cli.py`` passes the runner's own
@@ -32,6 +33,24 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 # Checks a recipe name and its params; raises UnknownRecipe or InvalidParams. Injected by the
 # composition root (the runner's validator), so presign and the runner share one validation.
 ParamsValidator = Callable[[str, dict[str, Any]], object]
+
+
+# Recipes whose input is a video: the only ones whose uploads may be ``video/*`` (a GIF is
+# ``image/gif``, which they take too). Every other recipe takes ``image/*`` only.
+VIDEO_RECIPES = frozenset({"video"})
+
+
+def content_type_prefix(recipe: str, content_type: str) -> str:
+    """The ``starts-with`` prefix the policy binds ``content_type`` to, or InvalidParams."""
+    if recipe in VIDEO_RECIPES:
+        if content_type.startswith("video/"):
+            return "video/"
+        if content_type == "image/gif":
+            return "image/gif"
+        raise InvalidParams(f"the {recipe} recipe takes video/* or image/gif uploads, not {content_type!r}")
+    if content_type.startswith("image/"):
+        return "image/"
+    raise InvalidParams(f"content type must be image/*, not {content_type!r}")
 
 
 class PresignedUpload(BaseModel):
@@ -107,15 +126,14 @@ def presign_upload(
     max_bytes = min(max_bytes or settings.max_upload_bytes, settings.max_upload_bytes)
     expires_s = expires_s or settings.presign_expires_s
     content_type = content_type or mimetypes.guess_type(filename)[0] or "image/png"
-    if not content_type.startswith("image/"):
-        raise InvalidParams(f"content type must be image/*, not {content_type!r}")
+    prefix = content_type_prefix(recipe, content_type)
     job_id = new_ticket()
     layout = Layout(settings)
     key = layout.upload_key(recipe, job_id, safe_filename(filename))
     fields = {"Content-Type": content_type}
     conditions: list[Any] = [
         ["content-length-range", 1, max_bytes],
-        ["starts-with", "$Content-Type", "image/"],
+        ["starts-with", "$Content-Type", prefix],
     ]
     if params:
         fields["x-amz-meta-params"] = json.dumps(params, separators=(",", ":"), sort_keys=True)

@@ -354,6 +354,29 @@ class VideoSettings(SettingsGroup):
         description="how much of the previous stylised frame, warped by optical flow, goes into the next (0: none)")
 
 
+class CredentialsSettings(SettingsGroup):
+    """Content Credentials (C2PA) on every output (bucketbrush/credentials.py,
+    docs/content-credentials.md). Key and certificates: PEM text or a file path each; unset:
+    the development signer `bucketbrush up` makes under the state dir."""
+
+    content_credentials: bool = Field(
+        default=True, description="sign every output with a C2PA manifest and write XMP DigitalSourceType; "
+                                  "off: neither (needs the `credentials` extra when on)")
+    c2pa_signing_key: SecretStr | None = Field(
+        default=None, description="PEM private key (or its file path) that signs Content Credentials")
+    c2pa_signing_certs: str | None = Field(
+        default=None, description="PEM certificate chain (or its file path): signing certificate first")
+    c2pa_tsa_url: str | None = Field(
+        default=None, description="RFC 3161 timestamp authority URL; signatures then outlive the certificate")
+    c2pa_trust_anchors: str | None = Field(
+        default=None, description="PEM trust anchors (or a file path) for validation, besides the local dev CA")
+
+    @field_validator("c2pa_signing_key", "c2pa_signing_certs", "c2pa_tsa_url", "c2pa_trust_anchors", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, v: Any) -> Any:
+        return None if v == "" else v
+
+
 GROUPS: dict[str, type[SettingsGroup]] = {
     "storage": StorageSettings,
     "broker": BrokerSettings,
@@ -366,12 +389,14 @@ GROUPS: dict[str, type[SettingsGroup]] = {
     "refine": RefineSettings,
     "video": VideoSettings,
     "local": LocalStackSettings,
+    "credentials": CredentialsSettings,
 }
 
 
 # pydantic collects fields from the last base first: the bases are listed in reverse, so the
 # fields (and validation errors) come in the order of GROUPS.
-class Settings(LocalStackSettings, VideoSettings, RefineSettings, WebhooksSettings, DiffusionSettings,
+class Settings(CredentialsSettings,
+               LocalStackSettings, VideoSettings, RefineSettings, WebhooksSettings, DiffusionSettings,
                RetentionSettings, LimitsSettings, FunctionsSettings, EventsSettings, BrokerSettings,
                StorageSettings):
     """Everything a deployable needs to reach the bucket and the queue."""

@@ -10,7 +10,9 @@ final for the same input. Jobs that a runner with a fresh heartbeat says it is w
 left alone (stuck in native code past the limit, but alive).
 
 The failed manifest is written with If-Match on the ETag that was read, so a runner that
-finishes meanwhile wins. Stores that do not implement conditional PUTs: last writer wins.
+finishes meanwhile wins. SeaweedFS 4.48 and AWS S3 check it (412: tested against SeaweedFS in
+tests/test_runner_processes.py). Stores that answer NotImplemented get a plain PUT (last
+writer wins): there only the margin and the heartbeat check keep the reaper off live jobs.
 """
 
 from __future__ import annotations

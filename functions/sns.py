@@ -63,10 +63,13 @@ class SnsUnavailable(RuntimeError):
     """The signing certificate could not be fetched; SNS should retry (HTTP 503)."""
 
 
-def fetch_url(url: str, *, timeout: float = 10, max_bytes: int = MAX_CERT_BYTES) -> bytes:
-    """The default ``Fetch``: one HTTPS GET, no redirects, a size cap."""
-    response = urllib3.request("GET", url, timeout=timeout, retries=urllib3.Retry(2, redirect=0),
-                               preload_content=False, redirect=False)
+def fetch_url(url: str, *, timeout: float = 10, max_bytes: int = MAX_CERT_BYTES,
+              http: urllib3.PoolManager | None = None) -> bytes:
+    """The default ``Fetch``: one HTTPS GET (TLS verified against the system's CAs), no
+    redirects, a size cap. ``http``: the connection pool to use (tests pass one that trusts
+    their own CA)."""
+    response = (http.request if http else urllib3.request)(
+        "GET", url, timeout=timeout, retries=urllib3.Retry(2, redirect=0), preload_content=False, redirect=False)
     try:
         if response.status != 200:
             raise OSError(f"GET {url}: HTTP {response.status}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import warnings
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from bucketbrush.errors import EmptyInput, ImageTooLarge, InvalidImage
 
@@ -46,12 +46,20 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
     return image
 
 
-def encode_image(image: Image.Image, fmt: str = "png", quality: int = 90) -> tuple[bytes, str]:
-    """Bytes and content type of ``image`` in ``fmt`` (png, jpeg or webp)."""
+def encode_image(image: Image.Image, fmt: str = "png", quality: int = 90, *,
+                 xmp: str | None = None) -> tuple[bytes, str]:
+    """Bytes and content type of ``image`` in ``fmt`` (png, jpeg or webp), with the XMP packet
+    ``xmp`` embedded when given (PNG: an ``XML:com.adobe.xmp`` iTXt chunk)."""
     pil_format, content_type = FORMATS[fmt]
     if pil_format == "JPEG" and image.mode != "RGB":
         image = image.convert("RGB")
     buf = io.BytesIO()
-    options = {} if pil_format == "PNG" else {"quality": quality}
+    options: dict[str, object] = {} if pil_format == "PNG" else {"quality": quality}
+    if xmp and pil_format == "PNG":
+        info = PngImagePlugin.PngInfo()
+        info.add_itxt("XML:com.adobe.xmp", xmp)
+        options["pnginfo"] = info
+    elif xmp:
+        options["xmp"] = xmp.encode()
     image.save(buf, pil_format, **options)
     return buf.getvalue(), content_type

@@ -114,6 +114,8 @@ class ModelSpec(BaseModel):
     width: int = Field(default=512, ge=64, multiple_of=8)
     height: int = Field(default=512, ge=64, multiple_of=8)
     description: str = ""
+    # The weights' license (an SPDX id or a URL), recorded in each output's Content Credentials.
+    license: str | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -15,6 +15,7 @@ from dramatiq.middleware import TimeLimitExceeded
 
 from bucketbrush import __version__
 from bucketbrush.conversations import CHAT_RECIPE
+from bucketbrush.credentials import xmp_packet
 from bucketbrush.errors import (
     BucketbrushError,
     EmptyInput,
@@ -35,6 +36,7 @@ from bucketbrush.store import Bucket, is_not_found
 from gpu_runner.images import decode_image, encode_image
 from gpu_runner.isolation import run_isolated
 from gpu_runner.monitor import JobMonitor
+from gpu_runner.provenance import OutputSigner, Parent, made_by
 from gpu_runner.recipes import MODEL_CACHE_RECIPES, check_params, get_recipe
 from gpu_runner.recipes.base import JobContext, Recipe, RecipeParams, RecipeResult
 
@@ -86,13 +88,18 @@ class JobRunner:
         # Diffusion pipelines, loaded once per process (None: no models file configured).
         self.models = models
         self.info = runner_info(self.settings)
+        # Content Credentials on every output (None: off). Raises ConfigError when they are on
+        # but cannot be made: a runner that would ship unsigned outputs does not start.
+        self.signer = OutputSigner.from_settings(self.settings)
         # Read by the heartbeat thread.
         self.stats: dict[str, Any] = {"jobs_done": 0, "jobs_failed": 0, "current_job": None}
 
     def run(self, spec: JobSpec, *, attempt: int = 1, last_attempt: bool = True,
             prepare: Callable[[Manifest], JobSpec] | None = None) -> Manifest:
         """Run ``spec`` once. JobErrors end in a failed manifest and are re-raised (never
-        retried); other errors leave the job queued for a retry, or failed on the last one.
+        retried); other errors (the store's, or unexpected ones: ``internal_error``) leave the
+        job queued for a retry, or failed on the last one. Either way the outputs written
+        before the failure are removed.
 
         ``prepare`` (a chat turn, gpu_runner/conversation.py) runs once the job is ``running``
         and returns the spec to run instead (its recipe, params and input); its errors fail the
@@ -148,6 +155,11 @@ class JobRunner:
             self._discard(written)
             error = TransientError(f"storage error: {exc}")
             return self._finish_failed(manifest, error, final=last_attempt, cause=exc, target=target)
+        except Exception as exc:  # a bug, or a library failing in a way no recipe expected
+            log.exception("job %s: unexpected error", spec.job_id)
+            self._discard(written)
+            error = BucketbrushError(f"unexpected error: {type(exc).__name__}: {exc}")
+            return self._finish_failed(manifest, error, final=last_attempt, cause=exc, target=target)
         self._record_result(manifest, result)
         manifest.status = "succeeded"
         total = manifest.progress.total or 1
@@ -174,7 +186,8 @@ class JobRunner:
         the outputs (their keys go to ``written`` as they are written). Also returns the job's
         webhook: ``target``, else the one in the upload's metadata."""
         recipe = get_recipe(spec.recipe, testing=self.settings.test_recipes)
-        image, metadata = self._load_input(spec.input, recipe.input_kind) if recipe.needs_input else (None, {})
+        image, metadata, parent = (self._load_input(spec.input, recipe.input_kind) if recipe.needs_input
+                                   else (None, {}, None))
         if target is None and "webhook" in metadata:
             target = WebhookTarget.parse(metadata["webhook"], metadata.get("webhook-events"), InvalidWebhook)
         self._emit("started", manifest, target)
@@ -192,7 +205,7 @@ class JobRunner:
             else:
                 result = recipe.run(self._context(manifest, monitor), image, params)
             manifest.timings["processing_s"] = time.perf_counter() - started
-        manifest.outputs = self._write_outputs(spec.job_id, result, params, written)
+        manifest.outputs = self._write_outputs(spec, result, params, written, parent)
         return result, target
 
     def _hard_limit(self, spec: JobSpec, manifest: Manifest) -> bool:
@@ -205,41 +218,54 @@ class JobRunner:
             return False
         return True
 
-    def _load_input(self, ref: ObjectRef | None, kind: str = "image") -> tuple[Any, dict[str, str]]:
-        """The input as the recipe takes it: a decoded image, or the raw bytes."""
+    def _load_input(self, ref: ObjectRef | None, kind: str = "image") -> tuple[Any, dict[str, str], Parent | None]:
+        """The input as the recipe takes it (a decoded image, or the raw bytes), its metadata,
+        and (when signing) the outputs' parent ingredient."""
         if ref is None:
             raise InvalidParams(f"this recipe needs an input {'image' if kind == 'image' else 'file'}")
         obj = get_input(self.bucket, ref)
         if obj.get("ContentLength", 0) == 0:
             raise EmptyInput("the upload is empty (0 bytes)")
         data = obj["Body"].read()
+        parent = self.signer.parent(data, obj.get("ContentType"), ref.key) if self.signer else None
         if kind == "bytes":
-            return data, obj.get("Metadata", {})
-        return decode_image(data, max_pixels=self.settings.max_image_pixels), obj.get("Metadata", {})
+            return data, obj.get("Metadata", {}), parent
+        return decode_image(data, max_pixels=self.settings.max_image_pixels), obj.get("Metadata", {}), parent
 
     def _context(self, manifest: Manifest, monitor: JobMonitor) -> JobContext:
         load_image, load_bytes = bucket_loaders(self.bucket)
         return JobContext(manifest.job_id, monitor.progress, load_image=load_image, load_bytes=load_bytes,
                           cancelled=monitor.cancelled, models=self.models, settings=self.settings)
 
-    def _write_outputs(self, job_id: str, result: RecipeResult, params: RecipeParams,
-                       written: list[str]) -> list[Output]:
-        outputs = []
+    def _write_outputs(self, spec: JobSpec, result: RecipeResult, params: RecipeParams,
+                       written: list[str], parent: Parent | None) -> list[Output]:
+        """Encode, sign (when content credentials are on) and PUT each output. Every output is
+        signed before the first PUT, so a signing failure leaves nothing behind."""
+        made = made_by(spec.recipe, params, result) if self.signer else None
+        xmp = xmp_packet(made.source_type) if made and made.source_type else None
+        ready = []
         for artifact in result.artifacts:
             if artifact.image is not None:
-                data, content_type = encode_image(artifact.image, params.format, params.quality)
+                data, content_type = encode_image(artifact.image, params.format, params.quality, xmp=xmp)
                 extension, width, height = params.format, artifact.image.width, artifact.image.height
             else:  # already encoded (e.g. a video): written as it is
                 data, content_type, extension = artifact.data, artifact.content_type, artifact.extension
                 width, height = artifact.width, artifact.height
-            key = self.bucket.output_key(job_id, f"{artifact.name}.{extension}")
-            self.bucket.s3.put_object(Bucket=self.bucket.name, Key=key, Body=data, ContentType=content_type)
-            written.append(key)
-            outputs.append(Output(
+            key = self.bucket.output_key(spec.job_id, f"{artifact.name}.{extension}")
+            credentials = None
+            if self.signer and made:
+                data, credentials = self.signer.sign(
+                    data, content_type, title=f"{artifact.name}.{extension}", job_id=spec.job_id,
+                    recipe=spec.recipe, params=params, result=result, made=made, parent=parent,
+                    input_key=spec.input.key if spec.input else None)
+            ready.append((key, data, Output(
                 key=key, content_type=content_type, width=width, height=height,
-                bytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
-            ))
-        return outputs
+                bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), content_credentials=credentials,
+            )))
+        for key, data, output in ready:
+            self.bucket.s3.put_object(Bucket=self.bucket.name, Key=key, Body=data, ContentType=output.content_type)
+            written.append(key)
+        return [output for _, _, output in ready]
 
     def _record_result(self, manifest: Manifest, result: RecipeResult) -> None:
         manifest.model = result.model
@@ -272,7 +298,9 @@ class JobRunner:
         """Record the failure, then raise: JobErrors are in the actor's ``throws`` (never
         retried); anything else is retried by Dramatiq until ``last_attempt``."""
         manifest.outputs = []
-        manifest.error = ErrorInfo.of(exc, retryable=not final)
+        # While retries remain: retryable. After the last: the error's own word (a store that
+        # kept failing may be back later, so `jobs retry` can try again; bad input cannot).
+        manifest.error = ErrorInfo.of(exc, retryable=exc.retryable if final else True)
         if isinstance(exc, JobCancelled):
             manifest.status = "cancelled"
         else:

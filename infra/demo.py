@@ -87,9 +87,41 @@ def run_demo(settings: Settings, show: Callable[[Manifest, Bucket], None],
         manifests += demo_conversation(bucket, picture, show_turn)
         failed = [m for m in manifests if m.status != "succeeded"]
         print(f"\n{len(manifests) - len(failed)}/{len(manifests)} jobs succeeded")
-        return 1 if failed else 0
+        unverified = verify_outputs(client_settings, bucket, manifests)
+        return 1 if failed or unverified else 0
     finally:
         if started_here:
             stack.down(report=lambda line: print(f"[down] {line}"))
         else:
             print("[down] left the stack running: it was running before the demo")
+
+
+def verify_outputs(settings: Settings, bucket: Bucket, manifests: list[Manifest]) -> int:
+    """Read every output's Content Credentials back as ``bucketbrush verify`` does; print one
+    report in full and a tally. Returns how many media outputs did not verify."""
+    if not settings.content_credentials:
+        print("content credentials: off (BUCKETBRUSH_CONTENT_CREDENTIALS)")
+        return 0
+    from bucketbrush.credentials import describe, read_credentials, trust_anchors
+
+    anchors, states, shown = trust_anchors(settings), {}, None
+    for manifest in manifests:
+        for out in manifest.outputs:
+            if out.content_credentials and not out.content_credentials.signed:
+                states[out.key] = "unsigned: " + (out.content_credentials.reason or "")
+                continue
+            data = bucket.s3.get_object(Bucket=bucket.name, Key=out.key)["Body"].read()
+            report = read_credentials(data, out.content_type, anchors=anchors)
+            states[out.key] = report.validation_state if report else "none"
+            if shown is None and report and report.digital_source_types:
+                shown = (out.key, report)
+    if shown:
+        print(f"\n== bucketbrush verify {shown[0]}")
+        print("\n".join(describe(shown[1])))
+    bad = [k for k, state in states.items() if state not in ("Trusted", "Valid") and not state.startswith("unsigned")]
+    media = sum(1 for state in states.values() if not state.startswith("unsigned"))
+    print(f"\ncontent credentials: {media - len(bad)}/{media} media outputs verify"
+          + (f" (JSON outputs carry none: {len(states) - media})" if len(states) > media else ""))
+    for key in bad:
+        print(f"  NOT VERIFIED: {key}: {states[key]}")
+    return len(bad)

@@ -24,6 +24,7 @@ from typing import Any
 
 from pydantic import BaseModel, SecretStr
 
+from bucketbrush.credentials import DEV_CA, ensure_dev_credentials
 from bucketbrush.settings import STACK_FILE, Settings
 from bucketbrush.store import s3_client
 from functions.sources.seaweedfs import weed_binary
@@ -128,6 +129,8 @@ class LocalStack:
             # SeaweedFS keeps lifecycle rules without enforcing them: enforce them as path TTLs.
             report("retention: " + "; ".join(apply_retention(state.seaweedfs_master, settings)))
             self._start_child(state, "events", ["events", "seaweedfs", "--filer", state.filer], report)
+            if runners:
+                self._dev_signer(report)
             for i in range(runners):
                 self._start_child(state, f"runner-{i}", ["runner"], report)
             if runners:
@@ -140,6 +143,21 @@ class LocalStack:
             self.down(report=report)
             raise
         return state
+
+    def _dev_signer(self, report: Callable[[str], None]) -> None:
+        """Content Credentials for the local runners: a development CA and signer in the state
+        dir, unless a key is configured or credentials are off."""
+        if not self.settings.content_credentials:
+            report("content credentials: off (BUCKETBRUSH_CONTENT_CREDENTIALS): outputs are not signed")
+            return
+        if self.settings.c2pa_signing_key is not None:
+            report("content credentials: signed with c2pa_signing_key / c2pa_signing_certs")
+            return
+        folder, made = ensure_dev_credentials(self.state_dir)
+        report(f"content credentials: outputs signed by the local development signer in {folder}"
+               f"{' (made now)' if made else ''}; `bucketbrush verify FILE|KEY` trusts its CA. To trust it "
+               f"elsewhere, add {folder / DEV_CA} as a C2PA trust anchor (c2patool: --trust_anchors); "
+               f"never use it in production (docs/content-credentials.md)")
 
     def _start_redis(self, state: StackState, report: Callable[[str], None], port: int | None = None) -> None:
         url = self.settings.redis_url

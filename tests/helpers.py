@@ -11,8 +11,9 @@ from pathlib import Path
 
 from PIL import Image
 
+from bucketbrush.credentials import CredentialsReport, read_credentials, trust_anchors
 from bucketbrush.jobs import ObjectRef, job_id_for
-from bucketbrush.manifest import Manifest
+from bucketbrush.manifest import Manifest, Output
 from bucketbrush.samples import landscape
 from bucketbrush.settings import Settings
 from bucketbrush.store import Bucket
@@ -56,12 +57,14 @@ def flush_pipeline(bucket: Bucket, timeout: float = 60) -> Manifest:
 
 
 def check_outputs(bucket: Bucket, manifest: Manifest) -> list[Image.Image]:
-    """Every output the manifest lists, read back and checked against its recorded size and hash."""
+    """Every output the manifest lists, read back and checked against its recorded size and
+    hash (of the signed bytes) and its Content Credentials (check_credentials)."""
     images = []
     for out in manifest.outputs:
         data = bucket.s3.get_object(Bucket=bucket.name, Key=out.key)["Body"].read()
         assert hashlib.sha256(data).hexdigest() == out.sha256
         assert len(data) == out.bytes
+        check_credentials(bucket, manifest, out, data)
         image = Image.open(io.BytesIO(data))
         image.load()
         assert image.size == (out.width, out.height)
@@ -76,3 +79,29 @@ def delayed_job_ids(settings: Settings) -> set[str]:
     client = redis.Redis.from_url(settings.redis_url)
     raw = client.hvals(f"{settings.broker_namespace}:{settings.queue_name}.DQ.msgs")
     return {json.loads(m)["args"][0]["job_id"] for m in raw}
+
+
+def check_credentials(bucket: Bucket, manifest: Manifest, out: Output, data: bytes) -> CredentialsReport:
+    """The output's C2PA manifest, read with the C2PA reader: trusted (the stack's development
+    CA), with the recipe's actions and digital source type from the table (gpu_runner/provenance.py),
+    the job, and the input as the parent ingredient."""
+    from gpu_runner.provenance import made_by
+    from gpu_runner.recipes import get_recipe
+    from gpu_runner.recipes.base import RecipeResult
+
+    report = read_credentials(data, out.content_type, anchors=trust_anchors(bucket.settings))
+    assert report is not None, f"{out.key} carries no Content Credentials"
+    assert report.validation_state == "Trusted", report.failures
+    assert out.content_credentials is not None and out.content_credentials.signed
+    assert out.content_credentials.validation_state == "Trusted"
+    recipe = get_recipe(manifest.recipe, testing=True)
+    made = made_by(manifest.recipe, recipe.params.model_construct(**manifest.params), RecipeResult(artifacts=[]))
+    opened = ["c2pa.opened"] if recipe.needs_input else []
+    assert [a["action"] for a in report.actions] == opened + list(made.actions)
+    assert report.digital_source_types == ([made.source_type] if made.source_type else [])
+    assert out.content_credentials.digital_source_type == made.source_type
+    assert report.job["job_id"] == manifest.job_id and report.job["recipe"] == manifest.recipe
+    if recipe.needs_input:
+        [ingredient] = report.ingredients
+        assert ingredient["relationship"] == "parentOf" and len(ingredient["sha256"]) == 64
+    return report

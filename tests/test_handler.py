@@ -87,3 +87,30 @@ def test_claim_is_released_when_the_enqueue_fails(unit_settings: Settings, claim
     assert handler.claims.holder(job_id) is None  # a redelivery can take it again
     retry = Handler(unit_settings, bucket, StubBroker(), claims_redis).handle_record(record)
     assert retry.action == "enqueued" and retry.job_id == job_id
+
+
+def test_claim_is_released_when_the_queued_manifest_write_fails(unit_settings: Settings,
+                                                                 claims_redis: redis.Redis) -> None:
+    # The store answers 503 to manifest PUTs (tests/fault_proxy.py), and only to those.
+    from botocore.exceptions import ClientError
+
+    from tests.fault_proxy import FaultProxy
+
+    with FaultProxy(unit_settings.s3_endpoint_url) as proxy:
+        failing = Bucket(unit_settings.model_copy(update={"s3_endpoint_url": proxy.url}))
+        proxy.fail = lambda method, path: method == "PUT" and "/manifests/" in path
+        broker = StubBroker()
+        record = put(Bucket(unit_settings), f"inbox/filter/{uuid.uuid4().hex}.png", png_bytes())
+        job_id = job_id_for(record.ref)
+        with pytest.raises(ClientError, match="SlowDown"):
+            Handler(unit_settings, failing, broker, claims_redis).handle_record(record)
+        refused = [r.status for r in proxy.seen("PUT", f"/{unit_settings.bucket}/manifests/")]
+        assert refused and set(refused) == {503}  # botocore retried, then gave up
+        assert Handler(unit_settings, failing, broker, claims_redis).claims.holder(job_id) is None
+        assert messages(broker, unit_settings) == []  # nothing enqueued for a job with no manifest
+        # The transport's redelivery, once the store answers again, makes the job.
+        proxy.fail = lambda method, path: False
+        retry = Handler(unit_settings, failing, broker, claims_redis).handle_record(record)
+    assert retry.action == "enqueued" and retry.job_id == job_id
+    assert [m.job_id for m in messages(broker, unit_settings)] == [job_id]
+    assert Bucket(unit_settings).read_manifest(job_id).status == "queued"

@@ -22,6 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bucketbrush.credentials import ensure_dev_credentials
 from bucketbrush.jobs import ObjectRef, job_id_for
 from bucketbrush.samples import landscape
 from bucketbrush.settings import Settings
@@ -300,6 +301,7 @@ def test_s3_to_sqs_to_runner_end_to_end(localstack_endpoint, private_redis, tmp_
     watch_url, _ = subscribe_queue(sqs, sns, route.manifests_topic_arn, f"{name}-watch")
 
     ready = tmp_path / "runner.ready"
+    ensure_dev_credentials(settings.state_dir)  # the runner signs its outputs (Content Credentials)
     with open(tmp_path / "runner.log", "wb") as log:
         runner = subprocess.Popen(
             [sys.executable, "-m", "bucketbrush.cli", "runner", "--ready-file", str(ready)],

@@ -31,6 +31,7 @@ index_prefix heartbeat_expire_s hard_time_limit_recipes
 refiner refine_local_model refine_local_max_new_tokens refine_local_min_confidence refine_local_timeout_s
 refine_openai_url refine_openai_model refine_openai_key refine_openai_timeout_s
 video_max_duration_s video_max_frames video_max_side video_max_fps video_temporal_weight
+content_credentials c2pa_signing_key c2pa_signing_certs c2pa_tsa_url c2pa_trust_anchors
 conversations_prefix conversation_wait_s
 """.split()
 

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import time
 
 import av
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
+from bucketbrush.client import submit_file
+from bucketbrush.errors import InvalidParams
 from bucketbrush.management import cancel_job
+from bucketbrush.presign import presign_upload
 from gpu_runner.video_samples import sample_clip
 from tests.helpers import drop, wait_final
 from tests.test_video import BAD, audio_packets
@@ -125,3 +130,37 @@ def test_cancel_between_frames(bucket):
     listed = bucket.s3.list_objects_v2(Bucket=bucket.name, Prefix=f"outputs/{job_id}/")
     assert listed.get("KeyCount", 0) == 0
     assert np.isfinite(manifest.timings["finished_at"])
+
+
+def test_presigned_post_of_a_video(settings, bucket, tmp_path):
+    """An app uploads a clip through a presigned POST: the store takes video/* for this recipe."""
+    path = tmp_path / "presigned-clip.mp4"
+    path.write_bytes(sample_clip(1.0, fps=12, size=(64, 48)))
+    upload, manifest = submit_file(settings, path, "video", {"style": "sepia"}, timeout=120)
+    assert manifest.status == "succeeded", manifest.error
+    assert manifest.inputs[0].key == upload.key and upload.key.endswith(".mp4")
+    assert [o.content_type for o in manifest.outputs] == ["video/mp4", "image/png"]
+
+
+def test_presigned_video_policy_is_enforced_by_the_store(settings, bucket):
+    """The policy binds the content type's family: a video presign refuses image/png, and a
+    filter presign refuses video/mp4, at the store (403), not only in our code."""
+    s3 = bucket.s3
+    clip = sample_clip(0.5, fps=8, size=(32, 32))
+    upload = presign_upload(s3, settings, recipe="video", filename="c.mp4")
+    assert ["starts-with", "$Content-Type", "video/"] in json.loads(
+        base64.b64decode(upload.fields["policy"]))["conditions"]
+    fields = dict(upload.fields)
+    refused = httpx.post(upload.url, data={**fields, "Content-Type": "image/png"},
+                         files={"file": ("c.mp4", clip, "image/png")})
+    assert refused.status_code == 403, refused.text
+    assert httpx.post(upload.url, data=fields, files={"file": ("c.mp4", clip, "video/mp4")}).status_code == 204
+    image = presign_upload(s3, settings, recipe="filter", filename="x.png")
+    refused = httpx.post(image.url, data={**image.fields, "Content-Type": "video/mp4"},
+                         files={"file": ("x.png", clip, "video/mp4")})
+    assert refused.status_code == 403, refused.text
+    with pytest.raises(InvalidParams, match="video/"):
+        presign_upload(s3, settings, recipe="video", filename="c.png")
+    with pytest.raises(InvalidParams, match="image/"):
+        presign_upload(s3, settings, recipe="filter", filename="c.mp4")
+

@@ -174,7 +174,7 @@ def generate(ctx: JobContext, params: DiffusionParams, spec: ModelSpec, size: tu
             if any(flagged):
                 warnings.append("the model's safety checker blanked one or more images")
 
-    model = {"id": spec.id, "family": spec.family, "revision": loaded.revision,
+    model = {"id": spec.id, "family": spec.family, "license": spec.license, "revision": loaded.revision,
              "weights": loaded.fingerprint, "scheduler": scheduler,
              "dtype": loaded.dtype_name, "device": loaded.device}
     if gen.control:

@@ -4,6 +4,10 @@
 steps, reporting progress and honouring cancel between them, so time limits and cancels can be
 tested on any machine. ``test-slow-limited`` is the same recipe under another name, for a
 per-recipe time limit (``recipe_time_limits_s``) that leaves ``test-slow`` alone.
+
+``test-fail-late`` fails while the runner writes its outputs, after the first is in the
+bucket: its last output is a CMYK image, which PNG cannot hold, so the failure comes from
+the encoder itself (an unexpected error, not a JobError), at a known point.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from gpu_runner.recipes.base import Artifact, JobContext, Recipe, RecipeParams, 
 class SlowParams(RecipeParams):
     seconds: float = Field(default=5.0, ge=0, le=600, description="how long the job takes")
     steps: int = Field(default=50, ge=1, le=10_000, description="progress steps (cancel is checked between them)")
+    outputs: int = Field(default=1, ge=1, le=8, description="how many copies of the input it returns")
 
 
 def run_slow(ctx: JobContext, image: Image.Image | None, params: SlowParams) -> RecipeResult:
@@ -30,11 +35,28 @@ def run_slow(ctx: JobContext, image: Image.Image | None, params: SlowParams) -> 
         ctx.progress(step + 1, params.steps)
         if ctx.cancelled():
             raise JobCancelled("cancelled by the user")
-    return RecipeResult(artifacts=[Artifact(name="slow", image=image)], details={"seconds": params.seconds})
+    return RecipeResult(artifacts=copies(image, "slow", params.outputs), details={"seconds": params.seconds})
 
 
-TEST_RECIPES = tuple(
-    Recipe(name=name, description="tests only: waits `seconds`, then returns the input", params=SlowParams,
-           run=run_slow)
-    for name in ("test-slow", "test-slow-limited")
+def copies(image: Image.Image, name: str, count: int) -> list[Artifact]:
+    """``count`` outputs of ``image``: ``name``, ``name-2``, ``name-3``..."""
+    return [Artifact(name=name if i == 1 else f"{name}-{i}", image=image) for i in range(1, count + 1)]
+
+
+class FailLateParams(RecipeParams):
+    outputs: int = Field(default=2, ge=2, le=8, description="outputs in all; the last one cannot be written")
+
+
+def run_fail_late(ctx: JobContext, image: Image.Image | None, params: FailLateParams) -> RecipeResult:
+    assert image is not None
+    unwritable = Artifact(name="unwritable", image=image.convert("CMYK"))  # PNG has no CMYK mode
+    return RecipeResult(artifacts=[*copies(image, "first", params.outputs - 1), unwritable])
+
+
+TEST_RECIPES = (
+    *(Recipe(name=name, description="tests only: waits `seconds`, then returns the input", params=SlowParams,
+             run=run_slow)
+      for name in ("test-slow", "test-slow-limited")),
+    Recipe(name="test-fail-late", description="tests only: fails while its outputs are written, after the first",
+           params=FailLateParams, run=run_fail_late),
 )

@@ -200,7 +200,8 @@ def run(ctx: JobContext, image: Image.Image | None, params: UpscaleParams) -> Re
                            params.max_output_pixels, on_tile)
     return RecipeResult(
         artifacts=[Artifact(name=f"x{params.scale}", image=out)],
-        model={"id": network.name, "weights_sha256": network.weights_sha256, "runtime": "ncnn-cpu"},
+        model={"id": network.name, "weights_sha256": network.weights_sha256, "runtime": "ncnn-cpu",
+               "license": "BSD-3-Clause"},
         details={"network_scale": network.scale},
     )
 

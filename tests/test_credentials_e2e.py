@@ -1,0 +1,98 @@
+"""Content Credentials through the whole stack: the runner signs with the development signer
+`up` made, `bucketbrush verify` reads a key, a chain of two jobs, the video recipe's MP4, and
+the plain XMP of an AI-made image. (Every e2e test that calls check_outputs also checks each
+output's credentials against the recipe's row of the table.)"""
+
+from __future__ import annotations
+
+import io
+import json
+import stat
+
+import pytest
+from PIL import Image
+
+from bucketbrush.cli import main
+from bucketbrush.credentials import DEV_KEY, TRAINED, dev_dir, read_credentials, trust_anchors
+from bucketbrush.samples import portrait
+from gpu_runner.video_samples import sample_clip
+from tests.helpers import check_credentials, check_outputs, drop, png_bytes, wait_final
+
+pytestmark = pytest.mark.e2e
+
+
+def get(bucket, key: str) -> bytes:
+    return bucket.s3.get_object(Bucket=bucket.name, Key=key)["Body"].read()
+
+
+def test_up_made_an_owner_only_development_signer(stack):
+    folder = dev_dir(stack.settings.state_dir)
+    assert stat.S_IMODE((folder / DEV_KEY).stat().st_mode) == 0o600
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+
+
+def test_two_jobs_in_a_chain_and_verify_by_key(settings, bucket, capsys, monkeypatch):
+    first = drop(bucket, "inbox/filter/chain.png", png_bytes(portrait(64, 80)), Metadata={"style": "sepia"})
+    m1 = wait_final(bucket, first)
+    assert m1.status == "succeeded", m1.error
+    check_outputs(bucket, m1)
+    # The first job's output is the second job's input, as a person would re-upload it.
+    second = drop(bucket, "inbox/upscale/chain.png", get(bucket, m1.outputs[0].key),
+                  Metadata={"params": json.dumps({"scale": 2, "model": "anime"})})
+    m2 = wait_final(bucket, second, timeout=120)
+    assert m2.status == "succeeded", m2.error
+    [out] = m2.outputs
+    report = check_credentials(bucket, m2, out, get(bucket, out.key))
+    [ingredient] = report.ingredients
+    assert ingredient["content_credentials"] and ingredient["job_id"] == first
+    assert report.manifests == 2  # the first job's manifest travels inside the second's output
+    assert report.job["model"]["license"] == "BSD-3-Clause"
+
+    monkeypatch.setenv("BUCKETBRUSH_BUCKET", settings.bucket)  # the rest comes from the stack's state dir
+    capsys.readouterr()
+    assert main(["verify", out.key]) == 0
+    text = capsys.readouterr().out
+    assert "content credentials: Trusted" in text and "bucketbrush development signer" in text
+    assert "c2pa.resized" in text and "compositeWithTrainedAlgorithmicMedia" in text
+    assert f"(job {first})" in text
+    assert main(["verify", out.key, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["ingredients"][0]["job_id"] == first
+
+
+def test_a_tampered_output_fails_verify(bucket, tmp_path, capsys):
+    job = drop(bucket, "inbox/filter/tamper.jpg", png_bytes(portrait(64, 80)),
+               Metadata={"params": json.dumps({"style": "noir", "format": "jpeg"})})
+    manifest = wait_final(bucket, job)
+    assert manifest.status == "succeeded", manifest.error
+    data = bytearray(get(bucket, manifest.outputs[0].key))
+    data[-100] ^= 0xFF  # one byte of the JPEG's entropy-coded pixels
+    path = tmp_path / "noir.jpg"
+    path.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main(["verify", str(path)]) == 1
+    assert "content credentials: Invalid" in capsys.readouterr().out
+
+
+def test_video_mp4_and_its_poster_are_signed(bucket):
+    clip = sample_clip(1.0, fps=8, size=(96, 64), noise=2)
+    job = drop(bucket, "inbox/video/c2pa.mp4", clip, ContentType="video/mp4",
+               Metadata={"params": json.dumps({"style": "noir"})})
+    manifest = wait_final(bucket, job, timeout=120)
+    assert manifest.status == "succeeded", manifest.error
+    for out in manifest.outputs:
+        report = check_credentials(bucket, manifest, out, get(bucket, out.key))
+        assert report.ingredients[0]["format"] == "video/mp4"
+    assert [a["action"] for a in report.actions][-1] == "c2pa.transcoded"
+
+
+def test_ai_output_has_the_xmp_source_type(bucket):
+    job = drop(bucket, "inbox/img2img/xmp.png", png_bytes(portrait(64, 80)),
+               Metadata={"params": json.dumps({"prompt": "oil", "steps": 2, "seed": 1, "format": "webp"})})
+    manifest = wait_final(bucket, job, timeout=120)
+    assert manifest.status == "succeeded", manifest.error
+    [image] = check_outputs(bucket, manifest)
+    data = get(bucket, manifest.outputs[0].key)
+    xmp = Image.open(io.BytesIO(data)).getxmp()
+    assert xmp["xmpmeta"]["RDF"]["Description"]["DigitalSourceType"] == TRAINED
+    assert read_credentials(data, "image/webp", anchors=trust_anchors(bucket.settings)).digital_source_types == [
+        TRAINED]
