@@ -25,6 +25,8 @@ def enqueue_job(broker: dramatiq.Broker, settings: Settings, spec: JobSpec) -> d
     """Send one job message. Safe to repeat: the runner skips jobs that already finished."""
     spec = spec.model_copy(update={"enqueued_at": time.time()})
     limit_s = settings.time_limit_s(spec.recipe, spec.time_limit_s)
+    if spec.turn is not None:  # a chat turn's recipe is chosen on the runner: allow the longest
+        limit_s = max([limit_s, *settings.recipe_time_limits_s.values()])
     message = dramatiq.Message(
         queue_name=settings.queue_name,
         actor_name=RUN_JOB_ACTOR,

@@ -138,6 +138,8 @@ class JobRunner:
             if prepare is not None:
                 spec = prepare(manifest)
                 manifest.recipe, manifest.params, manifest.inputs = spec.recipe, spec.params, spec.inputs
+                limit = self.settings.time_limit_s(spec.recipe, spec.time_limit_s)
+                deadline = time.monotonic() + limit
             if spec.recipe == CHAT_RECIPE:  # a chat turn with nothing to render (chat, undo)
                 self._emit("started", manifest, target)
                 result = RecipeResult(artifacts=[], details={"image": spec.input.key} if spec.input else {})

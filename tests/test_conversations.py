@@ -183,3 +183,20 @@ def test_turn_request_validation() -> None:
                 {"message": "x", "recipe": "Bad Name"}):
         with pytest.raises(ValueError):
             TurnRequest.model_validate(bad)
+
+
+def test_a_turns_message_may_run_as_long_as_the_longest_recipe() -> None:
+    from dramatiq.brokers.stub import StubBroker
+
+    from bucketbrush.broker import enqueue_job
+    from bucketbrush.jobs import JobSpec, TurnRef
+
+    settings = Settings(_env_file=None, job_time_limit_s=600, recipe_time_limits_s={"upscale": 1200})
+    source = ObjectRef(bucket="b", key="conversations/c/t.json")
+    turn = enqueue_job(StubBroker(), settings, JobSpec(job_id="j", recipe=CHAT_RECIPE, source=source,
+                                                       turn=TurnRef(conversation="c", seq=1, name="t")))
+    job = enqueue_job(StubBroker(), settings, JobSpec(job_id="k", recipe="filter", source=source))
+    assert (turn.options["time_limit"], job.options["time_limit"]) == (1_200_000, 600_000)
+    alone = enqueue_job(StubBroker(), Settings(_env_file=None), JobSpec(
+        job_id="j", recipe=CHAT_RECIPE, source=source, turn=TurnRef(conversation="c", seq=1, name="t")))
+    assert alone.options["time_limit"] == Settings(_env_file=None).job_time_limit_s * 1000
