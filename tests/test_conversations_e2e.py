@@ -15,7 +15,7 @@ from dramatiq.brokers.stub import StubBroker
 
 from bucketbrush import gallery
 from bucketbrush.broker import build_broker
-from bucketbrush.conversations import CHAT_RECIPE, Conversations, delete_conversation, wait_recorded
+from bucketbrush.conversations import CHAT_RECIPE, Conversation, Conversations, delete_conversation, wait_recorded
 from bucketbrush.errors import ConversationNotFound
 from bucketbrush.jobs import ObjectRef
 from bucketbrush.management import cancel_job, retry_job
@@ -237,3 +237,28 @@ def test_concurrent_records_lose_no_turn(unit_settings: Settings) -> None:
     doc = Conversations(bucket, None).get(conversation)
     assert [t.seq for t in doc.turns] == list(range(1, 9))
     assert [t.job_id for t in doc.turns] == [f"j{n}" for n in range(1, 9)]
+
+
+def test_bucketbrush_chat_runs_a_turn_and_says_how_to_continue(bucket: Bucket, tmp_path, monkeypatch,
+                                                               capsys: pytest.CaptureFixture[str]) -> None:
+    from bucketbrush.cli import main
+
+    monkeypatch.setenv("BUCKETBRUSH_BUCKET", bucket.name)  # the stack's state file has the rest
+    picture = tmp_path / "photo.png"
+    picture.write_bytes(png_bytes(landscape(48, 32)))
+    assert main(["chat", "make it noir", "--image", str(picture), "--timeout", "120"]) == 0
+    out = capsys.readouterr().out
+    conversation = out.split("conversation ", 1)[1].split(",", 1)[0]
+    assert "turn 1: 'make it noir' -> stylize (rules refiner)" in out
+    assert "refined prompt: film noir" in out and "succeeded (stylize" in out
+    assert f'continue: bucketbrush chat --conversation {conversation} "..."' in out
+    assert main(["chat", "--conversation", conversation, "undo", "--timeout", "120"]) == 0
+    out = capsys.readouterr().out
+    assert "turn 2: 'undo' -> undo" in out and f"back to picture inbox/chat/{conversation}/" in out
+    assert main(["chat", "--conversation", conversation, "upscale this cartoon 2x", "--json", "--timeout", "120"]) == 0
+    manifest = Manifest.model_validate_json(capsys.readouterr().out)
+    doc = Conversations(bucket, None).get(conversation)
+    assert manifest.turn.seq == 3 and manifest.turn.input == doc.turns[0].given  # the photo, after the undo
+    assert doc.image == manifest.outputs[0].key
+    assert main(["conversations", "show", conversation]) == 0
+    assert Conversation.model_validate_json(capsys.readouterr().out).image == doc.image
