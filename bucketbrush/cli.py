@@ -114,7 +114,7 @@ def cmd_presign(settings: Settings, args: argparse.Namespace) -> int:
         s3_client(settings, public=True), settings, recipe=args.recipe, filename=args.filename,
         content_type=args.content_type, params=_params(args.param), expires_s=args.expires,
         validate=params_validator(settings),
-        webhook=args.webhook, webhook_events=args.webhook_event or None,
+        webhook=args.webhook, webhook_events=args.webhook_event or None, conversation=args.conversation,
     )
     print(upload.model_dump_json(indent=2))
     return 0
@@ -744,6 +744,8 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--webhook", metavar="URL", help="POST this job's events there (signed; see Subscribers)")
     pre.add_argument("--webhook-event", action="append", choices=["started", "progress", "completed"],
                      help="events to send besides completed (repeat)")
+    pre.add_argument("--conversation", help="with recipe chat: the conversation the picture is a turn of "
+                                            "(--param message=...)")
     pre.set_defaults(func=cmd_presign)
     pg = sub.add_parser("presign-get", help="a fresh presigned GET for a job's manifest (and outputs), or for a key")
     pg.add_argument("target", metavar="JOB_ID|KEY")

@@ -46,7 +46,8 @@ class InputKey:
     job_id: str | None
     problem: str | None = None
     # A chat turn: its conversation and its name (the turn file's name without .json, or the
-    # uploaded file's name). A turn's job id comes from its content's identity, like a drop.
+    # uploaded file's name). A turn's job id is a presigned upload's ticket, else it comes from
+    # its content's identity, like a drop.
     conversation: str | None = None
     turn: str | None = None
 
@@ -99,7 +100,9 @@ class Layout:
                 if len(parts) < 3 or not is_spec_job_id(parts[1]):
                     raise NotAnInput(f"not inbox/{CHAT_FOLDER}/<conversation_id>/<file> (a conversation id is "
                                      "letters, digits, '_' and '-', up to 64)", rejected=True)
-                return InputKey("turn", None, None, conversation=parts[1], turn=parts[-1])
+                # inbox/chat/<conversation_id>/<ticket>/<file>: a presigned chat upload names its job.
+                ticket = parts[2] if len(parts) >= 4 and is_ticket(parts[2]) else None
+                return InputKey("turn", None, ticket, conversation=parts[1], turn=parts[-1])
             if not RECIPE_NAME.match(recipe):
                 raise NotAnInput(f"bad recipe folder {recipe!r}", rejected=True)
             ticket = parts[1] if len(parts) >= 3 and is_ticket(parts[1]) else None
@@ -137,6 +140,10 @@ class Layout:
     def turns_of(self, conversation: str) -> str:
         """The prefix of a conversation's turn files."""
         return f"{self.conversations}{conversation}/"
+
+    def chat_upload_key(self, conversation: str, ticket: str, filename: str) -> str:
+        """Where a presigned chat upload goes: the ticket (its job id) is in the key."""
+        return f"{self.chat_upload_prefix(conversation)}{ticket}/{filename}"
 
     def chat_upload_prefix(self, conversation: str) -> str:
         """The prefix of a conversation's uploaded images (inbox/chat/<conversation_id>/)."""

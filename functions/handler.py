@@ -113,7 +113,7 @@ class Handler:
         ref = record.ref
         seq = self.conversations.next_seq(route.conversation, ref.identity)
         turn = TurnRef(conversation=route.conversation, seq=seq, name=route.turn)
-        return self._submit(ref, CHAT_RECIPE, input_ref=None, params={}, preferred_id=None,
+        return self._submit(ref, CHAT_RECIPE, input_ref=None, params={}, preferred_id=route.job_id,
                             recent=self._recent(record), turn=turn)
 
     def _failed_spec(self, record: S3Record, job_id: str, exc: InvalidSpec | InvalidWebhook) -> Outcome:

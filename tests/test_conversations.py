@@ -3,6 +3,8 @@ recipe, params and input (the rules refiner's real output, gpu_runner/conversati
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from bucketbrush.conversations import CHAT_RECIPE, Conversation, TurnRecord, image_stack
@@ -200,3 +202,26 @@ def test_a_turns_message_may_run_as_long_as_the_longest_recipe() -> None:
     alone = enqueue_job(StubBroker(), Settings(_env_file=None), JobSpec(
         job_id="j", recipe=CHAT_RECIPE, source=source, turn=TurnRef(conversation="c", seq=1, name="t")))
     assert alone.options["time_limit"] == Settings(_env_file=None).job_time_limit_s * 1000
+
+
+def test_a_presigned_chat_upload_goes_to_its_conversation_with_its_message_signed() -> None:
+    import boto3
+
+    from bucketbrush.errors import InvalidParams
+    from bucketbrush.presign import presign_upload
+
+    settings = Settings(_env_file=None, s3_endpoint_url="http://127.0.0.1:9", s3_access_key="ak", s3_secret_key="sk")
+    s3 = boto3.client("s3", **settings.s3_client_kwargs())  # signing is local: no server is asked
+    upload = presign_upload(s3, settings, recipe="chat", conversation="c-1", filename="me.jpg",
+                            params={"message": "make it noir ☕"})
+    assert upload.key == f"inbox/chat/c-1/{upload.job_id}/me.jpg"
+    key = LAYOUT.parse_input(upload.key)
+    assert (key.kind, key.conversation, key.job_id, key.turn) == ("turn", "c-1", upload.job_id, "me.jpg")
+    assert upload.fields["x-amz-meta-params"].isascii()
+    assert json.loads(upload.fields["x-amz-meta-params"]) == {"message": "make it noir ☕"}
+    for bad in ({"conversation": None}, {"conversation": "bad id"}, {"conversation": 7},
+                {"conversation": "c-1", "params": {"message": "x", "style": "noir"}}):
+        with pytest.raises(InvalidParams):
+            presign_upload(s3, settings, recipe="chat", **{"params": {"message": "x"}, **bad})
+    with pytest.raises(InvalidParams):
+        presign_upload(s3, settings, recipe="filter", conversation="c-1")

@@ -262,3 +262,19 @@ def test_bucketbrush_chat_runs_a_turn_and_says_how_to_continue(bucket: Bucket, t
     assert doc.image == manifest.outputs[0].key
     assert main(["conversations", "show", conversation]) == 0
     assert Conversation.model_validate_json(capsys.readouterr().out).image == doc.image
+
+
+def test_an_app_sends_a_turn_through_a_presigned_post(bucket: Bucket, settings: Settings) -> None:
+    """The way in for apps without credentials: a presigned POST of the picture, the message
+    signed into the policy; the job id is the ticket in the key."""
+    from bucketbrush.client import post_upload
+    from bucketbrush.presign import presign_upload
+
+    conversation = new_conversation()
+    upload = presign_upload(bucket.public_s3, settings, recipe="chat", conversation=conversation,
+                            filename="me.png", params={"message": "remove the background"})
+    post_upload(upload, png_bytes(landscape(48, 32)), "me.png", "image/png")
+    manifest = finished(bucket, upload.job_id)
+    assert manifest.status == "succeeded" and manifest.recipe == "remove-bg"
+    assert (manifest.turn.seq, manifest.turn.message, manifest.turn.given) == (1, "remove the background", upload.key)
+    assert Conversations(bucket, None).get(conversation).turns[0].job_id == upload.job_id
