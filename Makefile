@@ -89,6 +89,9 @@ bench: install browser
 	$(BIN)/python -m bench.video
 	$(BIN)/python -m bench.refine
 	$(BIN)/python -m bench.credentials
+	$(BIN)/python -m bench.head_of_line
+	$(BIN)/python -m bench.store_requests
+	$(BIN)/python -m bench.recovery
 
 # The AWS flavour on LocalStack (host mode, its own Python 3.13 venv in .venv-localstack/).
 localstack: install

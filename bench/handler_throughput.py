@@ -30,6 +30,7 @@ import dramatiq
 from bench.stack import private_stack
 from bucketbrush.broker import RUN_JOB_ACTOR, build_broker
 from bucketbrush.jobs import JobSpec, ObjectRef
+from bucketbrush.routing import all_queues, queue_for, redis_key
 from bucketbrush.settings import Settings
 from bucketbrush.store import Bucket
 from functions.events import S3Record
@@ -57,10 +58,11 @@ def refs(bucket: str, n: int, tag: str) -> list[ObjectRef]:
 
 
 def bench_enqueue(broker: dramatiq.Broker, settings: Settings, n: int) -> float:
-    broker.declare_queue(settings.queue_name)
+    queue = queue_for(settings, "filter")
+    broker.declare_queue(queue)
     ref = refs(settings.bucket, 1, "raw")[0]
     messages = [dramatiq.Message(
-        queue_name=settings.queue_name, actor_name=RUN_JOB_ACTOR, kwargs={}, options={"time_limit": 600_000},
+        queue_name=queue, actor_name=RUN_JOB_ACTOR, kwargs={}, options={"time_limit": 600_000},
         args=(JobSpec(job_id=f"{i:024x}", recipe="filter", source=ref, input=ref).model_dump(mode="json"),),
     ) for i in range(n)]
     started = time.perf_counter()
@@ -155,7 +157,7 @@ def main() -> None:
                    "BUCKETBRUSH_S3_SECRET_KEY": settings.s3_secret_key.get_secret_value(),
                    "BUCKETBRUSH_REDIS_URL": settings.redis_url}
             rates["http"] = bench_http(settings, env, args.n, stack.state_dir / "logs" / "http.log")
-        depth = broker.client.hlen(f"{settings.broker_namespace}:{settings.queue_name}.msgs")
+        depth = sum(broker.client.hlen(f"{redis_key(settings, q)}.msgs") for q in all_queues(settings))
     print(f"### Handler throughput ({args.n} events each, one at a time; SeaweedFS + Redis on loopback)\n")
     print(f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
           f"command: `python -m bench.handler_throughput --n {args.n}`; queue depth after: {depth}\n")

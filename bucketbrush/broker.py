@@ -3,38 +3,132 @@ thin functions never import the runner (or torch)."""
 
 from __future__ import annotations
 
+import json
 import time
+from typing import Any
 
 import dramatiq
-from dramatiq.brokers.redis import RedisBroker
-from dramatiq.middleware import CurrentMessage
+from dramatiq.brokers.redis import MAINTENANCE_SCALE, RedisBroker, _RedisConsumer
+from dramatiq.middleware import CurrentMessage, Middleware
 
 from bucketbrush.jobs import JobSpec
+from bucketbrush.routing import ACTORS, RUN_JOB_ACTOR, all_queues, queue_for, redis_key
 from bucketbrush.settings import Settings
 
-RUN_JOB_ACTOR = "bucketbrush.run_job"
+__all__ = ["RUN_JOB_ACTOR", "build_broker", "enqueue_job"]
+
+# Wake-up tokens kept per queue: enough to wake every idle runner of a burst, few enough that
+# stale ones (pushed while every runner was busy) cost idle consumers nothing worth counting.
+WAKE_TOKENS = 16
+# How often a consumer whose worker is busy looks whether it is free again (no Redis call).
+BUSY_CHECK_S = 0.005
+
+
+def wake_key(namespace: str, queue_name: str) -> str:
+    return f"{namespace}:{queue_name}.wake"
+
+
+class WakeUp(Middleware):
+    """After each enqueue, push a token onto the queue's wake list: an idle consumer blocks on
+    it (BLPOP) instead of sleeping between polls, so a job starts within a Redis round trip."""
+
+    def after_enqueue(self, broker: Any, message: dramatiq.Message, delay: int | None) -> None:
+        # message.queue_name is the delay queue's for a delayed message: its consumer wakes.
+        key = wake_key(broker.namespace, message.queue_name)
+        pipe = broker.client.pipeline(transaction=False)
+        pipe.rpush(key, 1)
+        pipe.ltrim(key, -WAKE_TOKENS, -1)
+        pipe.expire(key, 60)
+        pipe.execute()
+
+
+class _WakeConsumer(_RedisConsumer):
+    """Dramatiq's Redis consumer, idle-waiting on the queue's wake list. Dramatiq's own idle
+    wait is a sleep of up to the worker timeout between polls (a job arriving after a quiet
+    spell waited half of it on average); here that sleep is cut to 1 ms and the consumer blocks
+    on BLPOP for up to the worker timeout instead (its poll, and its heartbeat, still come at
+    least that often). A consumer whose worker is busy does not take wake-ups (an idle runner
+    gets the token): it waits, without Redis calls, until its worker is free, then polls."""
+
+    def __init__(self, broker: RedisBroker, queue_name: str, prefetch: int, timeout: int) -> None:
+        super().__init__(broker, queue_name, prefetch, 1)
+        self.idle_s = timeout / 1000
+        self.wake_key = wake_key(broker.namespace, queue_name)
+
+    def __next__(self) -> Any:
+        message = super().__next__()
+        if message is None:
+            if self.outstanding_message_count:
+                deadline = time.monotonic() + self.idle_s
+                while self.outstanding_message_count and time.monotonic() < deadline:
+                    time.sleep(BUSY_CHECK_S)
+            else:
+                self.broker.client.blpop([self.wake_key], timeout=self.idle_s)
+        return message
+
+
+class Broker(RedisBroker):
+    """Dramatiq's RedisBroker whose consumers wake on enqueue (see ``WakeUp``)."""
+
+    @property
+    def consumer_class(self) -> type[_RedisConsumer]:
+        return _WakeConsumer
 
 
 def build_broker(settings: Settings) -> RedisBroker:
-    broker = RedisBroker(url=settings.redis_url, namespace=settings.broker_namespace)
+    broker = Broker(
+        url=settings.redis_url, namespace=settings.broker_namespace,
+        # How soon a killed runner's messages come back (docs/operations.md, "A runner dies").
+        heartbeat_timeout=int(settings.broker_heartbeat_timeout_s * 1000),
+        maintenance_chance=max(1, round(settings.broker_maintenance_chance * MAINTENANCE_SCALE)),
+    )
     broker.add_middleware(CurrentMessage())
+    broker.add_middleware(WakeUp())
     return broker
 
 
 def enqueue_job(broker: dramatiq.Broker, settings: Settings, spec: JobSpec) -> dramatiq.Message:
-    """Send one job message. Safe to repeat: the runner skips jobs that already finished."""
+    """Send one job message to its queue (``bucketbrush.routing``: by what the recipe needs and
+    the job's priority). Safe to repeat: the runner skips jobs that already finished."""
     spec = spec.model_copy(update={"enqueued_at": time.time()})
     limit_s = settings.time_limit_s(spec.recipe, spec.time_limit_s)
     if spec.turn is not None:  # a chat turn's recipe is chosen on the runner: allow the longest
         limit_s = max([limit_s, *settings.recipe_time_limits_s.values()])
+    queue = queue_for(settings, spec.recipe, spec.priority)
     message = dramatiq.Message(
-        queue_name=settings.queue_name,
-        actor_name=RUN_JOB_ACTOR,
+        queue_name=queue,
+        actor_name=ACTORS[spec.priority],
         args=(spec.model_dump(mode="json"),),
         kwargs={},
         # Dramatiq's TimeLimit middleware reads this per message: limits are per recipe.
         options={"time_limit": limit_s * 1000},
     )
     # The producer does not declare the actor, so declare its queue for the broker.
-    broker.declare_queue(settings.queue_name)
+    broker.declare_queue(queue)
     return broker.enqueue(message)
+
+
+def job_ids_in_broker(client: Any, settings: Settings) -> set[str]:
+    """Job ids of every job message the broker still holds: waiting, delayed (a retry not yet
+    due) or fetched by a worker and not yet acknowledged.
+
+    Every job queue is read (``bucketbrush.routing.all_queues``). Dramatiq's Redis broker
+    keeps each message's data in a hash, ``<ns>:<queue>.msgs`` (and
+    ``<ns>:<queue>.DQ.msgs`` for the delay queue), from enqueue until the worker acks it;
+    the queue list and the per-worker ack sets hold only ids (its ``dispatch.lua``). A retry
+    moves a message from one hash to the other (written to the new one before deleting it
+    from the old), so both are read in one MULTI: a moving message is seen in one of them.
+    Dead-lettered messages (``.XQ``) never run again and are not counted."""
+    pipe = client.pipeline(transaction=True)
+    for queue in all_queues(settings):
+        prefix = redis_key(settings, queue)
+        pipe.hvals(f"{prefix}.msgs")
+        pipe.hvals(f"{prefix}.DQ.msgs")
+    found = set()
+    for raw in (m for values in pipe.execute() for m in values):
+        try:
+            message = json.loads(raw)
+            found.add(message["args"][0]["job_id"])
+        except (ValueError, KeyError, IndexError, TypeError):
+            continue  # not a job message
+    return found

@@ -20,17 +20,29 @@ def _text(value: Any) -> str | None:
 
 
 class Claims:
-    def __init__(self, redis: Any, settings: Settings) -> None:
+    def __init__(self, redis: Any, settings: Settings, tenant: str | None = None) -> None:
         self.redis = redis
+        self.settings = settings
         self.namespace = settings.broker_namespace
         self.ttl_s = settings.dedupe_ttl_s
+        self.tenant = tenant
+
+    def for_tenant(self, tenant: str | None) -> Claims:
+        """Claims on ``tenant``'s job ids (two tenants may choose the same spec job id)."""
+        return self if tenant == self.tenant else Claims(self.redis, self.settings, tenant)
 
     def key(self, job_id: str) -> str:
+        if self.tenant:
+            return f"{self.namespace}:claim:{self.tenant}/{job_id}"
         return f"{self.namespace}:claim:{job_id}"
 
     def claim(self, job_id: str, identity: str) -> bool:
         """Atomically take ``job_id`` for ``identity``; False if anything already holds it."""
         return bool(self.redis.set(self.key(job_id), identity, nx=True, ex=self.ttl_s))
+
+    def take(self, job_id: str, identity: str) -> None:
+        """Set the claim whoever held it (a requeue: the caller already owns the job)."""
+        self.redis.set(self.key(job_id), identity, ex=self.ttl_s)
 
     def holder(self, job_id: str) -> str | None:
         return _text(self.redis.get(self.key(job_id)))
@@ -55,3 +67,13 @@ class Claims:
 
     def delete(self, job_id: str) -> None:
         self.redis.delete(self.key(job_id))
+
+    # Done markers: which message finished a job. A runner that gets a message again (Dramatiq
+    # delivers at least once) learns from Redis, not from an S3 read, that it already ran.
+
+    def mark_done(self, job_id: str, delivery: str) -> None:
+        self.redis.set(f"{self.namespace}:done:{job_id}", delivery, ex=self.ttl_s)
+
+    def done_by(self, job_id: str) -> str | None:
+        """The id of the message that finished ``job_id`` (None: none did, or long ago)."""
+        return _text(self.redis.get(f"{self.namespace}:done:{job_id}"))

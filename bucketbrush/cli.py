@@ -343,8 +343,11 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
           + ("ok" if brk["reachable"] else f"UNREACHABLE ({brk['error']})"))
     if (q := report["queue"]) and "ready" in q:
         dead = " (`bucketbrush jobs dead list`)" if q["dead_lettered"] else ""
-        print(f"queue   {q['name']}: {q['ready']} ready, {q['delayed']} waiting to retry, "
+        print(f"queue   {q['name']}-*: {q['ready']} ready, {q['delayed']} waiting to retry, "
               f"{q['dead_lettered']} dead-lettered{dead}")
+        for name, d in report["queues"].items():
+            if any(d.values()):
+                print(f"  {name}: {d['ready']} ready, {d['delayed']} waiting to retry, {d['dead_lettered']} dead")
     if report["local_stack"]:
         procs = ", ".join(f"{p['name']} {'running' if p['running'] else 'STOPPED'} (pid {p['pid']})"
                           for p in report["local_stack"]["processes"])
@@ -359,10 +362,11 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
               "`bucketbrush sweep` recovers lost events)")
     for r in report["runners"]:
         gpu = f", {r['gpu']['name']}" if r.get("gpu") else ""
+        gpu += f", CUDA_VISIBLE_DEVICES={r['visible_devices']}" if r.get("visible_devices") is not None else ""
         state_word = "STALE" if r["stale"] else "ok"
         print(f"runner  {r['runner_id']} [{state_word}, {r['age_s']}s ago] {r['device']}{gpu}: "
               f"{r['jobs_done']} done, {r['jobs_failed']} failed, current {r['current_job'] or '-'}, "
-              f"models {', '.join(r['loaded_models']) or '-'}")
+              f"models {', '.join(r['loaded_models']) or '-'}, queues {r['queue']}")
     if store["reachable"] and not report["runners"]:
         print("runner  none")
     if report["pruned"]:
@@ -378,7 +382,7 @@ def cmd_jobs_dead(settings: Settings, args: argparse.Namespace) -> int:
     ids = args.ids or None
     if args.action == "list":
         letters = deadletters.list_dead(broker, settings)
-        print(f"{_count(len(letters), 'dead-lettered message')} in {settings.queue_name}"
+        print(f"{_count(len(letters), 'dead-lettered message')} in {settings.queue_name}-*"
               + (":" if letters else ""), file=sys.stderr)
         for d in letters:
             when = datetime.fromtimestamp(d.dead_at).strftime("%Y-%m-%d %H:%M:%S")
@@ -506,8 +510,19 @@ def cmd_conversations(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_runner(settings: Settings, args: argparse.Namespace) -> int:
+    from bucketbrush.routing import served_capabilities
     from gpu_runner.worker import run_worker
 
+    update: dict[str, Any] = {}
+    if args.serve is not None:
+        update["runner_serve"] = served_capabilities(args.serve.split(","))
+    if args.devices is not None:
+        update["runner_devices"] = args.devices
+    settings = settings.model_copy(update=update)
+    if settings.runner_devices:
+        from gpu_runner.supervisor import run_per_device
+
+        return run_per_device(settings, ready_file=args.ready_file)
     run_worker(settings, ready_file=args.ready_file)
     return 0
 
@@ -573,7 +588,7 @@ def cmd_watch(settings: Settings, args: argparse.Namespace) -> int:
     thread = threading.Thread(target=source.run, args=(stop,), kwargs={"on_ready": ready.set}, daemon=True)
     thread.start()
     ready.wait()
-    print(f"watching {settings.manifests_prefix} of {settings.bucket} on {where}", file=sys.stderr, flush=True)
+    print(f"watching {bucket.layout.manifests} of {settings.bucket} on {where}", file=sys.stderr, flush=True)
     if args.job:
         watch.check(args.job)  # already over, or changed before the first event
     while not stop.wait(0.5):
@@ -624,9 +639,13 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
     registry = _registry(settings)
     if args.action == "list":
         for model_id, spec in registry.items():
+            if getattr(spec, "provider", None):
+                print(f"{model_id:<20} remote {spec.width}x{spec.height} {spec.provider} {spec.remote_model}")
+                continue
             nets = ", ".join(spec.controlnets) or "-"
             print(f"{model_id:<20} {spec.family:<5} {spec.width}x{spec.height} {spec.scheduler:<9} "
-                  f"controlnets: {nets}  {spec.weights.describe()}")
+                  f"controlnets: {nets}  {spec.weights.describe()}"
+                  + (f"  fallback: {spec.fallback.provider}:{spec.fallback.remote_model}" if spec.fallback else ""))
         return 0
     if args.action == "doctor":
         missing = 0
@@ -702,9 +721,198 @@ def cmd_infra_minio(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+# -- tenants and replay (bucketbrush/tenants.py, bucketbrush/quotas.py, bucketbrush/replay.py) --
+
+def _identities(settings: Settings) -> Any:
+    """The local stack's SeaweedFS identities; None where no local stack runs (AWS, MinIO)."""
+    from infra.local import LocalStack
+    from infra.tenants import SeaweedIdentities
+
+    state = LocalStack(settings).read_state()
+    return SeaweedIdentities(settings, state.seaweedfs_master) if state and state.seaweedfs_master else None
+
+
+def _print_credentials(settings: Settings, creds: Any, args: argparse.Namespace) -> None:
+    from bucketbrush.layout import Layout
+
+    prefix = Layout(settings).for_tenant(creds.tenant).space
+    if args.json:
+        print(json.dumps({"tenant": creds.tenant, "access_key": creds.access_key, "secret_key": creds.secret_key,
+                          "prefix": prefix, "bucket": settings.bucket}))
+        return
+    print(f"# tenant {creds.tenant}: s3://{settings.bucket}/{prefix} only; the secret is shown this once",
+          file=sys.stderr)
+    for name, value in (("BUCKETBRUSH_TENANT", creds.tenant), ("BUCKETBRUSH_S3_ACCESS_KEY", creds.access_key),
+                        ("BUCKETBRUSH_S3_SECRET_KEY", creds.secret_key), ("AWS_ACCESS_KEY_ID", creds.access_key),
+                        ("AWS_SECRET_ACCESS_KEY", creds.secret_key)):
+        print(f"export {name}={value}")
+
+
+def cmd_tenants_add(settings: Settings, args: argparse.Namespace) -> int:
+    from bucketbrush.errors import InvalidState
+    from bucketbrush.tenants import Limits, Tenant, TenantsFile
+
+    registry = TenantsFile.from_settings(settings)
+    if registry.get(args.name):
+        raise InvalidState(f"tenant {args.name!r} exists (new keys: `bucketbrush tenants rotate {args.name}`)")
+    limits = Limits(jobs_per_hour=args.jobs_per_hour, max_concurrent=args.max_concurrent,
+                    input_bytes_per_day=args.input_bytes_per_day,
+                    recipes=args.recipes.split(",") if args.recipes else None)
+    tenant = Tenant(name=args.name, limits=limits)
+    registry.put(tenant)  # checks the name before any identity is made
+    identities = _identities(settings)
+    if identities is None:
+        print(f"tenant {args.name} added to {registry.path}; no local stack, so no store identity was made: "
+              f"attach `bucketbrush tenants policy {args.name}` to its IAM (or MinIO) user, and run "
+              "`bucketbrush infra apply` and `infra aws|minio` again (its retention rules and event routes)",
+              file=sys.stderr)
+        return 0
+    from infra.seaweedfs import apply_retention
+
+    creds = identities.put(args.name)
+    registry.put(tenant.model_copy(update={"access_key": creds.access_key}))
+    apply_retention(identities.master, settings)  # its prefixes' TTLs (the store's events cover every key)
+    _print_credentials(settings, creds, args)
+    return 0
+
+
+def cmd_tenants_rotate(settings: Settings, args: argparse.Namespace) -> int:
+    from bucketbrush.errors import ConfigError
+    from bucketbrush.tenants import TenantsFile
+
+    registry = TenantsFile.from_settings(settings)
+    tenant = registry.require(args.name)
+    identities = _identities(settings)
+    if identities is None:
+        raise ConfigError("no local stack: rotate the tenant's keys in your IAM (or MinIO) user")
+    creds = identities.put(args.name)  # the old keys stop working now
+    registry.put(tenant.model_copy(update={"access_key": creds.access_key, "rotated_at": time.time()}))
+    _print_credentials(settings, creds, args)
+    return 0
+
+
+def cmd_tenants_remove(settings: Settings, args: argparse.Namespace) -> int:
+    from bucketbrush.tenants import TenantsFile
+
+    registry = TenantsFile.from_settings(settings)
+    registry.require(args.name)
+    if (identities := _identities(settings)) is not None:
+        identities.remove(args.name)
+    registry.remove(args.name)
+    print(f"tenant {args.name} removed: its keys no longer work; its objects stay under "
+          f"{settings.tenants_prefix}{args.name}/ until retention expires them", file=sys.stderr)
+    return 0
+
+
+def cmd_tenants_list(settings: Settings, args: argparse.Namespace) -> int:
+    from bucketbrush.broker import build_broker
+    from bucketbrush.quotas import Quotas
+    from bucketbrush.tenants import TenantsFile
+
+    tenants = TenantsFile.from_settings(settings).all()
+    quotas = Quotas(build_broker(settings).client, settings)
+    rows = []
+    for tenant in tenants.values():
+        limits, usage = tenant.limits.resolved(settings), quotas.usage(tenant.name)
+        rows.append({"tenant": tenant.name, "access_key": tenant.access_key, "limits": limits.model_dump(),
+                     "usage": {"jobs_this_hour": usage.jobs_this_hour, "active": usage.active,
+                               "input_bytes_today": usage.input_bytes_today}})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    if not rows:
+        print("no tenants (add one: `bucketbrush tenants add NAME`)", file=sys.stderr)
+
+    def of(used: int, limit: int | None) -> str:
+        return f"{used}/{limit}" if limit else f"{used}/-"
+
+    for r in rows:
+        lim, use = r["limits"], r["usage"]
+        print(f"{r['tenant']:<16} {r['access_key'] or '-':<20} jobs/h {of(use['jobs_this_hour'], lim['jobs_per_hour'])}"
+              f"  active {of(use['active'], lim['max_concurrent'])}"
+              f"  bytes/day {of(use['input_bytes_today'], lim['input_bytes_per_day'])}"
+              f"  recipes {','.join(lim['recipes']) or 'all'}")
+    return 0
+
+
+def cmd_tenants_policy(settings: Settings, args: argparse.Namespace) -> int:
+    from infra.tenants import assume_role_kwargs, iam_policy, session_policy
+
+    if args.role_arn:
+        print(json.dumps(assume_role_kwargs(settings, args.name, args.role_arn), indent=2))
+    elif args.session:
+        print(session_policy(settings, args.name))
+    else:
+        print(json.dumps(iam_policy(settings, args.name), indent=2))
+    return 0
+
+
+def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
+    from bucketbrush.replay import finish_replay, select_jobs, start_replay, table
+    from bucketbrush.store import Bucket
+
+    bucket = Bucket(settings)
+    job_ids = [j for j in (args.jobs or "").split(",") if j]
+    manifests = select_jobs(bucket, prefix=args.prefix, job_ids=job_ids)
+    if not manifests:
+        print(f"no jobs to replay under {args.prefix}", file=sys.stderr)
+        return 1
+    selection = {"prefix": args.prefix} if args.prefix else {"jobs": job_ids}
+    report = start_replay(bucket, manifests, recipe=args.recipe, overrides=_params(args.param or []),
+                          model=args.model, selection=selection)
+    queued = sum(p.new_job_id is not None for p in report.jobs)
+    print(f"replay {report.replay_id}: {queued} of {len(manifests)} job(s) submitted; waiting", file=sys.stderr)
+    report = finish_replay(bucket, report, timeout_s=args.timeout)
+    if args.json:
+        print(report.model_dump_json(indent=2))
+    else:
+        print("\n".join(table(report, bucket.layout.replay_key(report.replay_id))))
+    return 0 if all(p.status == "succeeded" for p in report.jobs if p.new_job_id) else 1
+
+
+def add_tenant_commands(sub: Any) -> None:
+    te = sub.add_parser("tenants", help="tenants: add, list, rotate, remove, policy").add_subparsers(
+        dest="tenants", required=True)
+    add = te.add_parser("add", help="a tenant under tenants/NAME/ with its own keys (local stack) and limits")
+    add.add_argument("name")
+    add.add_argument("--jobs-per-hour", type=int)
+    add.add_argument("--max-concurrent", type=int)
+    add.add_argument("--input-bytes-per-day", type=int)
+    add.add_argument("--recipes", help="comma-separated recipes the tenant may run (default: all)")
+    add.add_argument("--json", action="store_true")
+    add.set_defaults(func=cmd_tenants_add)
+    rot = te.add_parser("rotate", help="new keys for a tenant; the old ones stop working")
+    rot.add_argument("name")
+    rot.add_argument("--json", action="store_true")
+    rot.set_defaults(func=cmd_tenants_rotate)
+    rm = te.add_parser("remove", help="remove a tenant's keys and entry (its objects stay)")
+    rm.add_argument("name")
+    rm.set_defaults(func=cmd_tenants_remove)
+    ls = te.add_parser("list", help="tenants, their limits and what they used")
+    ls.add_argument("--json", action="store_true")
+    ls.set_defaults(func=cmd_tenants_list)
+    po = te.add_parser("policy", help="AWS/MinIO: the IAM policy (or session policy) confining a tenant")
+    po.add_argument("name")
+    po.add_argument("--session", action="store_true", help="the compact session policy for sts:AssumeRole")
+    po.add_argument("--role-arn", help="print sts.assume_role arguments for this role")
+    po.set_defaults(func=cmd_tenants_policy)
+
+    rp = sub.add_parser("replay", help="re-run finished jobs on their inputs with other params or model; compare")
+    which = rp.add_mutually_exclusive_group(required=True)
+    which.add_argument("--prefix", help="jobs whose outputs (outputs/...) or inputs (inbox/...) lie under this")
+    which.add_argument("--jobs", help="comma-separated job ids")
+    rp.add_argument("--recipe", help="another recipe (default: each job's own, keeping its resolved params)")
+    rp.add_argument("--param", action="append", metavar="NAME=VALUE", help="a param to change (repeatable)")
+    rp.add_argument("--model", help="another model id (the param `model`)")
+    rp.add_argument("--timeout", type=float, default=600, help="seconds to wait for the new jobs")
+    rp.add_argument("--json", action="store_true", help="print the report instead of the table")
+    rp.set_defaults(func=cmd_replay)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="bucketbrush", description=__doc__)
     p.add_argument("-v", "--verbose", action="store_true")
+    p.add_argument("--tenant", help="act as this tenant: its keys under tenants/TENANT/ (BUCKETBRUSH_TENANT)")
     sub = p.add_subparsers(dest="command", required=True)
 
     up = sub.add_parser("up", help="start the local stack (SeaweedFS, Redis, events, runner)")
@@ -725,6 +933,13 @@ def build_parser() -> argparse.ArgumentParser:
     aws = infra.add_parser("aws", help="AWS or LocalStack: bucket, S3 -> SQS (or SNS -> SQS) notifications, lifecycle")
     aws_arguments(aws)
     aws.set_defaults(func=cmd_infra_aws)
+    from infra.k8s import add_arguments as k8s_arguments
+    from infra.k8s import run as cmd_infra_k8s
+
+    k8s = infra.add_parser("k8s", help="Kubernetes manifests from settings: functions, events, runners per "
+                                       "capability, KEDA autoscaling on queue length")
+    k8s_arguments(k8s)
+    k8s.set_defaults(func=cmd_infra_k8s)
     mi = infra.add_parser("minio", help="MinIO: bucket, event routes to the webhook target, ILM rules")
     mi.add_argument("--target-id", default="bucketbrush", help="webhook target id (MINIO_NOTIFY_WEBHOOK_*_<ID>)")
     mi.add_argument("--region", default="", help="the server's MINIO_SITE_REGION, if set")
@@ -841,6 +1056,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("runner", help="run a runner process (Dramatiq worker)")
     run.add_argument("--ready-file", type=Path)
+    run.add_argument("--serve", metavar="CAPS", help="capabilities to consume, comma-separated: cpu,gpu "
+                                                      "(`any` always; default: BUCKETBRUSH_RUNNER_SERVE, all)")
+    run.add_argument("--devices", metavar="all|0,1", help="one worker process per GPU, pinned with "
+                                                          "CUDA_VISIBLE_DEVICES (default: BUCKETBRUSH_RUNNER_DEVICES)")
     run.set_defaults(func=cmd_runner)
 
     wa = sub.add_parser("watch", help="stream manifest changes as they happen (see Subscribers)")
@@ -872,6 +1091,7 @@ def build_parser() -> argparse.ArgumentParser:
     sq.add_argument("--endpoint-url", help="SQS endpoint (LocalStack); default: BUCKETBRUSH_SQS_ENDPOINT_URL, else AWS")
     sq.add_argument("--ready-file", type=Path)
     sq.set_defaults(func=cmd_events_sqs)
+    add_tenant_commands(sub)
 
     chat = sub.add_parser("chat", help="one chat turn: refine the message, edit the conversation's picture, show it")
     chat.add_argument("message")
@@ -896,7 +1116,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.getLogger("botocore").setLevel(logging.WARNING)
     try:
-        code = args.func(Settings(), args)
+        code = args.func(Settings(**({"tenant": args.tenant} if args.tenant else {})), args)
         sys.stdout.flush()
         return code
     except BrokenPipeError:

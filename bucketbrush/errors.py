@@ -90,6 +90,13 @@ class TimedOut(JobError):
     code = "timed_out"
 
 
+class RunnerDied(JobError):
+    """The job's runner died in it ``max_runner_deaths`` times (killed, out of memory, crashed):
+    it is not run again, as it would likely kill the next runner too."""
+
+    code = "runner_died"
+
+
 class InvalidWebhook(JobError):
     """A per-job webhook that is not an http(s) URL, or asks for unknown events."""
 
@@ -192,6 +199,32 @@ class SigningFailed(JobError):
     unsigned. Not retried (a bad key or certificate fails the same way again)."""
 
     code = "signing_failed"
+
+
+# Tenants (bucketbrush/tenants.py): each tenant keeps to its own prefix and its own limits.
+class OutsideTenant(JobError):
+    """A job names a key outside its tenant's prefix (another tenant's, or the shared layout's)."""
+
+    code = "outside_tenant"
+
+
+class QuotaExceeded(JobError):
+    """A tenant's limit (jobs per hour, concurrent jobs, input bytes per day, recipes) is reached;
+    the message says which and when it resets."""
+
+    code = "quota_exceeded"
+
+
+class UnknownTenant(BucketbrushError):
+    code = "unknown_tenant"
+
+
+# Remote inference providers (gpu_runner/providers.py).
+class ProviderError(JobError):
+    """A remote provider refused or failed the job (its own message follows), or did not finish
+    within ``provider_deadline_s`` (still loading the model, rate limited, still running)."""
+
+    code = "provider_error"
 
 
 # Conversations (bucketbrush/conversations.py, gpu_runner/conversation.py).

@@ -5,7 +5,10 @@ the job's submission time (``timings.queued_at``, milliseconds) subtracted from 
 padded: S3 lists keys in byte order, so a listing is newest first, and the status and recipe
 filters read the key alone, with no GET. ``Bucket.write_manifest`` keeps it: it writes the
 entry for a new status and removes the job's entries for the other statuses (same position,
-so a job's order never changes). A retried job moves to the top (a new ``queued_at``).
+so a job's order never changes). The runner leaves the ``running`` entry to its monitor, which
+writes it when the job is still running at its first check (0.5 s): a shorter job goes from
+``queued`` to its final entry, two index writes fewer (a listing in that half second skips it,
+as for any job caught between two writes). A retried job moves to the top (a new ``queued_at``).
 
 The manifest stays the truth: a listing reads the manifest of each entry that passes the
 filters and skips entries that no longer match it (a job deleted, soft-deleted, retried or
@@ -57,7 +60,7 @@ class JobIndex:
 
     def __init__(self, bucket: Bucket) -> None:
         self.bucket = bucket
-        self.prefix = bucket.settings.index_prefix + "jobs/"
+        self.prefix = bucket.layout.index + "jobs/"
 
     def _position(self, manifest: Manifest) -> str:
         rev = _REV - int(submitted_at(manifest) * 1000)

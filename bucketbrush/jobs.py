@@ -6,7 +6,7 @@ import hashlib
 import json
 import re
 import secrets
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -107,8 +107,18 @@ class JobSpec(BaseModel):
     # instead of Dramatiq's TimeLimit, which only interrupts between Python bytecodes.
     hard_time_limit: bool = False
     enqueued_at: float | None = None
+    # The queued manifest's ``timings.queued_at``, when the handler wrote that manifest just
+    # before sending this message: the runner then needs no manifest read to start.
+    queued_at: float | None = None
     # Where to send this job's events (a job spec's "webhook"); uploads carry theirs in metadata.
     webhook: WebhookTarget | None = None
+    # Interactive jobs (presigned uploads, job specs) go ahead of bulk ones (drop folders,
+    # replays) on the same runners (bucketbrush/routing.py).
+    priority: Literal["interactive", "bulk"] = "interactive"
+    # Whose job it is: its keys live under tenants/<tenant>/ (None: the default tenant).
+    tenant: str | None = None
+    # The job this one re-runs with other params or another model (`bucketbrush replay`).
+    replay_of: str | None = None
     # A chat turn: the runner refines its message and picks the recipe, params and input.
     turn: TurnRef | None = None
 

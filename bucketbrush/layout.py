@@ -5,21 +5,29 @@ What the handler and the sweep route (``inbox/<recipe>/[<ticket>/]<file>`` uploa
 or an image uploaded to ``inbox/chat/<conversation_id>/<file>``), and what the runner, the
 apps and the management commands read and write (manifests, outputs, cancel markers, runner
 heartbeats, conversation manifests). Prefixes come from settings.
+
+Tenants: every key family (inbox, jobs, outputs, manifests, cancel markers, the job index, and
+any family added later) exists once per tenant under ``tenants/<tenant>/``; the untenanted
+layout is the default tenant. ``Layout.for_tenant`` gives a tenant's layout; the root layout's
+``parse_input`` recognises every tenant's keys and says whose they are (``InputKey.tenant``).
+Only the runners' and event sources' heartbeats (``status/``) stay shared.
 """
 
 from __future__ import annotations
 
+import copy
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from bucketbrush.jobs import RECIPE_NAME, is_spec_job_id, is_ticket
-from bucketbrush.settings import Settings
+from bucketbrush.settings import TENANT_PATTERN, Settings
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # inbox/chat/<conversation_id>/<file>: an image that starts or continues a conversation (the
 # upload's metadata carries the message); no recipe has this name.
 CHAT_FOLDER = "chat"
+TENANT_NAME = re.compile(TENANT_PATTERN)
 
 
 class NotAnInput(ValueError):  # noqa: N818 - a routing verdict, not a failure
@@ -50,6 +58,12 @@ class InputKey:
     # its content's identity, like a drop.
     conversation: str | None = None
     turn: str | None = None
+    # Whose key it is: a tenant's name, None for the default (untenanted) layout.
+    tenant: str | None = None
+
+
+def is_tenant(name: str) -> bool:
+    return bool(TENANT_NAME.match(name))
 
 
 def unsafe_key(key: str) -> str | None:
@@ -67,17 +81,68 @@ def unsafe_key(key: str) -> str | None:
     return None
 
 
-class Layout:
-    """Key rules for one bucket's prefixes."""
+# Attributes of a Layout that are no key family (or one every tenant shares).
+_NOT_TENANTED = frozenset({"tenant", "tenants", "root", "status"})
 
-    def __init__(self, settings: Settings) -> None:
+
+class Layout:
+    """Key rules for one bucket's prefixes, as one tenant sees them (``settings.tenant``; None:
+    the default tenant). Every string attribute set in ``__init__`` is a key family, and is
+    moved under ``tenants/<tenant>/`` for a tenant unless listed in ``_NOT_TENANTED``."""
+
+    def __init__(self, settings: Settings, *, tenant: str | None = None) -> None:
+        self.tenant: str | None = None
+        self.tenants = settings.tenants_prefix
         self.inbox = settings.inbox_prefix
         self.jobs = settings.jobs_prefix
         self.outputs = settings.outputs_prefix
         self.manifests = settings.manifests_prefix
         self.cancel = settings.cancel_prefix
+        self.index = settings.index_prefix
         self.status = settings.status_prefix
         self.conversations = settings.conversations_prefix
+        self.root = self
+        if tenant := tenant or settings.tenant:
+            root = copy.copy(self)
+            root.root = root
+            self.__dict__.update(vars(root.for_tenant(tenant)))
+
+    # -- tenants --------------------------------------------------------------------------
+
+    def for_tenant(self, tenant: str | None) -> Layout:
+        """The layout of ``tenant`` (None: the default tenant's, the untenanted one)."""
+        root = self.root
+        if tenant is None:
+            return root
+        if not is_tenant(tenant):
+            raise ValueError(f"bad tenant name {tenant!r}: lowercase letters, digits and '-', up to 32")
+        scoped = copy.copy(root)
+        scoped.tenant, scoped.root = tenant, root
+        base = root.tenant_prefix(tenant)
+        for name, value in vars(root).items():
+            if name not in _NOT_TENANTED and isinstance(value, str):
+                setattr(scoped, name, base + value)
+        return scoped
+
+    def tenant_prefix(self, tenant: str) -> str:
+        """Everything of ``tenant``: ``tenants/<tenant>/``."""
+        return f"{self.root.tenants}{tenant}/"
+
+    @property
+    def space(self) -> str:
+        """The prefix of this layout's own keys ("" for the default tenant: see ``owns``)."""
+        return self.tenant_prefix(self.tenant) if self.tenant else ""
+
+    def tenant_of(self, key: str) -> str | None:
+        """The tenant whose space ``key`` is in; None for the default tenant's keys."""
+        tenants = self.root.tenants
+        if key.startswith(tenants) and "/" in key[len(tenants):]:
+            return key[len(tenants):].split("/", 1)[0]
+        return None
+
+    def owns(self, key: str) -> bool:
+        """Whether ``key`` belongs to this layout's tenant (a tenant's jobs may read only these)."""
+        return self.tenant_of(key) == self.tenant and not (self.tenant is None and key.startswith(self.root.tenants))
 
     @property
     def input_folders(self) -> dict[str, str]:
@@ -88,9 +153,18 @@ class Layout:
     # -- inputs ---------------------------------------------------------------------------
 
     def parse_input(self, key: str) -> InputKey:
-        """The job a key makes; raises NotAnInput when it makes none."""
+        """The job a key makes; raises NotAnInput when it makes none. The root layout routes
+        every tenant's keys; a tenant's layout only its own."""
         if problem := unsafe_key(key):
             raise NotAnInput(problem, rejected=True)
+        if self.tenant is None and key.startswith(self.tenants):
+            tenant = key[len(self.tenants):].split("/", 1)[0]
+            if not is_tenant(tenant) or "/" not in key[len(self.tenants):]:
+                raise NotAnInput(f"bad tenant folder {tenant!r}", rejected=True)
+            return replace(self.for_tenant(tenant).parse_input(key), tenant=tenant)
+        return replace(self._parse_own(key), tenant=self.tenant)
+
+    def _parse_own(self, key: str) -> InputKey:
         if key.startswith(self.inbox):
             parts = key[len(self.inbox):].split("/")
             if len(parts) < 2 or not parts[-1]:
@@ -176,6 +250,10 @@ class Layout:
             return None
         job_id = key[len(self.manifests):-len(".json")]
         return job_id if job_id and "/" not in job_id else None
+
+    def replay_key(self, replay_id: str) -> str:
+        """A replay's report (bucketbrush/replay.py), beside the manifests it compares."""
+        return f"{self.manifests}replays/{replay_id}.json"
 
     def output_key(self, job_id: str, name: str) -> str:
         return f"{self.outputs}{job_id}/{name}"

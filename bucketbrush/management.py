@@ -10,6 +10,7 @@ import binascii
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import dramatiq
 from botocore.exceptions import ClientError
@@ -141,13 +142,15 @@ def delete_job(bucket: Bucket, broker: dramatiq.Broker, job_id: str) -> list[str
     for i in range(0, len(own), 1000):
         bucket.s3.delete_objects(Bucket=bucket.name, Delete={
             "Objects": [{"Key": k} for k in own[i:i + 1000]], "Quiet": True})
-    Claims(broker.client, bucket.settings).delete(job_id)
+    Claims(broker.client, bucket.settings, bucket.tenant).delete(job_id)
     bucket.index.forget(manifest)
     return own
 
 
-def retry_job(bucket: Bucket, broker: dramatiq.Broker, job_id: str) -> Manifest:
-    """Run a failed or cancelled job again with the params it resolved to."""
+def retry_job(bucket: Bucket, broker: dramatiq.Broker, job_id: str,
+              priority: Literal["interactive", "bulk"] = "interactive") -> Manifest:
+    """Run a failed or cancelled job again with the params it resolved to (``priority``: see
+    ``bucketbrush.routing``)."""
     manifest = get_job(bucket, job_id)
     if manifest.status not in ("failed", "cancelled"):
         raise InvalidState(f"job {job_id} is {manifest.status}: only failed or cancelled jobs can be retried")
@@ -155,7 +158,7 @@ def retry_job(bucket: Bucket, broker: dramatiq.Broker, job_id: str) -> Manifest:
         raise InvalidState(f"job {job_id} records no input to retry from")
     source = _latest_same_content(bucket, manifest.inputs[0])
     settings = bucket.settings
-    if source.key.startswith(settings.inbox_prefix):
+    if source.key.startswith(bucket.layout.inbox):
         input_ref = source
     else:
         input_ref = manifest.inputs[1] if len(manifest.inputs) > 1 else None
@@ -170,10 +173,12 @@ def retry_job(bucket: Bucket, broker: dramatiq.Broker, job_id: str) -> Manifest:
         turn = TurnRef(conversation=manifest.turn.conversation, seq=manifest.turn.seq, name=manifest.turn.name)
     queued = Manifest(job_id=job_id, status="queued", recipe=recipe, params=params,
                       inputs=manifest.inputs, timings={"queued_at": time.time()},
-                      attempts=manifest.attempts, turn=TurnInfo(**turn.model_dump()) if turn else None)
+                      attempts=manifest.attempts, tenant=manifest.tenant, replay_of=manifest.replay_of,
+                      turn=TurnInfo(**turn.model_dump()) if turn else None)
     bucket.write_manifest(queued)
     enqueue_job(broker, settings, JobSpec(job_id=job_id, recipe=recipe, source=source,
-                                          input=input_ref, params=params, turn=turn))
+                                          input=input_ref, params=params, priority=priority,
+                                          tenant=manifest.tenant, replay_of=manifest.replay_of, turn=turn))
     return queued
 
 

@@ -115,7 +115,13 @@ class Manifest(BaseModel):
     # When the presigned ``outputs[].url`` links stop working (epoch seconds).
     urls_expire_at: float | None = None
     attempts: int = 0
+    # Deliveries whose runner died in the job (killed, out of memory) before finishing it.
+    interrupted: int = 0
     updated_at: float = Field(default_factory=time.time)
+    # Whose job it is (None: the default tenant); the manifest lives under tenants/<tenant>/.
+    tenant: str | None = None
+    # The job this one re-ran (`bucketbrush replay`), with its report's id.
+    replay_of: str | None = None
     # A chat turn's job (bucketbrush/conversations.py); None for every other job.
     turn: TurnInfo | None = None
 
@@ -155,7 +161,7 @@ class RunnerStatus(Beat):
     """A runner's heartbeat at ``status/runners/<runner_id>.json``: who works on what."""
 
     runner_id: str
-    queue: str
+    queue: str  # the queues it consumes, comma-separated (bucketbrush/routing.py)
     device: str = "cpu"  # cpu | cuda:N | mps
     device_name: str | None = None  # e.g. the GPU's or the CPU's model name
     gpu: dict[str, Any] | None = None  # name and memory, when a CUDA device is in use
@@ -163,6 +169,9 @@ class RunnerStatus(Beat):
     jobs_done: int = 0
     jobs_failed: int = 0
     current_job: str | None = None
+    visible_devices: str | None = None  # CUDA_VISIBLE_DEVICES: the device a per-device runner is pinned to
+    # Its Prometheus metrics (runner_metrics_port), when it serves them.
+    metrics_url: str | None = None
 
 
 class SourceStatus(Beat):

@@ -88,12 +88,14 @@ def presign_get(s3: Any, settings: Settings, key: str, expires_s: int | None = N
     return s3.generate_presigned_url("get_object", Params=params, ExpiresIn=expires_s or settings.presign_expires_s)
 
 
-def presign_manifest(s3: Any, settings: Settings, job_id: str, expires_s: int | None = None) -> ManifestLink:
-    """A presigned GET for ``manifests/<job_id>.json`` (the job need not exist yet)."""
+def presign_manifest(s3: Any, settings: Settings, job_id: str, expires_s: int | None = None, *,
+                     layout: Layout | None = None) -> ManifestLink:
+    """A presigned GET for ``manifests/<job_id>.json`` (the job need not exist yet), in ``layout``
+    (default: ``settings.tenant``'s)."""
     if not is_job_id(job_id):
         raise InvalidParams(f"invalid job id {job_id!r}")
     expires_s = expires_s or settings.presign_expires_s
-    key = Layout(settings).manifest_key(job_id)
+    key = (layout or Layout(settings)).manifest_key(job_id)
     return ManifestLink(job_id=job_id, manifest_key=key, expires_at=time.time() + expires_s,
                         manifest_url=presign_get(s3, settings, key, expires_s, no_store=True))
 

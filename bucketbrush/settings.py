@@ -31,6 +31,8 @@ from pydantic_settings import (
 )
 
 MB = 1024 * 1024
+# A tenant's name, as it appears in tenants/<tenant>/ (bucketbrush/layout.py).
+TENANT_PATTERN = r"^[a-z0-9][a-z0-9-]{0,31}$"
 STACK_FILE = "stack.json"
 # Values of fields named like this are never shown (nor are SecretStr values, nor URL passwords).
 SECRET_NAME = re.compile(r"key|token|secret|password", re.IGNORECASE)
@@ -178,6 +180,36 @@ class BrokerSettings(SettingsGroup):
         description="an idle runner's Redis poll interval (Dramatiq's worker_timeout): the most a job waits "
                     "in the queue after a quiet spell, against idle Redis traffic")
     dedupe_ttl_s: int = Field(default=7 * 24 * 3600, description="how long a seen object identity is remembered")
+    # Scale-out (docs/scaling.md): queues by capability, runners per device.
+    recipe_capabilities: dict[str, Literal["cpu", "gpu", "any"]] = Field(
+        default_factory=dict,
+        description="re-map what a recipe needs (cpu, gpu or any; see bucketbrush/routing.py), e.g. "
+                    '{"upscale": "gpu"}; the handler and the runners must agree')
+    runner_serve: list[Literal["cpu", "gpu", "any"]] = Field(
+        default=["cpu", "gpu", "any"],
+        description="the capabilities a runner consumes (`runner --serve`); `any` queues are always served")
+    runner_devices: str = Field(
+        default="", description="`runner --devices`: empty (one process, no pinning), `all`, or indices `0,1`: "
+                                "one worker process per device, pinned with CUDA_VISIBLE_DEVICES")
+    runner_device_inventory: list[str] | None = Field(
+        default=None, description="the devices `--devices all` means, instead of asking CUDA (tests, "
+                                  "or a machine whose driver is not visible to this process)")
+    broker_heartbeat_timeout_s: float = Field(
+        default=10, ge=1, le=3600,
+        description="a process silent on Redis this long is presumed dead and its unacknowledged messages go "
+                    "back to the queue (Dramatiq's heartbeat_timeout, 60 s there): lower = faster recovery from a "
+                    "killed runner; a runner cut off from Redis longer than this has its job run a second time")
+    broker_maintenance_chance: float = Field(
+        default=0.2, gt=0, le=1,
+        description="share of broker Redis calls that also return dead processes' messages and expire dead "
+                    "letters (Dramatiq's maintenance_chance / 10^6; 0.001 there): how soon after the heartbeat "
+                    "timeout a killed runner's job is queued again")
+    runner_metrics_port: int | None = Field(
+        default=None, ge=0, le=65535,
+        description="port of the runner's Prometheus /metrics; 0: any free port (its heartbeat names the URL); "
+                    "unset: none")
+    runner_metrics_host: str = Field(
+        default="127.0.0.1", description="address the runner's /metrics binds (0.0.0.0 for a scraper on another host)")
 
 
 class EventsSettings(SettingsGroup):
@@ -224,6 +256,9 @@ class LimitsSettings(SettingsGroup):
     hard_time_limit_recipes: list[str] = Field(
         default_factory=list, description="recipes run in a child process killed at the time limit "
                                           "(not for diffusion recipes: their models live in the runner)")
+    max_runner_deaths: int = Field(
+        default=3, ge=1, description="a job whose runner dies in it this many times (killed, out of memory) "
+                                     "ends failed with runner_died instead of being delivered again")
     conversation_wait_s: float = Field(
         default=3600, gt=0, description="how long a chat turn waits for the turn before it to finish; "
                                         "past this it runs on the last finished turn's image, with a warning")
@@ -270,6 +305,17 @@ class DiffusionSettings(SettingsGroup):
         default=None, description="semantic segmentation model for `remove-bg`; unset: GrabCut fallback")
     segmentation_labels: list[str] = Field(
         default_factory=list, description="labels of segmentation_model that are foreground; empty: automatic")
+    # Remote inference providers (models file entries with `provider`, or `fallback`; docs/scaling.md).
+    provider_endpoints: dict[str, str] = Field(
+        default_factory=dict, description="base URL per provider (hf-inference, openai-images, replicate), "
+                                          "instead of its public API's")
+    provider_tokens: dict[str, SecretStr] = Field(
+        default_factory=dict, description="API token per provider, e.g. {\"hf-inference\": \"hf_...\"}; never "
+                                          "logged nor written to a manifest")
+    provider_timeout_s: float = Field(default=60, gt=0, description="one request to a provider")
+    provider_deadline_s: float = Field(
+        default=300, gt=0, description="one job's whole remote call: retries while the model loads (503), "
+                                       "waits on rate limits (429), polling")
 
 
 class LocalStackSettings(SettingsGroup):
@@ -296,6 +342,8 @@ class WebhookSubscription(BaseModel):
     secret: SecretStr
     events: list[Literal["started", "progress", "completed"]] = ["started", "progress", "completed"]
     recipes: list[str] = []
+    # Whose jobs it hears about: one tenant's (None: the default tenant's only).
+    tenant: str | None = Field(default=None, pattern=TENANT_PATTERN)
 
 
 class WebhooksSettings(SettingsGroup):
@@ -377,6 +425,34 @@ class CredentialsSettings(SettingsGroup):
         return None if v == "" else v
 
 
+class TenantsSettings(SettingsGroup):
+    """Tenants (bucketbrush/tenants.py): many apps on one bucket, each under ``tenants/<tenant>/``
+    with its own credentials and limits. The limits here are every tenant's defaults; a tenant's
+    entry in the tenants file may set its own. 0 means no limit."""
+
+    tenant: str | None = Field(
+        default=None, pattern=TENANT_PATTERN,
+        description="the tenant this client acts as (CLI, apps, the functions host): every key under "
+                    "tenants/<tenant>/; unset: the default (untenanted) layout")
+    tenants_prefix: str = Field(default="tenants/", description="where tenants live: tenants/<tenant>/inbox/...")
+    tenants_file: Path | None = Field(
+        default=None, description="the tenants file (JSON, written by `bucketbrush tenants`); unset: "
+                                  "<state_dir>/tenants.json")
+    tenant_jobs_per_hour: int = Field(default=0, ge=0, description="jobs a tenant may submit per clock hour")
+    tenant_max_concurrent: int = Field(default=0, ge=0, description="a tenant's jobs queued or running at once")
+    tenant_input_bytes_per_day: int = Field(
+        default=0, ge=0, description="input bytes a tenant may submit per UTC day")
+    tenant_recipes: list[str] = Field(default_factory=list, description="recipes a tenant may run (empty: all)")
+    tenant_quota_stale_s: float = Field(
+        default=6 * 3600, gt=0, description="a job counted as running for longer than this no longer counts "
+                                            "towards max_concurrent (its runner died)")
+
+    @field_validator("tenants_prefix")
+    @classmethod
+    def _tenants_folder(cls, v: str) -> str:
+        return StorageSettings._folder(v)
+
+
 GROUPS: dict[str, type[SettingsGroup]] = {
     "storage": StorageSettings,
     "broker": BrokerSettings,
@@ -390,12 +466,13 @@ GROUPS: dict[str, type[SettingsGroup]] = {
     "video": VideoSettings,
     "local": LocalStackSettings,
     "credentials": CredentialsSettings,
+    "tenants": TenantsSettings,
 }
 
 
 # pydantic collects fields from the last base first: the bases are listed in reverse, so the
 # fields (and validation errors) come in the order of GROUPS.
-class Settings(CredentialsSettings,
+class Settings(TenantsSettings, CredentialsSettings,
                LocalStackSettings, VideoSettings, RefineSettings, WebhooksSettings, DiffusionSettings,
                RetentionSettings, LimitsSettings, FunctionsSettings, EventsSettings, BrokerSettings,
                StorageSettings):

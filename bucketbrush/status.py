@@ -22,7 +22,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel
 
 from bucketbrush.manifest import RunnerStatus, SourceStatus
-from bucketbrush.settings import mask_url_password
+from bucketbrush.routing import all_queues
+from bucketbrush.settings import Settings, mask_url_password
 from bucketbrush.store import Bucket
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,13 @@ def queue_depths(broker: dramatiq.Broker, queue_name: str, namespace: str) -> di
     }
 
 
+def job_queue_depths(broker: dramatiq.Broker, settings: Settings) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+    """(totals over every job queue of ``bucketbrush.routing``, the depths of each)."""
+    each = {q: queue_depths(broker, q, settings.broker_namespace) for q in all_queues(settings)}
+    totals = {k: sum(d[k] for d in each.values()) for k in ("ready", "delayed", "dead_lettered")}
+    return totals, each
+
+
 def _check(call: Callable[[], Any]) -> tuple[bool, str | None, Any]:
     try:
         return True, None, call()
@@ -94,11 +102,12 @@ def status_report(bucket: Bucket, broker: dramatiq.Broker, *, prune: bool = True
                   "error": store_error},
         "broker": {"url": mask_url_password(s.redis_url), "namespace": s.broker_namespace, "reachable": broker_ok,
                    "error": broker_error},
-        "queue": None, "event_sources": [], "runners": [], "pruned": [],
+        "queue": None, "queues": {}, "event_sources": [], "runners": [], "pruned": [],
     }
-    if broker_ok:
-        ok, error, depths = _check(lambda: queue_depths(broker, s.queue_name, s.broker_namespace))
-        report["queue"] = {"name": s.queue_name, **depths} if ok else {"name": s.queue_name, "error": error}
+    if broker_ok:  # "queue": the totals over every job queue; "queues": each one
+        ok, error, depths = _check(lambda: job_queue_depths(broker, s))
+        report["queue"] = {"name": s.queue_name, **depths[0]} if ok else {"name": s.queue_name, "error": error}
+        report["queues"] = depths[1] if ok else {}
     if store_ok:
         # One read of each prefix serves both the pruning and the report.
         now = time.time()

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
+import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
+from collections.abc import Callable
 from functools import cached_property
 from typing import Any, TypeVar
+from urllib.parse import unquote, urlsplit
 
 import boto3
 from botocore.config import Config
@@ -37,6 +41,56 @@ def s3_client(settings: Settings, *, public: bool = False, probe: bool = False) 
     return boto3.client("s3", config=config, **settings.s3_client_kwargs(public=public))
 
 
+_FIRST_KEY = re.compile(rb"<Key>([^<]*)</Key>")
+
+
+class RequestCounter:
+    """Counts the HTTP requests S3 clients send, by (operation, what the key is), through
+    botocore's ``before-send`` event: every request sent (retries too, as a bill counts them;
+    presigning sends nothing), whoever makes it. ``kind`` names a key: ``manifest``,
+    ``output``, ``index``, ``cancel``, ``status``, ``input`` (inbox or job specs), ``other``."""
+
+    def __init__(self, settings: Settings, on_request: Callable[[str, str], None] | None = None) -> None:
+        s = settings
+        self.bucket = s.bucket
+        # Told (operation, kind) of each request as it is sent (the metrics' totals).
+        self.on_request = on_request
+        self._kinds = [(s.manifests_prefix, "manifest"), (s.outputs_prefix, "output"), (s.index_prefix, "index"),
+                       (s.cancel_prefix, "cancel"), (s.status_prefix, "status"), (s.inbox_prefix, "input"),
+                       (s.jobs_prefix, "input")]
+        self.counts: Counter[tuple[str, str]] = Counter()
+        self._lock = threading.Lock()
+
+    def attach(self, s3: Any) -> Any:
+        s3.meta.events.register("before-send.s3", self._count)
+        return s3
+
+    def kind(self, key: str) -> str:
+        return next((kind for prefix, kind in self._kinds if key.startswith(prefix)), "other")
+
+    def _count(self, request: Any, event_name: str, **_: Any) -> None:
+        operation = event_name.rsplit(".", 1)[-1]
+        key = unquote(urlsplit(request.url).path).lstrip("/")
+        key = key.removeprefix(self.bucket + "/")  # path-style addressing
+        if operation == "DeleteObjects" and (found := _FIRST_KEY.search(bytes(request.body or b""))):
+            key = found.group(1).decode()
+        kind = self.kind(key)
+        with self._lock:
+            self.counts[(operation, kind)] += 1
+        if self.on_request:
+            self.on_request(operation, kind)
+
+    def total(self, *, exclude: tuple[str, ...] = ()) -> int:
+        with self._lock:
+            return sum(n for (_, kind), n in self.counts.items() if kind not in exclude)
+
+    def take(self) -> Counter[tuple[str, str]]:
+        """The counts so far, and start again from zero."""
+        with self._lock:
+            counts, self.counts = self.counts, Counter()
+        return counts
+
+
 def is_not_found(exc: ClientError) -> bool:
     return exc.response.get("Error", {}).get("Code") in NOT_FOUND_CODES
 
@@ -44,13 +98,28 @@ def is_not_found(exc: ClientError) -> bool:
 class Bucket:
     """Typed access to the bucket's manifests and outputs."""
 
-    def __init__(self, settings: Settings, s3: Any | None = None) -> None:
+    def __init__(self, settings: Settings, s3: Any | None = None, *, layout: Layout | None = None) -> None:
         self.settings = settings
         self.name = settings.bucket
-        self.layout = Layout(settings)
+        # settings.tenant's keys (the default tenant's when unset).
+        self.layout = layout or Layout(settings)
         self._s3 = s3
         self.index = JobIndex(self)
         self._indexed: OrderedDict[str, str] = OrderedDict()
+        self._tenants: dict[str | None, Bucket] = {self.layout.tenant: self}
+
+    @property
+    def tenant(self) -> str | None:
+        return self.layout.tenant
+
+    def for_tenant(self, tenant: str | None) -> Bucket:
+        """The same bucket (and client) as ``tenant`` sees it: its manifests, outputs, index."""
+        if tenant not in self._tenants:
+            view = Bucket(self.settings, self.s3, layout=self.layout.for_tenant(tenant))
+            view.public_s3 = self.public_s3
+            view._tenants = self._tenants
+            self._tenants[tenant] = view
+        return self._tenants[tenant]
 
     @cached_property
     def s3(self) -> Any:
@@ -100,17 +169,19 @@ class Bucket:
         except ValueError:
             return None, None
 
-    def write_manifest(self, manifest: Manifest, *, if_match: str | None = None) -> bool:
+    def write_manifest(self, manifest: Manifest, *, if_match: str | None = None, index: bool = True) -> bool:
         """Write the manifest (stamping ``updated_at``). With ``if_match`` (an ETag from
         ``read_manifest_with_etag``) only if nobody wrote it since: False when somebody did.
         Stores that do not implement conditional PUTs answer NotImplemented; there the write
-        is unconditional (last writer wins)."""
+        is unconditional (last writer wins). ``index=False``: leave the job index as it is
+        (the caller indexes the status later with ``index_manifest``, or never)."""
         manifest.updated_at = time.time()
         written = self.put_json(self.manifest_key(manifest.job_id), manifest.model_dump_json(indent=2).encode(),
                                 if_match=if_match)
         if not written:
             return False
-        self._index(manifest)
+        if index:
+            self.index_manifest(manifest)
         return True
 
     def put_json(self, key: str, body: bytes, *, if_match: str | None = None, if_none_match: bool = False) -> bool:
@@ -135,7 +206,7 @@ class Bucket:
             self.s3.put_object(**kwargs)
         return True
 
-    def _index(self, manifest: Manifest) -> None:
+    def index_manifest(self, manifest: Manifest) -> None:
         """Keep the job index (``bucketbrush.index``) in step: once per status change."""
         key = self.index.key(manifest)
         if self._indexed.get(manifest.job_id) == key:
@@ -175,7 +246,7 @@ class Bucket:
     def manifest_link(self, job_id: str, expires_s: int | None = None) -> tuple[ManifestLink, Manifest | None]:
         """Fresh presigned GETs for a job's manifest and, once it succeeded, its outputs (how an
         app renews the links its presign reply carried); also the manifest, None before it exists."""
-        link = presign_manifest(self.public_s3, self.settings, job_id, expires_s)
+        link = presign_manifest(self.public_s3, self.settings, job_id, expires_s, layout=self.layout)
         manifest = self.read_manifest(job_id)
         if manifest is not None and manifest.status == "succeeded":
             link.outputs = {o.key: self.presigned_get(o.key, expires_s) for o in manifest.outputs}

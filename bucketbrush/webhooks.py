@@ -32,6 +32,7 @@ from dramatiq.middleware import CurrentMessage
 from pydantic import BaseModel, ConfigDict
 from standardwebhooks import Webhook
 
+from bucketbrush import metrics
 from bucketbrush.jobs import WebhookTarget
 from bucketbrush.manifest import Manifest
 from bucketbrush.settings import Settings
@@ -84,12 +85,16 @@ def webhook_id(event: Event, manifest: Manifest) -> str:
     return f"{manifest.job_id}.{event_type(event, manifest).removeprefix('job.')}"
 
 
-def endpoints_for(settings: Settings, event: Event, recipe: str, target: WebhookTarget | None) -> list[Endpoint]:
-    """Every endpoint that wants ``event`` of a ``recipe`` job (``completed`` goes to all)."""
+def endpoints_for(settings: Settings, event: Event, recipe: str, target: WebhookTarget | None,
+                  tenant: str | None = None) -> list[Endpoint]:
+    """Every endpoint that wants ``event`` of a ``recipe`` job of ``tenant`` (``completed`` goes
+    to all). A subscription hears about one tenant's jobs only (its ``tenant``; None: the default's)."""
     found = []
     if target and (event == "completed" or event in target.events):
         found.append(Endpoint(url=target.url, kind="job"))
     for sub in settings.webhook_subscriptions:
+        if sub.tenant != tenant:
+            continue
         if (event == "completed" or event in sub.events) and (not sub.recipes or recipe in sub.recipes):
             found.append(Endpoint(url=sub.url, kind="subscription"))
     return found
@@ -105,7 +110,7 @@ class Notifier:
 
     def emit(self, event: Event, manifest: Manifest, target: WebhookTarget | None) -> int:
         """Enqueue ``event`` for every endpoint that wants it; the number enqueued."""
-        endpoints = endpoints_for(self.settings, event, manifest.recipe, target)
+        endpoints = endpoints_for(self.settings, event, manifest.recipe, target, manifest.tenant)
         data = manifest.model_dump(mode="json")
         sent = 0
         for endpoint in endpoints:
@@ -256,6 +261,7 @@ class Deliverer:
     def _record(self, delivery: Delivery, entry: dict[str, Any], outcome: str, retry_in: float | None,
                 *, error: str | None = None) -> float | None:
         entry["outcome"] = outcome
+        metrics.WEBHOOK_DELIVERIES.labels(delivery.type, outcome).inc()
         if error:
             entry["error"] = error
         if retry_in is not None:

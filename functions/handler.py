@@ -8,21 +8,27 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import dramatiq
+from botocore.exceptions import ClientError
 
+from bucketbrush import metrics
 from bucketbrush.broker import build_broker, enqueue_job
 from bucketbrush.claims import Claims
 from bucketbrush.conversations import CHAT_RECIPE, Conversations
-from bucketbrush.errors import InvalidSpec, InvalidWebhook
-from bucketbrush.jobs import RECIPE_NAME, JobSpec, ObjectRef, TurnRef, WebhookTarget, job_id_for, json_object
+from bucketbrush.errors import InputMissing, InvalidSpec, InvalidWebhook, JobError, OutsideTenant, QuotaExceeded
+from bucketbrush.jobs import RECIPE_NAME, JobSpec, ObjectRef, TurnRef, WebhookTarget, is_job_id, job_id_for, json_object
 from bucketbrush.layout import InputKey, NotAnInput, unsafe_key
 from bucketbrush.manifest import ErrorInfo, Manifest, TurnInfo
+from bucketbrush.quotas import Quotas
+from bucketbrush.routing import Priority
 from bucketbrush.settings import Settings
-from bucketbrush.store import Bucket
+from bucketbrush.store import Bucket, is_not_found
+from bucketbrush.tenants import TenantsFile
 from functions.events import S3Record
 
 log = logging.getLogger(__name__)
@@ -52,6 +58,11 @@ class Handler:
         self.broker = broker
         self.claims = Claims(redis, settings)
         self.conversations = Conversations(bucket, redis)
+        # Tenants' limits (the tenants file) and their counters in Redis.
+        self.tenants = TenantsFile.from_settings(settings)
+        self.quotas = Quotas(redis, settings)
+        # Index writes beside manifest writes; up to 8 at once for a host handling requests in parallel.
+        self._io = ThreadPoolExecutor(max_workers=8, thread_name_prefix="handler-io")
         self.stats: dict[str, Any] = {"records": 0, "enqueued": 0, "last_event_at": None}
 
     @classmethod
@@ -62,7 +73,12 @@ class Handler:
         return cls(settings, bucket or Bucket(settings), broker, broker.client)
 
     def handle(self, records: Iterable[S3Record]) -> list[Outcome]:
-        outcomes = [self.handle_record(r) for r in records]
+        try:
+            outcomes = [self.handle_record(r) for r in records]
+        except Exception:
+            metrics.count_outcomes(["error"])  # the transport redelivers the batch
+            raise
+        metrics.count_outcomes(o.action for o in outcomes)
         if outcomes:  # counters for the event source's heartbeat (`bucketbrush status`)
             self.stats["records"] += len(outcomes)
             self.stats["enqueued"] += sum(o.action == "enqueued" for o in outcomes)
@@ -81,30 +97,36 @@ class Handler:
             if exc.rejected:
                 log.warning("rejected key %r: %s", key, exc.reason)
             return Outcome(key, "rejected" if exc.rejected else "ignored", reason=exc.reason)
+        tenant = route.tenant
         if route.kind == "turn":
+            if tenant is not None:  # conversation state (numbers, manifest) is the default tenant's
+                return Outcome(key, "rejected", reason="conversations are not available to tenants yet")
             return self._turn(record, route)
         if route.kind == "upload":
             assert route.recipe is not None
+            # A presigned upload's key names its job (an app waits for it); a drop-folder
+            # file's does not (a batch): it goes behind interactive work (bucketbrush/routing.py).
             return self._submit(record.ref, route.recipe, input_ref=record.ref, params={},
-                                preferred_id=route.job_id, recent=self._recent(record))
+                                preferred_id=route.job_id, recent=self._recent(record),
+                                priority="interactive" if route.job_id else "bulk", tenant=tenant)
         if route.job_id is None:
             # A spec under a name that is no job id: leave a trace where the user looks.
             job_id = job_id_for(record.ref)
             log.warning("job spec %r rejected: %s (failed manifest under derived id %s)", key, route.problem, job_id)
-            return self._failed_spec(record, job_id, InvalidSpec(
+            return self._failed(record.ref, job_id, tenant, InvalidSpec(
                 f"{route.problem}; this failure is recorded under the id {job_id}, derived from the spec's content"))
-        return self._spec(record, route.job_id)
+        return self._spec(record, route.job_id, tenant)
 
     # -- routes ---------------------------------------------------------------------------
 
-    def _spec(self, record: S3Record, job_id: str) -> Outcome:
+    def _spec(self, record: S3Record, job_id: str, tenant: str | None) -> Outcome:
         ref = record.ref
         try:
-            recipe, input_ref, params, options = self._read_spec(ref)
-        except (InvalidSpec, InvalidWebhook) as exc:
-            return self._failed_spec(record, job_id, exc)
+            recipe, input_ref, params, options = self._read_spec(ref, tenant)
+        except (InvalidSpec, InvalidWebhook, OutsideTenant) as exc:
+            return self._failed(ref, job_id, tenant, exc)
         return self._submit(ref, recipe, input_ref=input_ref, params=params, preferred_id=job_id,
-                            recent=self._recent(record), **options)
+                            recent=self._recent(record), tenant=tenant, **options)
 
     def _turn(self, record: S3Record, route: InputKey) -> Outcome:
         """A chat turn: numbered in its conversation's arrival order, then a job like any other
@@ -116,20 +138,58 @@ class Handler:
         return self._submit(ref, CHAT_RECIPE, input_ref=None, params={}, preferred_id=route.job_id,
                             recent=self._recent(record), turn=turn)
 
-    def _failed_spec(self, record: S3Record, job_id: str, exc: InvalidSpec | InvalidWebhook) -> Outcome:
+    def _failed(self, ref: ObjectRef, job_id: str, tenant: str | None, exc: JobError, *,
+                recipe: str = "", claimed: bool = False) -> Outcome:
         """Nothing to run: record the failure where the user will look for it."""
-        ref = record.ref
-        if not self.claims.claim(job_id, ref.identity):
-            return Outcome(record.key, "duplicate", job_id)
+        if not claimed and not self.claims.for_tenant(tenant).claim(job_id, ref.identity):
+            return Outcome(ref.key, "duplicate", job_id)
         now = time.time()
-        self.bucket.write_manifest(Manifest(
-            job_id=job_id, status="failed", recipe="", inputs=[ref], error=ErrorInfo.of(exc),
-            timings={"queued_at": now, "finished_at": now},
+        self.bucket.for_tenant(tenant).write_manifest(Manifest(
+            job_id=job_id, status="failed", recipe=recipe, inputs=[ref], error=ErrorInfo.of(exc),
+            timings={"queued_at": now, "finished_at": now}, tenant=tenant,
         ))
-        return Outcome(record.key, "rejected", job_id, reason=str(exc))
+        return Outcome(ref.key, "rejected", job_id, reason=str(exc))
 
-    def _read_spec(self, ref: ObjectRef) -> tuple[str, ObjectRef | None, dict[str, Any], dict[str, Any]]:
-        """(recipe, input, params, options: ``time_limit_s``, ``hard_time_limit``, ``webhook``)."""
+    def requeue(self, job_id: str, source: ObjectRef) -> Outcome:
+        """Enqueue ``job_id`` again, rebuilt from its source object (an upload or a job spec)
+        as its first event did, whatever its claim says. For the sweep, when the broker lost
+        the job's message (Redis restarted empty): the caller holds a lock so that only one
+        sweeper requeues it. The manifest is left as it is (``queued``; or ``running``, which
+        tells the runner that a runner died in this job); quotas were counted the first time."""
+        try:
+            route = self.bucket.layout.parse_input(source.key)
+        except NotAnInput as exc:
+            return Outcome(source.key, "rejected", job_id, reason=exc.reason)
+        tenant = route.tenant
+        recipe, input_ref, params = route.recipe or "", source, {}
+        options: dict[str, Any] = {"priority": "interactive" if route.job_id else "bulk"}
+        if route.kind == "turn" and route.conversation and route.turn:
+            # The same number as its first event (one per turn object), so it keeps its place.
+            seq = self.conversations.next_seq(route.conversation, source.identity)
+            recipe, input_ref, options = CHAT_RECIPE, None, {"priority": "interactive", "turn": TurnRef(
+                conversation=route.conversation, seq=seq, name=route.turn)}
+        elif route.kind != "upload":
+            try:
+                recipe, input_ref, params, options = self._read_spec(source, tenant)
+            except (InvalidSpec, InvalidWebhook, OutsideTenant) as exc:
+                return self._failed(source, job_id, tenant, exc, claimed=True)
+            except ClientError as exc:
+                if not is_not_found(exc):
+                    raise
+                return self._failed(source, job_id, tenant, InputMissing(f"the job spec {source.key!r} is gone"),
+                                    claimed=True)
+        # No queued_at: the runner then reads the stored manifest (the job may have finished).
+        spec = JobSpec(job_id=job_id, recipe=recipe, source=source, input=input_ref, params=params, tenant=tenant,
+                       **options)
+        self.claims.for_tenant(tenant).take(job_id, source.identity)
+        enqueue_job(self.broker, self.settings, spec)
+        log.warning("requeued job %s (%s): the broker had lost its message", job_id, recipe)
+        return Outcome(source.key, "enqueued", job_id, reason="requeued")
+
+    def _read_spec(self, ref: ObjectRef, tenant: str | None = None
+                   ) -> tuple[str, ObjectRef | None, dict[str, Any], dict[str, Any]]:
+        """(recipe, input, params, options: ``time_limit_s``, ``hard_time_limit``, ``webhook``,
+        ``priority``, ``replay_of``). A tenant's spec may only name an input of its own."""
         if ref.size is not None and ref.size > MAX_SPEC_BYTES:
             raise InvalidSpec(f"job spec is {ref.size} bytes; the limit is {MAX_SPEC_BYTES}")
         body = self.bucket.s3.get_object(Bucket=ref.bucket, Key=ref.key)["Body"].read(MAX_SPEC_BYTES + 1)
@@ -146,6 +206,11 @@ class Handler:
         if (input_key := doc.get("input")) is not None:
             if not isinstance(input_key, str) or unsafe_key(input_key):
                 raise InvalidSpec('"input" must be a key in the bucket')
+            layout = self.bucket.layout.for_tenant(tenant)
+            if not layout.owns(input_key):
+                whose = f"tenant {tenant!r}" if tenant else "the default tenant"
+                where = f"under {layout.space}" if tenant else f"outside {layout.tenants}"
+                raise OutsideTenant(f'"input" {input_key!r} is not a key of {whose}: a job may only read keys {where}')
             input_ref = ObjectRef(bucket=ref.bucket, key=input_key)
         time_limit_s = doc.get("time_limit_s")
         if time_limit_s is not None and (not isinstance(time_limit_s, int) or time_limit_s < 1):
@@ -156,15 +221,24 @@ class Handler:
         webhook = None
         if doc.get("webhook") is not None:
             webhook = WebhookTarget.parse(doc["webhook"], doc.get("webhook_events"), InvalidWebhook)
-        return recipe, input_ref, params, {"time_limit_s": time_limit_s, "hard_time_limit": hard, "webhook": webhook}
+        priority = doc.get("priority", "interactive")
+        if priority not in ("interactive", "bulk"):
+            raise InvalidSpec('"priority" must be "interactive" or "bulk"')
+        replay_of = doc.get("replay_of")
+        if replay_of is not None and (not isinstance(replay_of, str) or not is_job_id(replay_of)):
+            raise InvalidSpec('"replay_of" must be a job id')
+        return recipe, input_ref, params, {"time_limit_s": time_limit_s, "hard_time_limit": hard, "webhook": webhook,
+                                           "priority": priority, "replay_of": replay_of}
 
     # -- the common path ------------------------------------------------------------------
 
     def _submit(self, source: ObjectRef, recipe: str, *, input_ref: ObjectRef | None,
                 params: dict[str, Any], preferred_id: str | None,
                 time_limit_s: int | None = None, hard_time_limit: bool = False, recent: bool = False,
-                webhook: WebhookTarget | None = None, turn: TurnRef | None = None) -> Outcome:
-        claims, identity = self.claims, source.identity
+                webhook: WebhookTarget | None = None, priority: Priority = "interactive",
+                tenant: str | None = None, replay_of: str | None = None,
+                turn: TurnRef | None = None) -> Outcome:
+        claims, identity, bucket = self.claims.for_tenant(tenant), source.identity, self.bucket.for_tenant(tenant)
         job_id = preferred_id if preferred_id and claims.claim(preferred_id, identity) else None
         if preferred_id and job_id is None and claims.holder(preferred_id) == identity:
             return Outcome(source.key, "duplicate", preferred_id)
@@ -177,23 +251,52 @@ class Handler:
         # A fresh claim on an object created within the claim TTL means no earlier job for this
         # content exists (any earlier one would still hold its claim): skip the manifest GET.
         # Older objects (sweeps, late redeliveries) may have had a claim that expired.
-        existing = None if recent else self.bucket.read_manifest(job_id)
+        existing = None if recent else bucket.read_manifest(job_id)
         if existing and existing.finished_for(source):
             return Outcome(source.key, "duplicate", job_id, reason="already finished")
+        queued_at = time.time()
         spec = JobSpec(job_id=job_id, recipe=recipe, source=source, input=input_ref, params=params,
-                       time_limit_s=time_limit_s, hard_time_limit=hard_time_limit, webhook=webhook, turn=turn)
+                       time_limit_s=time_limit_s, hard_time_limit=hard_time_limit, webhook=webhook,
+                       priority=priority, tenant=tenant, replay_of=replay_of, queued_at=queued_at, turn=turn)
+        if tenant is not None:
+            limits = self.tenants.limits(self.settings, tenant)
+            try:
+                self.quotas.admit(tenant, job_id, recipe=recipe, limits=limits,
+                                  size=self._input_size(spec) if limits.input_bytes_per_day else 0)
+            except QuotaExceeded as exc:
+                log.warning("job %s of tenant %s refused: %s", job_id, tenant, exc)
+                return self._failed(source, job_id, tenant, exc, recipe=recipe, claimed=True)
+        queued = Manifest(job_id=job_id, status="queued", recipe=recipe, params=params, inputs=spec.inputs,
+                          timings={"queued_at": queued_at}, tenant=tenant, replay_of=replay_of,
+                          turn=TurnInfo(**turn.model_dump()) if turn else None)
         try:
-            self.bucket.write_manifest(Manifest(
-                job_id=job_id, status="queued", recipe=recipe, params=params, inputs=spec.inputs,
-                timings={"queued_at": time.time()}, turn=TurnInfo(**turn.model_dump()) if turn else None,
-            ))
+            # The manifest and its job index entry side by side: one round trip, not two.
+            indexed = self._io.submit(bucket.index_manifest, queued.model_copy())
+            try:
+                bucket.write_manifest(queued, index=False)
+            finally:
+                wait([indexed])
+            indexed.result()
             enqueue_job(self.broker, self.settings, spec)
         except Exception:
-            # Let the transport redeliver: the claim must not block the retry.
+            # Let the transport redeliver: the claim (and the quota slot) must not block the retry.
             claims.delete(job_id)
+            if tenant is not None:
+                self.quotas.release(tenant, job_id)
             raise
         log.info("enqueued job %s (%s) for %s", job_id, recipe, source.key)
         return Outcome(source.key, "enqueued", job_id)
+
+    def _input_size(self, spec: JobSpec) -> int:
+        """The input's bytes, for the input_bytes_per_day quota (a HEAD only for a spec's input)."""
+        if spec.input is None:
+            return 0
+        if spec.input.size is not None:
+            return spec.input.size
+        try:
+            return int(self.bucket.s3.head_object(Bucket=spec.input.bucket, Key=spec.input.key)["ContentLength"])
+        except Exception:  # noqa: BLE001 - a missing input fails in the runner, with its own code
+            return 0
 
     def _recent(self, record: S3Record) -> bool:
         """Whether the event says the object was created well within the claim TTL."""

@@ -13,6 +13,7 @@ Routes (``bucketbrush serve-functions``, port 8080 in the compose file):
 - ``GET /manifest-url?job_id=JOB``: a fresh presigned GET for the job's manifest, plus one per
   output once it succeeded (token).
 - ``GET /health``: broker and bucket reachability, runner heartbeats, queue depths.
+- ``GET /metrics``: Prometheus metrics (handler outcomes, store requests; bucketbrush/metrics.py).
 - ``GET /`` (the studio page), ``GET /recipes`` and ``/studio/...``: see ``functions.studio_api``.
 
 A 2xx means every record was handled (enqueued, or a duplicate/ignored/rejected outcome) and
@@ -34,14 +35,15 @@ from typing import Any
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from bucketbrush import metrics
 from bucketbrush.errors import BucketbrushError, JobError
 from bucketbrush.layout import unsafe_key
 from bucketbrush.presign import ParamsValidator, presign_upload
 from bucketbrush.settings import Settings
-from bucketbrush.status import queue_depths, runner_heartbeats
+from bucketbrush.status import job_queue_depths, runner_heartbeats
 from bucketbrush.store import Bucket
 from functions.events import InvalidEvent, S3Record, parse_records
 from functions.handler import Handler
@@ -233,6 +235,10 @@ class FunctionsApp:
             log.exception("presign failed")
             raise HttpError(503, f"could not presign: {type(exc).__name__}") from exc
 
+    async def metrics(self, request: Request) -> Response:
+        """Prometheus metrics (no token: counts only, no keys nor job ids; bucketbrush/metrics.py)."""
+        return Response(metrics.exposition(), media_type=metrics.CONTENT_TYPE_LATEST)
+
     async def health(self, request: Request) -> JSONResponse:
         """200 when both the broker and the bucket answer, 503 otherwise (no token needed)."""
         s = self.settings
@@ -246,8 +252,8 @@ class FunctionsApp:
             "runners": [],
         }
         if broker_ok:
-            ok, _, depths = await _probe(lambda: queue_depths(self.handler.broker, s.queue_name, s.broker_namespace))
-            report["queue"] = {"name": s.queue_name, **depths} if ok else None
+            ok, _, depths = await _probe(lambda: job_queue_depths(self.handler.broker, s))
+            report["queue"] = {"name": s.queue_name, **depths[0]} if ok else None
         if bucket_ok:
             ok, _, runners = await _probe(lambda: runner_heartbeats(self.bucket))
             report["runners"] = runners if ok else []
@@ -282,6 +288,7 @@ def create_app(settings: Settings, handler: Handler | None = None, bucket: Bucke
         Route("/presign", api.presign, methods=["POST"]),
         Route("/manifest-url", api.manifest_url, methods=["GET"]),
         Route("/health", api.health, methods=["GET"]),
+        Route("/metrics", api.metrics, methods=["GET"]),
     ])
     app.state.functions = api
     # The studio page and its API (imported here: functions.studio_api builds on this module).

@@ -7,8 +7,9 @@ have arrived (``grace_s``) but whose job has no manifest is fed to the handler a
 exactly as an event would be. The handler's Redis claim makes this safe while real events for
 the same objects arrive concurrently, and with several sweepers running at once.
 
-Jobs whose runner died are the reaper's (``functions/reaper.py``); ``reconcile`` runs both,
-as ``bucketbrush sweep`` and the event source's periodic sweep do.
+Jobs whose runner died are the reaper's (``functions/reaper.py``), jobs whose broker message
+was lost (Redis restarted empty) ``functions/requeue.py``'s; ``reconcile`` runs all three, as
+``bucketbrush sweep`` and the event source's periodic sweep do.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from bucketbrush.store import Bucket
 from functions.events import S3Record
 from functions.handler import Handler, Outcome
 from functions.reaper import TIMEOUT_MARGIN_S, fail_dead_running
+from functions.requeue import requeue_lost
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +60,7 @@ class SweepReport:
     rejected: int = 0  # the handler refused it (bad key, bad spec)
     ignored: int = 0  # the handler ignored it
     timed_out: int = 0  # running manifests past their deadline, now failed
+    requeued: int = 0  # queued or dead-runner jobs whose broker message was lost, enqueued again
     pruned: int = 0  # heartbeats of runners / event sources gone for over heartbeat_expire_s, deleted
     outcomes: list[Outcome] = field(default_factory=list)  # handler outcomes, one per object fed
     seconds: float = 0.0
@@ -92,6 +95,11 @@ def reconcile(settings: Settings, bucket: Bucket, handler: Handler, *, grace_s: 
     report = sweep(settings, bucket, handler, grace_s=grace_s, now=now, manifests=manifests)
     report.timed_out = fail_dead_running(settings, bucket, manifests, now=now, margin_s=timeout_margin_s,
                                          lookback_s=running_lookback_s)
+    # After the reaper: a job it just failed is final and stays so.
+    requeued = requeue_lost(settings, bucket, handler, manifests, now=now, grace_s=grace_s,
+                            lookback_s=running_lookback_s)
+    report.outcomes += requeued
+    report.requeued = sum(o.action == "enqueued" for o in requeued)
     report.pruned = len(prune_heartbeats(bucket, now=now))
     report.seconds = time.monotonic() - started
     return report
@@ -108,7 +116,7 @@ def run_periodic(settings: Settings, handler: Handler, stop: threading.Event, *,
         except (ClientError, BotoCoreError, RedisError, OSError):
             log.exception("sweep failed; next try in %.0fs", interval_s)
             continue
-        level = logging.INFO if report.enqueued or report.timed_out else logging.DEBUG
+        level = logging.INFO if report.enqueued or report.timed_out or report.requeued else logging.DEBUG
         log.log(level, "sweep: %s", report.summary())
 
 

@@ -133,8 +133,9 @@ class TurnRunner:
         self.conversations = Conversations(self.bucket, broker.client)
 
     def run(self, spec: JobSpec, *, message: dramatiq.Message | None = None, attempt: int = 1,
-            last_attempt: bool = True) -> Manifest | None:
-        """Run the turn, or put it back in the queue (None) while an earlier one is not final."""
+            last_attempt: bool = True, **run_options: Any) -> Manifest | None:
+        """Run the turn, or put it back in the queue (None) while an earlier one is not final.
+        ``run_options`` go to ``JobRunner.run`` (the delivery, the runner deaths counted)."""
         turn = spec.turn
         assert turn is not None
         existing = self.bucket.read_manifest(spec.job_id)
@@ -161,7 +162,8 @@ class TurnRunner:
             return self._prepare(spec, manifest, doc, deferred, warnings)
 
         try:
-            manifest = self.runner.run(spec, attempt=attempt, last_attempt=last_attempt, prepare=prepare)
+            manifest = self.runner.run(spec, attempt=attempt, last_attempt=last_attempt, prepare=prepare,
+                                       **run_options)
         except BucketbrushError:
             failed = self.bucket.read_manifest(spec.job_id)
             if failed is not None and failed.is_final and failed.turn is not None:

@@ -1,8 +1,9 @@
 """Progress writes and cancel checks for a running job, off the denoising thread.
 
 A step callback must cost nothing next to a step: it only records the progress and reads a
-flag. This thread does the S3 calls, at most once per interval: it rewrites the manifest when
-the progress moved and looks for ``cancel/<job_id>``.
+flag. This thread does the S3 calls, at most once per interval: it writes the ``running``
+manifest at its first check (a job shorter than one interval never has one), rewrites the
+manifest when the progress moved, and looks for ``cancel/<job_id>``.
 """
 
 from __future__ import annotations
@@ -50,17 +51,23 @@ class JobMonitor:
 
     def _loop(self) -> None:
         cancel_key = self.bucket.cancel_key(self.manifest.job_id)
+        running_written = False
         while not self._stop.wait(self.interval_s):
             try:
                 if not self.cancel_requested.is_set() and self.bucket.exists(cancel_key):
                     self.cancel_requested.set()
                 progress = self.manifest.progress
                 # The last step is left to the final manifest.
-                if progress != self._written and progress.step < progress.total:
+                moved = progress != self._written and progress.step < progress.total
+                # Still running at the first check: the job earns its running manifest (and
+                # index entry) now; a shorter one goes from queued to its final manifest.
+                if moved or not running_written:
                     written = self.manifest.model_copy(update={"progress": progress})
                     self.bucket.write_manifest(written)
-                    self._written = progress
-                    if self.on_write:
-                        self.on_write(written)
+                    running_written = True
+                    if moved:
+                        self._written = progress
+                        if self.on_write:
+                            self.on_write(written)
             except (ClientError, BotoCoreError) as exc:
                 log.warning("job %s: progress/cancel check failed: %s", self.manifest.job_id, exc)

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import platform
 import socket
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 from dramatiq.middleware import TimeLimitExceeded
 
-from bucketbrush import __version__
+from bucketbrush import __version__, metrics
 from bucketbrush.conversations import CHAT_RECIPE
 from bucketbrush.credentials import xmp_packet
 from bucketbrush.errors import (
@@ -25,6 +27,8 @@ from bucketbrush.errors import (
     InvalidWebhook,
     JobCancelled,
     JobError,
+    OutsideTenant,
+    RunnerDied,
     TimedOut,
     TransientError,
 )
@@ -32,7 +36,7 @@ from bucketbrush.jobs import JobSpec, ObjectRef, WebhookTarget, json_object
 from bucketbrush.layout import NotAnInput
 from bucketbrush.manifest import ErrorInfo, Manifest, Output, Progress, TurnInfo
 from bucketbrush.settings import Settings
-from bucketbrush.store import Bucket, is_not_found
+from bucketbrush.store import Bucket, RequestCounter, is_not_found
 from gpu_runner.images import decode_image, encode_image
 from gpu_runner.isolation import run_isolated
 from gpu_runner.monitor import JobMonitor
@@ -41,6 +45,8 @@ from gpu_runner.recipes import MODEL_CACHE_RECIPES, check_params, get_recipe
 from gpu_runner.recipes.base import JobContext, Recipe, RecipeParams, RecipeResult
 
 if TYPE_CHECKING:
+    from bucketbrush.claims import Claims
+    from bucketbrush.quotas import Quotas
     from bucketbrush.webhooks import Event, Notifier
     from gpu_runner.pipelines import ModelCache
 
@@ -80,8 +86,18 @@ def runner_info(settings: Settings) -> dict[str, Any]:
 class JobRunner:
     """Executes job specs against the bucket. One instance per worker process."""
 
-    def __init__(self, bucket: Bucket, models: ModelCache | None = None, notifier: Notifier | None = None) -> None:
+    def __init__(self, bucket: Bucket, models: ModelCache | None = None, notifier: Notifier | None = None,
+                 claims: Claims | None = None, requests: RequestCounter | None = None,
+                 quotas: Quotas | None = None) -> None:
         self.bucket = bucket
+        # Counts the S3 requests of ``bucket``'s client, for the per-job metric.
+        self.requests = requests
+        # Done markers in Redis (None: every delivery reads the stored manifest first).
+        self.claims = claims
+        # Tenants' counters: a job's end frees its max_concurrent slot (None: no tenants' limits).
+        self.quotas = quotas
+        # The cancel check overlaps the input's read.
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="job-io")
         # Enqueues webhook deliveries (bucketbrush/webhooks.py); None: no webhooks.
         self.notifier = notifier
         self.settings = bucket.settings
@@ -95,34 +111,90 @@ class JobRunner:
         self.stats: dict[str, Any] = {"jobs_done": 0, "jobs_failed": 0, "current_job": None}
 
     def run(self, spec: JobSpec, *, attempt: int = 1, last_attempt: bool = True,
+            delivery: str | None = None, interrupted: int = 0,
             prepare: Callable[[Manifest], JobSpec] | None = None) -> Manifest:
         """Run ``spec`` once. JobErrors end in a failed manifest and are re-raised (never
         retried); other errors (the store's, or unexpected ones: ``internal_error``) leave the
         job queued for a retry, or failed on the last one. Either way the outputs written
-        before the failure are removed.
+        before the failure are removed. A tenant's job reads and writes only under its
+        tenant's prefix. ``delivery``: the id of the message that carries it (for the done marker).
+        ``interrupted``: runs of this job whose runner died in them (bucketbrush/runlocks.py);
+        at ``max_runner_deaths`` the job fails with ``runner_died`` instead of running.
 
-        ``prepare`` (a chat turn, gpu_runner/conversation.py) runs once the job is ``running``
-        and returns the spec to run instead (its recipe, params and input); its errors fail the
-        job like the recipe's. A spec whose recipe is ``chat`` renders nothing."""
-        existing = self.bucket.read_manifest(spec.job_id)
+        ``prepare`` (a chat turn, gpu_runner/conversation.py) runs once the job has started and
+        returns the spec to run instead (its recipe, params and input); its errors fail the job
+        like the recipe's. A spec whose recipe is ``chat`` renders nothing."""
+        if spec.tenant is not None and self.bucket.tenant != spec.tenant:
+            tenant_runner = copy.copy(self)  # shares stats, models, notifier, claims and counters
+            tenant_runner.bucket = self.bucket.for_tenant(spec.tenant)
+            return tenant_runner.run(spec, attempt=attempt, last_attempt=last_attempt, delivery=delivery,
+                                     interrupted=interrupted, prepare=prepare)
+        if self.requests:
+            self.requests.take()  # from here on, this job's requests
+        # A run after a runner died in the job reads the manifest: that runner may have
+        # finished it and died before its ack.
+        existing = self._stored(spec, attempt, delivery if not interrupted else None)
         if existing and existing.finished_for(spec.source):
             log.info("job %s already %s; skipping duplicate delivery", spec.job_id, existing.status)
+            self._observe(spec, "skipped", {})
+            if spec.tenant is not None and self.quotas is not None:
+                self.quotas.release(spec.tenant, spec.job_id)
             return existing
+        if existing:
+            timings = dict(existing.timings)
+        else:
+            timings = {"queued_at": spec.queued_at} if spec.queued_at else {}
         manifest = Manifest(
             job_id=spec.job_id, status="running", recipe=spec.recipe, params=spec.params,
-            inputs=spec.inputs,
-            timings=dict(existing.timings) if existing else {},
-            runner=self.info, attempts=attempt,
-            turn=TurnInfo(**spec.turn.model_dump()) if spec.turn else None,
+            inputs=spec.inputs, timings=timings, runner=self.info, attempts=attempt,
+            tenant=spec.tenant, replay_of=spec.replay_of,
+            interrupted=interrupted, turn=TurnInfo(**spec.turn.model_dump()) if spec.turn else None,
         )
         manifest.timings["started_at"] = time.time()
         if spec.enqueued_at:
             manifest.timings["queue_wait_s"] = manifest.timings["started_at"] - spec.enqueued_at
         self.stats["current_job"] = spec.job_id
         try:
-            return self._run(spec, manifest, last_attempt, prepare)
+            result = self._run(spec, manifest, last_attempt, prepare)
+        except JobError:
+            self._mark_done(spec, delivery)
+            raise
+        except BucketbrushError:
+            if last_attempt:
+                self._mark_done(spec, delivery)
+            raise
         finally:
             self.stats["current_job"] = None
+            if manifest.is_final and spec.tenant is not None and self.quotas is not None:
+                self.quotas.release(spec.tenant, spec.job_id)
+            self._observe(spec, manifest.status, manifest.timings)
+        self._mark_done(spec, delivery)
+        return result
+
+    def _observe(self, spec: JobSpec, status: str, timings: dict[str, float]) -> None:
+        """The job's metrics (bucketbrush/metrics.py): never a reason for a job to fail."""
+        try:
+            metrics.observe_job(spec.recipe, status, timings, self.requests.take() if self.requests else {})
+        except Exception:  # noqa: BLE001
+            log.warning("job %s: could not record its metrics", spec.job_id, exc_info=True)
+
+    def _stored(self, spec: JobSpec, attempt: int, delivery: str | None) -> Manifest | None:
+        """The job's stored manifest, when this delivery needs it. The first delivery of a
+        handler's message (it carries the queued manifest's stamp) needs none, unless the same
+        message already finished the job (Dramatiq redelivers, e.g. after a runner died before
+        its ack): the done marker in Redis says so for the price of a Redis GET, not an S3 GET."""
+        fresh = attempt == 1 and spec.queued_at is not None and delivery is not None and self.claims is not None
+        if fresh and self.claims.done_by(spec.job_id) != delivery:
+            return None
+        return self.bucket.read_manifest(spec.job_id)
+
+    def _mark_done(self, spec: JobSpec, delivery: str | None) -> None:
+        if self.claims is None or delivery is None:
+            return
+        try:
+            self.claims.mark_done(spec.job_id, delivery)
+        except Exception:  # noqa: BLE001 - a lost marker costs one S3 read on a redelivery
+            log.warning("job %s: could not record the done marker", spec.job_id, exc_info=True)
 
     def _run(self, spec: JobSpec, manifest: Manifest, last_attempt: bool,
              prepare: Callable[[Manifest], JobSpec] | None = None) -> Manifest:
@@ -132,10 +204,14 @@ class JobRunner:
         # The job's own webhook: from its spec, else from the upload's metadata (below).
         target = spec.webhook
         try:
-            if self.bucket.exists(self.bucket.cancel_key(spec.job_id)):
-                raise JobCancelled("cancelled before it started")
-            self.bucket.write_manifest(manifest)
+            if manifest.interrupted >= self.settings.max_runner_deaths:
+                # A job that kills its runner (memory, a native crash) would kill every next one.
+                raise RunnerDied(
+                    f"the runner died {manifest.interrupted} times while running this job (killed, out of "
+                    f"memory or crashed); it is not run again (max_runner_deaths = {self.settings.max_runner_deaths})")
             if prepare is not None:
+                if self.bucket.exists(self.bucket.cancel_key(spec.job_id)):
+                    raise JobCancelled("cancelled before it started")
                 spec = prepare(manifest)
                 manifest.recipe, manifest.params, manifest.inputs = spec.recipe, spec.params, spec.inputs
                 limit = self.settings.time_limit_s(spec.recipe, spec.time_limit_s)
@@ -188,8 +264,7 @@ class JobRunner:
         the outputs (their keys go to ``written`` as they are written). Also returns the job's
         webhook: ``target``, else the one in the upload's metadata."""
         recipe = get_recipe(spec.recipe, testing=self.settings.test_recipes)
-        image, metadata, parent = (self._load_input(spec.input, recipe.input_kind) if recipe.needs_input
-                                   else (None, {}, None))
+        image, metadata, parent = self._start(spec, recipe)
         if target is None and "webhook" in metadata:
             target = WebhookTarget.parse(metadata["webhook"], metadata.get("webhook-events"), InvalidWebhook)
         self._emit("started", manifest, target)
@@ -209,6 +284,21 @@ class JobRunner:
             manifest.timings["processing_s"] = time.perf_counter() - started
         manifest.outputs = self._write_outputs(spec, result, params, written, parent)
         return result, target
+
+    def _start(self, spec: JobSpec, recipe: Recipe) -> tuple[Any, dict[str, str], Parent | None]:
+        """Look for a cancel request while the input is read and decoded: two round trips,
+        one wait. The running manifest is the monitor's first write (gpu_runner/monitor.py),
+        once the job has run one progress interval: a job shorter than that goes from
+        ``queued`` to its final manifest, one manifest PUT and two index writes fewer."""
+        cancelled = self._io.submit(self.bucket.exists, self.bucket.cancel_key(spec.job_id))
+        try:
+            loaded = (self._load_input(spec.input, recipe.input_kind) if recipe.needs_input
+                      else (None, {}, None))
+        finally:
+            wait([cancelled])
+        if cancelled.result():
+            raise JobCancelled("cancelled before it started")
+        return loaded
 
     def _hard_limit(self, spec: JobSpec, manifest: Manifest) -> bool:
         """Whether to run the recipe in a killable child process (gpu_runner/isolation.py)."""
@@ -320,7 +410,11 @@ class JobRunner:
 
 
 def get_input(bucket: Bucket, ref: ObjectRef) -> dict[str, Any]:
-    """GET an input object, refusing ones over the upload size limit."""
+    """GET an input object, refusing ones over the upload size limit, and keys outside the
+    bucket view's tenant (a tenant's params may name keys: masks, poses)."""
+    if not bucket.layout.owns(ref.key):
+        whose = f"tenant {bucket.tenant!r}" if bucket.tenant else "the default tenant"
+        raise OutsideTenant(f"the key {ref.key!r} is not one of {whose}'s")
     kwargs: dict[str, Any] = {"Bucket": ref.bucket, "Key": ref.key}
     if ref.version_id:
         kwargs["VersionId"] = ref.version_id

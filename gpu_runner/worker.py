@@ -9,9 +9,14 @@ from pathlib import Path
 
 from dramatiq import Worker
 
+from bucketbrush import metrics
 from bucketbrush.broker import build_broker
-from bucketbrush.settings import Settings
-from bucketbrush.store import Bucket
+from bucketbrush.claims import Claims
+from bucketbrush.quotas import Quotas
+from bucketbrush.routing import served_queues
+from bucketbrush.runlocks import RunLocks
+from bucketbrush.settings import Settings, mask_url_password
+from bucketbrush.store import Bucket, RequestCounter
 from bucketbrush.webhooks import Deliverer, Notifier, declare_webhook_actor
 from gpu_runner.actors import declare_actors
 from gpu_runner.conversation import TurnRunner
@@ -32,28 +37,41 @@ def run_worker(settings: Settings, *, ready_file: Path | None = None) -> None:
 
         models = ModelCache.from_settings(settings)
         models.preload(settings.preload_models)
-    runner = JobRunner(bucket, models, Notifier(settings, broker))
+    requests = RequestCounter(settings, on_request=metrics.count_request)
+    requests.attach(bucket.s3)
+    runner = JobRunner(bucket, models, Notifier(settings, broker), claims=Claims(broker.client, settings),
+                       requests=requests, quotas=Quotas(broker.client, settings))
+    metrics_url = None
+    if settings.runner_metrics_port is not None:
+        server = metrics.serve(settings.runner_metrics_port, settings.runner_metrics_host)
+        metrics_url = f"http://{settings.runner_metrics_host}:{server.server_port}/metrics"
+        log.info("runner metrics at %s", metrics_url)
     # The refiner of chat turns, kept for the process (a local model loads on the first turn).
-    declare_actors(broker, settings, runner, TurnRunner(runner, broker, get_refiner(settings=settings)))
+    declare_actors(broker, settings, runner, RunLocks(broker.client, settings),
+                   TurnRunner(runner, broker, get_refiner(settings=settings)))
     # Webhook deliveries: their own actor, queue and threads, so they never hold up a job.
     deliveries = None
     if settings.webhook_worker_threads:
         declare_webhook_actor(broker, settings, Deliverer(settings, bucket, broker.client))
+    queues = [q for q, _ in served_queues(settings, settings.runner_serve)]
+    for queue in queues:  # a runner may start before any job was sent to its queues
+        broker.declare_queue(queue)
     heartbeat = Heartbeat(bucket, runner.stats, interval_s=settings.heartbeat_interval_s, info=runner.info,
-                          loaded_models=lambda: models.loaded if models else [])
+                          loaded_models=lambda: models.loaded if models else [], queues=queues,
+                          metrics_url=metrics_url)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     # What Dramatiq's own CLI does in a worker process; TimeLimit starts its timer thread here.
     broker.emit_after("process_boot")
-    worker = Worker(broker, queues={settings.queue_name}, worker_threads=1, worker_timeout=settings.runner_poll_ms)
+    worker = Worker(broker, queues=set(queues), worker_threads=1, worker_timeout=settings.runner_poll_ms)
     worker.start()
     if settings.webhook_worker_threads:
         deliveries = Worker(broker, queues={settings.webhook_queue_name},
                             worker_threads=settings.webhook_worker_threads, worker_timeout=settings.runner_poll_ms)
         deliveries.start()
     heartbeat.start()
-    log.info("runner consuming queue %r on %s", settings.queue_name, settings.redis_url)
+    log.info("runner consuming queues %s on %s", ", ".join(queues), mask_url_password(settings.redis_url))
     if ready_file:
         ready_file.write_text("ready\n")
     stop.wait()

@@ -21,11 +21,10 @@ from typing import Any
 
 import boto3
 
-from bucketbrush.layout import Layout
 from bucketbrush.settings import Settings
 from bucketbrush.store import s3_client
 from functions.sources.sqs import sqs_client
-from infra.bucket import apply_bucket
+from infra.bucket import apply_bucket, layouts, rule_id
 
 EVENTS = ["s3:ObjectCreated:*"]
 # After this many failed receives a message goes to the dead-letter queue.
@@ -44,8 +43,10 @@ class EventRoute:
 
 
 def notification_prefixes(settings: Settings) -> dict[str, str]:
-    """Notification id -> key prefix: the only folders whose uploads become jobs."""
-    return {f"bucketbrush-{name}": prefix for name, prefix in Layout(settings).input_folders.items()}
+    """Notification id -> key prefix: the only folders whose uploads become jobs (each
+    tenant's too: S3 filters by prefix, and tenants/ alone would announce every output)."""
+    return {rule_id(name, layout): prefix
+            for layout in layouts(settings) for name, prefix in layout.input_folders.items()}
 
 
 def _queue(sqs: Any, name: str, attributes: dict[str, str] | None = None) -> tuple[str, str]:

@@ -9,26 +9,40 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
+from bucketbrush.layout import Layout
 from bucketbrush.settings import Settings
+from bucketbrush.tenants import TenantsFile
+
+
+def layouts(settings: Settings) -> list[Layout]:
+    """The default tenant's layout, then each tenant's in the tenants file: every set of
+    prefixes that needs retention rules and event routes."""
+    root = Layout(settings).root
+    return [root] + [root.for_tenant(name) for name in sorted(TenantsFile.from_settings(settings).all())]
+
+
+def rule_id(name: str, layout: Layout) -> str:
+    """``bucketbrush-<name>``, with ``-<tenant>`` for a tenant's prefixes."""
+    return f"bucketbrush-{name}" + (f"-{layout.tenant}" if layout.tenant else "")
 
 
 def lifecycle_rules(settings: Settings) -> list[dict[str, Any]]:
-    """One expiration rule per prefix with a retention > 0 days."""
+    """One expiration rule per prefix with a retention > 0 days (each tenant's prefixes too)."""
     rules = []
-    for rule_id, prefix, days in (
-        ("bucketbrush-inbox", settings.inbox_prefix, settings.inbox_retention_days),
-        ("bucketbrush-jobs", settings.jobs_prefix, settings.inbox_retention_days),
+    for rule_id_, prefix, days in [rule for layout in layouts(settings) for rule in (
+        (rule_id("inbox", layout), layout.inbox, settings.inbox_retention_days),
+        (rule_id("jobs", layout), layout.jobs, settings.inbox_retention_days),
         # Chat turn files are inputs like job specs (the conversation's manifest and its
         # pictures live under manifests/ and outputs/, on their schedules).
-        ("bucketbrush-conversations", settings.conversations_prefix, settings.inbox_retention_days),
-        ("bucketbrush-outputs", settings.outputs_prefix, settings.outputs_retention_days),
-        ("bucketbrush-manifests", settings.manifests_prefix, settings.manifests_retention_days),
+        (rule_id("conversations", layout), layout.conversations, settings.inbox_retention_days),
+        (rule_id("outputs", layout), layout.outputs, settings.outputs_retention_days),
+        (rule_id("manifests", layout), layout.manifests, settings.manifests_retention_days),
         # The job index (bucketbrush/index.py) goes with the manifests it points at.
-        ("bucketbrush-index", settings.index_prefix, settings.manifests_retention_days),
-    ):
+        (rule_id("index", layout), layout.index, settings.manifests_retention_days),
+    )]:
         if days > 0:
             rule: dict[str, Any] = {
-                "ID": rule_id,
+                "ID": rule_id_,
                 "Filter": {"Prefix": prefix},
                 "Status": "Enabled",
                 "Expiration": {"Days": days},
@@ -36,7 +50,7 @@ def lifecycle_rules(settings: Settings) -> list[dict[str, Any]]:
                 # versions: they expire on the same schedule.
                 "NoncurrentVersionExpiration": {"NoncurrentDays": days},
             }
-            if prefix == settings.inbox_prefix:
+            if prefix.endswith(settings.inbox_prefix):
                 rule["AbortIncompleteMultipartUpload"] = {"DaysAfterInitiation": 1}
             rules.append(rule)
     return rules

@@ -159,6 +159,14 @@ class LocalStack:
                f"elsewhere, add {folder / DEV_CA} as a C2PA trust anchor (c2patool: --trust_anchors); "
                f"never use it in production (docs/content-credentials.md)")
 
+    def start_runner(self, name: str, *args: str, report: Callable[[str], None] = lambda _: None) -> None:
+        """One more runner in the running stack (e.g. ``--serve gpu``); ``down`` stops it too."""
+        state = self.read_state()
+        if not state:
+            raise StackError("the local stack is not running")
+        self._dev_signer(report)  # `up` with no runner made none
+        self._start_child(state, name, ["runner", *args], report)
+
     def _start_redis(self, state: StackState, report: Callable[[str], None], port: int | None = None) -> None:
         url = self.settings.redis_url
         state.broker_namespace = self.settings.broker_namespace
@@ -303,15 +311,9 @@ class LocalStack:
         state.processes.remove(proc)
         self._start_child(state, name, proc.args, lambda _: None)
 
-    def start_runner(self, name: str) -> None:
-        """Start one more runner process (e.g. ``runner-1``) on the running stack."""
-        state = self.read_state()
-        if not state:
-            raise StackError("the local stack is not running")
-        self._start_child(state, name, ["runner"], lambda _: None)
-
     def stop_runner(self, name: str, timeout: float = 60) -> bool:
-        """Stop a runner started with ``start_runner`` (it finishes its job) and forget it."""
+        """Stop a runner started with ``start_runner`` (it finishes its job) and forget it, so
+        the stack still counts as running."""
         state = self.read_state()
         proc = state.process(name) if state else None
         if state is None or proc is None:

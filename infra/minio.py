@@ -31,7 +31,7 @@ from minio.notificationconfig import NotificationConfig, PrefixFilterRule, Queue
 from bucketbrush.errors import BucketbrushError
 from bucketbrush.layout import Layout
 from bucketbrush.settings import Settings
-from infra.bucket import lifecycle_rules
+from infra.bucket import layouts, lifecycle_rules
 
 WEBHOOK_ID = "bucketbrush"
 CREATED_EVENTS = ["s3:ObjectCreated:*"]
@@ -61,9 +61,10 @@ def notification_routes(settings: Settings, arn: str, manifests_arn: str | None 
     route ``manifests/*.json`` to that target (any MinIO target: a subscriber's webhook, Kafka,
     AMQP, NATS...), for event subscribers; never to the functions' own webhook."""
     routes = [
-        QueueConfig(queue=arn, events=list(CREATED_EVENTS), config_id=f"{_CONFIG_ID_PREFIX}{name}",
+        QueueConfig(queue=arn, events=list(CREATED_EVENTS),
+                    config_id=f"{_CONFIG_ID_PREFIX}{name}" + (f"-{layout.tenant}" if layout.tenant else ""),
                     prefix_filter_rule=PrefixFilterRule(prefix))
-        for name, prefix in Layout(settings).input_folders.items()
+        for layout in layouts(settings) for name, prefix in layout.input_folders.items()
     ]
     if manifests_arn:
         if manifests_arn == arn:

@@ -10,10 +10,12 @@ import uuid
 from pathlib import Path
 
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 from bucketbrush.credentials import CredentialsReport, read_credentials, trust_anchors
 from bucketbrush.jobs import ObjectRef, job_id_for
 from bucketbrush.manifest import Manifest, Output
+from bucketbrush.routing import all_queues, redis_key
 from bucketbrush.samples import landscape
 from bucketbrush.settings import Settings
 from bucketbrush.store import Bucket
@@ -46,13 +48,25 @@ def drop(bucket: Bucket, key: str, body: bytes, **kwargs: object) -> str:
 
 def flush_pipeline(bucket: Bucket, timeout: float = 60) -> Manifest:
     """Positive evidence that everything handed to the stack before now has been handled: a
-    canary upload goes through the event source and the runner, which both work in order
-    (one subscription, one runner thread), so any job enqueued before it has run (and any
-    retry of it been scheduled) once the canary's manifest is final."""
+    canary upload goes through the event source (which works in order), so once its manifest
+    is final any event before it has been handled; then every job queue (one per capability
+    and priority, bucketbrush/routing.py) is empty and no runner holds an unacked message, so
+    every job enqueued before it has run (and any retry of it been scheduled: retries wait in
+    the delay queues, ``.DQ``, which are not waited for)."""
+    import redis
+
     key = f"inbox/filter/canary/{uuid.uuid4().hex}.png"
     job_id = drop(bucket, key, png_bytes(landscape(16, 12)), Metadata={"style": "sepia"})
     manifest = wait_final(bucket, job_id, timeout)
     assert manifest.status == "succeeded", manifest.error
+    settings = bucket.settings
+    client = redis.Redis.from_url(settings.redis_url)
+    acks = f"{settings.broker_namespace}:__acks__.*"
+    deadline = time.monotonic() + timeout
+    while (any(client.llen(redis_key(settings, q)) for q in all_queues(settings))
+           or any(client.scard(k) for k in client.scan_iter(acks) if not k.endswith(b".DQ"))):
+        assert time.monotonic() < deadline, "the job queues did not drain"
+        time.sleep(0.05)
     return manifest
 
 
@@ -77,7 +91,7 @@ def delayed_job_ids(settings: Settings) -> set[str]:
     import redis
 
     client = redis.Redis.from_url(settings.redis_url)
-    raw = client.hvals(f"{settings.broker_namespace}:{settings.queue_name}.DQ.msgs")
+    raw = [m for q in all_queues(settings) for m in client.hvals(f"{redis_key(settings, q)}.DQ.msgs")]
     return {json.loads(m)["args"][0]["job_id"] for m in raw}
 
 
@@ -105,3 +119,13 @@ def check_credentials(bucket: Bucket, manifest: Manifest, out: Output, data: byt
         [ingredient] = report.ingredients
         assert ingredient["relationship"] == "parentOf" and len(ingredient["sha256"]) == 64
     return report
+
+
+def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """Every sample of an exposition: (name, sorted labels) -> value."""
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def metric_value(samples: dict, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)

@@ -13,6 +13,7 @@ import redis
 from dramatiq.brokers.stub import StubBroker
 
 from bucketbrush.jobs import JobSpec, ObjectRef, job_id_for
+from bucketbrush.routing import all_queues
 from bucketbrush.settings import Settings
 from bucketbrush.store import Bucket
 from functions.events import S3Record
@@ -39,10 +40,8 @@ def put(bucket: Bucket, key: str, body: bytes) -> S3Record:
 
 
 def messages(broker: StubBroker, settings: Settings) -> list[JobSpec]:
-    """The job specs waiting in the stub broker's queue."""
-    if settings.queue_name not in broker.queues:
-        return []
-    raw = list(broker.queues[settings.queue_name].queue)
+    """The job specs waiting in the stub broker's job queues."""
+    raw = [m for q in all_queues(settings) if q in broker.queues for m in broker.queues[q].queue]
     return [JobSpec.model_validate(dramatiq.Message.decode(m).args[0]) for m in raw]
 
 

@@ -34,7 +34,7 @@ from bucketbrush.presign import PresignedUpload
 from functions.handler import Handler
 from functions.http import create_app
 from gpu_runner.recipes import validate_params
-from tests.helpers import EVENTS, png_bytes, wait_final
+from tests.helpers import EVENTS, metric_samples, metric_value, png_bytes, wait_final
 
 pytestmark = pytest.mark.e2e
 
@@ -444,3 +444,22 @@ def test_presign_over_http_validates_recipe_and_params(client, bucket):
     assert "available: " in client.post("/presign", json={"recipe": "nosuch"}, headers=AUTH).json()["error"]
     assert inbox_count() == before
 
+
+
+def test_metrics_count_handler_outcomes(client, bucket):
+    def scrape() -> dict:
+        response = client.get("/metrics")  # no token needed: counts only
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+        return metric_samples(response.text)
+
+    before = scrape()
+    ref, job_id = upload(bucket, "inbox/filter/http/metrics.png", Metadata={"style": "noir"})
+    for expected in ("enqueued", "duplicate"):
+        response = client.post("/events/s3", json=s3_notification(ref), headers=AUTH)
+        assert response.json()["outcomes"][0]["action"] == expected
+    after = scrape()
+    for outcome in ("enqueued", "duplicate"):
+        grew = (metric_value(after, "bucketbrush_handler_events_total", outcome=outcome)
+                - metric_value(before, "bucketbrush_handler_events_total", outcome=outcome))
+        assert grew == 1, outcome
+    assert wait_final(bucket, job_id).status == "succeeded"

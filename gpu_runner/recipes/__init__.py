@@ -66,7 +66,8 @@ def check_params(recipe: Recipe, params: dict[str, Any]) -> RecipeParams:
         raise InvalidParams(f"invalid params for {recipe.name}: {problems}") from exc
 
 def catalog(*, testing: bool = False) -> list[dict[str, Any]]:
-    """Every recipe as ``{name, description, needs_input, schema}``: ``schema`` is the params
+    """Every recipe as ``{name, description, needs_input, needs, schema}`` (``needs``: cpu, gpu
+    or any, see ``bucketbrush.routing``): ``schema`` is the params
     model's JSON Schema (types, defaults, enums, bounds, descriptions), as pydantic makes it.
     With ``testing``, the recipes that exist for tests only come last."""
     recipes = list(RECIPES.values())
@@ -74,5 +75,5 @@ def catalog(*, testing: bool = False) -> list[dict[str, Any]]:
         from gpu_runner.recipes.testing import TEST_RECIPES
 
         recipes += TEST_RECIPES
-    return [{"name": r.name, "description": r.description, "needs_input": r.needs_input,
+    return [{"name": r.name, "description": r.description, "needs_input": r.needs_input, "needs": r.needs,
              "schema": r.params.model_json_schema()} for r in recipes]

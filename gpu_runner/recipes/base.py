@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
+from bucketbrush.routing import RECIPE_NEEDS
+
 if TYPE_CHECKING:
     from bucketbrush.settings import Settings
     from gpu_runner.pipelines import ModelCache
@@ -129,3 +131,9 @@ class Recipe:
     # What ``run`` gets as its input: a decoded, checked image, or the upload's raw bytes
     # (a recipe that reads another format, e.g. video, checks them itself).
     input_kind: Literal["image", "bytes"] = "image"
+
+    @property
+    def needs(self) -> str:
+        """cpu, gpu or any: declared in ``bucketbrush.routing.RECIPE_NEEDS``, where the handler
+        routes without importing the runner (the ``recipe_capabilities`` setting re-maps it)."""
+        return RECIPE_NEEDS.get(self.name, "any")

@@ -8,10 +8,14 @@ per-recipe time limit (``recipe_time_limits_s``) that leaves ``test-slow`` alone
 ``test-fail-late`` fails while the runner writes its outputs, after the first is in the
 bucket: its last output is a CMYK image, which PNG cannot hold, so the failure comes from
 the encoder itself (an unexpected error, not a JobError), at a known point.
+
+``test-crash`` kills its runner process (``os._exit``), as a job exhausting the machine's
+memory would: the poison job of the fault tests.
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 from PIL import Image
@@ -60,3 +64,15 @@ TEST_RECIPES = (
     Recipe(name="test-fail-late", description="tests only: fails while its outputs are written, after the first",
            params=FailLateParams, run=run_fail_late),
 )
+
+
+class CrashParams(RecipeParams):
+    exit_code: int = Field(default=137, ge=1, le=255, description="the runner process's exit status")
+
+
+def run_crash(ctx: JobContext, image: Image.Image | None, params: CrashParams) -> RecipeResult:
+    os._exit(params.exit_code)  # no cleanup, no final manifest: as the kernel's OOM killer would
+
+
+TEST_RECIPES += (Recipe(name="test-crash", description="tests only: kills the runner process", params=CrashParams,
+                        run=run_crash),)

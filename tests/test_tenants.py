@@ -1,0 +1,198 @@
+"""Tenants on the real local stack: SeaweedFS identities confined to tenants/<t>/, jobs that
+keep to their tenant's prefix, listings scoped to the tenant, keys rotated and removed."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import time
+import uuid
+from typing import Any
+from unittest import mock
+
+import boto3
+import pytest
+import requests
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from bucketbrush.cli import main
+from bucketbrush.jobs import ObjectRef, job_id_for
+from bucketbrush.management import list_jobs
+from bucketbrush.settings import Settings
+from bucketbrush.store import Bucket
+from tests.helpers import png_bytes, wait_final
+
+
+def _client(settings: Settings, creds: dict[str, str]) -> Any:
+    return boto3.client("s3", endpoint_url=settings.s3_endpoint_url, region_name=settings.s3_region,
+                        aws_access_key_id=creds["access_key"], aws_secret_access_key=creds["secret_key"],
+                        config=Config(s3={"addressing_style": "path"}, signature_version="s3v4",
+                                      retries={"max_attempts": 1}))
+
+
+def cli(settings: Settings, *argv: str, code: int = 0) -> str:
+    """``bucketbrush ARGV`` against the test stack (its bucket is no default); its stdout."""
+    out = io.StringIO()
+    with mock.patch.dict(os.environ, {"BUCKETBRUSH_BUCKET": settings.bucket}), contextlib.redirect_stdout(out):
+        assert main(list(argv)) == code
+    return out.getvalue()
+
+
+def add_tenant(settings: Settings, name: str, *extra: str) -> dict[str, str]:
+    return json.loads(cli(settings, "tenants", "add", name, "--json", *extra))
+
+
+def denied(call: Any) -> str:
+    with pytest.raises(ClientError) as info:
+        call()
+    return info.value.response["Error"]["Code"]
+
+
+def wait_usable(s3: Any, settings: Settings, prefix: str, *, usable: bool = True, timeout: float = 15) -> None:
+    """The store applies a changed identity within a moment: wait until the keys list their
+    prefix (``usable``), or until they are refused."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            s3.list_objects_v2(Bucket=settings.bucket, Prefix=prefix)
+            works = True
+        except ClientError as exc:
+            assert exc.response["Error"]["Code"] in ("InvalidAccessKeyId", "AccessDenied"), exc
+            works = False
+        if works == usable:
+            return
+        assert time.monotonic() < deadline, f"the keys {'never' if usable else 'still'} work"
+        time.sleep(0.2)
+
+
+@contextlib.contextmanager
+def tenant(settings: Settings, prefix: str, *extra: str) -> Any:
+    """A new tenant (credentials, an S3 client with them), removed afterwards."""
+    name = f"{prefix}{uuid.uuid4().hex[:6]}"
+    creds = add_tenant(settings, name, *extra)
+    try:
+        creds["s3"] = _client(settings, creds)
+        wait_usable(creds["s3"], settings, creds["prefix"])
+        yield creds
+    finally:
+        cli(settings, "tenants", "remove", name)
+
+
+@pytest.fixture(scope="module")
+def two_tenants(stack: Any, settings: Settings) -> Any:
+    with tenant(settings, "a") as a, tenant(settings, "b") as b:
+        yield {"a": a, "b": b}
+
+
+def test_tenant_credentials_touch_only_their_prefix(two_tenants: dict[str, Any], settings: Settings,
+                                                     bucket: Bucket) -> None:
+    a, b = two_tenants["a"], two_tenants["b"]
+    A, B, name = a["s3"], b["s3"], settings.bucket
+    b_key = f"{b['prefix']}private/secret.png"
+    B.put_object(Bucket=name, Key=b_key, Body=b"b's bytes")
+    shared_key = f"private/{uuid.uuid4().hex}.png"
+    bucket.s3.put_object(Bucket=name, Key=shared_key, Body=b"shared")
+    # Positive control: A works in its own prefix.
+    own = f"{a['prefix']}private/own.png"
+    A.put_object(Bucket=name, Key=own, Body=b"a's bytes")
+    assert A.get_object(Bucket=name, Key=own)["Body"].read() == b"a's bytes"
+    assert [o["Key"] for o in A.list_objects_v2(Bucket=name, Prefix=a["prefix"])["Contents"]] == [own]
+
+    # List, read, write, delete anything of B's (or outside tenants/A/): refused.
+    assert denied(lambda: A.list_objects_v2(Bucket=name, Prefix=b["prefix"])) == "AccessDenied"
+    assert denied(lambda: A.list_objects_v2(Bucket=name)) == "AccessDenied"
+    assert denied(lambda: A.list_objects_v2(Bucket=name, Prefix=settings.tenants_prefix)) == "AccessDenied"
+    assert denied(lambda: A.get_object(Bucket=name, Key=b_key)) == "AccessDenied"
+    assert denied(lambda: A.get_object(Bucket=name, Key=shared_key)) == "AccessDenied"
+    assert denied(lambda: A.head_object(Bucket=name, Key=b_key)) == "403"
+    # ...including a name that merely starts like A's prefix (another tenant's space).
+    for key in (f"{b['prefix']}private/evil.png", "inbox/filter/evil.png", a["prefix"].rstrip("/") + "x/evil"):
+        assert denied(lambda k=key: A.put_object(Bucket=name, Key=k, Body=b"x")) == "AccessDenied"
+    assert denied(lambda: A.delete_object(Bucket=name, Key=b_key)) == "AccessDenied"
+    assert denied(lambda: A.copy_object(Bucket=name, Key=f"{a['prefix']}stolen.png",
+                                        CopySource={"Bucket": name, "Key": b_key})) == "AccessDenied"
+    batch = A.delete_objects(Bucket=name, Delete={"Objects": [{"Key": b_key}]})
+    assert [e["Code"] for e in batch.get("Errors", [])] == ["AccessDenied"]
+
+    # Presigned URLs made with A's keys carry A's rights only.
+    def presigned(method: str, key: str) -> str:
+        return A.generate_presigned_url(method, Params={"Bucket": name, "Key": key}, ExpiresIn=60)
+
+    assert requests.get(presigned("get_object", own), timeout=10).status_code == 200
+    assert requests.get(presigned("get_object", b_key), timeout=10).status_code == 403
+    assert requests.put(presigned("put_object", b_key), data=b"overwritten", timeout=10).status_code == 403
+    assert requests.delete(presigned("delete_object", b_key), timeout=10).status_code == 403
+    post = A.generate_presigned_post(name, f"{b['prefix']}private/posted.png", ExpiresIn=60)
+    posted = requests.post(post["url"], data=post["fields"], files={"file": ("x.png", b"x")}, timeout=10)
+    assert posted.status_code == 403
+
+    # Nothing of B's changed, nothing new appeared under B or the shared layout.
+    assert bucket.s3.get_object(Bucket=name, Key=b_key)["Body"].read() == b"b's bytes"
+    b_keys = [o["Key"] for o in B.list_objects_v2(Bucket=name, Prefix=b["prefix"])["Contents"]]
+    assert b_keys == [b_key]
+    assert not bucket.exists("inbox/filter/evil.png")
+
+
+def test_a_tenants_jobs_stay_in_its_prefix(two_tenants: dict[str, Any], settings: Settings, bucket: Bucket) -> None:
+    a, b = two_tenants["a"], two_tenants["b"]
+    A, B, name = a["s3"], b["s3"], settings.bucket
+    tenant_a = a["tenant"]
+    a_bucket = Bucket(settings.model_copy(update={"tenant": tenant_a}))
+    # A drop-folder upload with A's own keys: the job, its outputs and manifest live under tenants/A/.
+    a_input = f"{a['prefix']}inbox/filter/photo.png"
+    put = A.put_object(Bucket=name, Key=a_input, Body=png_bytes(), Metadata={"style": "noir"})
+    job_id = job_id_for(ObjectRef(bucket=name, key=a_input, etag=put["ETag"].strip('"')))
+    done = wait_final(a_bucket, job_id)
+    assert (done.status, done.tenant) == ("succeeded", tenant_a), done.error
+    assert all(o.key.startswith(f"{a['prefix']}outputs/{job_id}/") for o in done.outputs) and done.outputs
+    # ...and A reads them with its own keys.
+    assert A.get_object(Bucket=name, Key=done.outputs[0].key)["ContentLength"] == done.outputs[0].bytes
+    assert json.loads(A.get_object(Bucket=name, Key=f"{a['prefix']}manifests/{job_id}.json")["Body"].read())[
+        "tenant"] == tenant_a
+    assert bucket.read_manifest(job_id) is None  # not in the default tenant's manifests
+
+    # A job spec of A's whose input names B's key: failed, with a code that says why.
+    b_key = f"{b['prefix']}private/target.png"
+    B.put_object(Bucket=name, Key=b_key, Body=png_bytes())
+    A.put_object(Bucket=name, Key=f"{a['prefix']}jobs/steal.json",
+                 Body=json.dumps({"recipe": "filter", "input": b_key, "params": {"style": "noir"}}).encode())
+    stolen = wait_final(a_bucket, "steal")
+    assert (stolen.status, stolen.error.code if stolen.error else None) == ("failed", "outside_tenant")
+    assert b_key in stolen.error.message and a["prefix"] in stolen.error.message
+    assert not stolen.outputs
+    # The same through the shared layout's key: refused too.
+    A.put_object(Bucket=name, Key=f"{a['prefix']}jobs/shared.json",
+                 Body=json.dumps({"recipe": "filter", "input": "inbox/filter/anything.png"}).encode())
+    assert wait_final(a_bucket, "shared").error.code == "outside_tenant"
+    # A spec of A's naming A's own input runs.
+    A.put_object(Bucket=name, Key=f"{a['prefix']}jobs/mine.json",
+                 Body=json.dumps({"recipe": "filter", "input": a_input, "params": {"style": "sepia"}}).encode())
+    assert wait_final(a_bucket, "mine").status == "succeeded"
+
+    # Listings are scoped: A's jobs list (with A's keys) shows A's jobs only; B's shows none of them.
+    a_scoped = Bucket(settings.model_copy(update={"tenant": tenant_a, "s3_access_key": a["access_key"]}), A)
+    listed = {m.job_id for m in list_jobs(a_scoped, limit=50).jobs}
+    assert {job_id, "steal", "shared", "mine"} <= listed
+    b_scoped = Bucket(settings.model_copy(update={"tenant": b["tenant"]}), B)
+    assert not {m.job_id for m in list_jobs(b_scoped, limit=50).jobs} & listed
+    assert job_id not in {m.job_id for m in list_jobs(bucket, limit=200).jobs}
+
+
+def test_rotate_and_remove(stack: Any, settings: Settings) -> None:
+    tenant = f"r{uuid.uuid4().hex[:6]}"
+    first = add_tenant(settings, tenant)
+    s3 = _client(settings, first)
+    wait_usable(s3, settings, first["prefix"])
+    listed = {t["tenant"]: t for t in json.loads(cli(settings, "tenants", "list", "--json"))}
+    assert listed[tenant]["access_key"] == first["access_key"]
+    second = json.loads(cli(settings, "tenants", "rotate", tenant, "--json"))
+    assert second["access_key"] != first["access_key"]
+    new = _client(settings, second)
+    wait_usable(new, settings, second["prefix"])
+    wait_usable(s3, settings, first["prefix"], usable=False)  # the old keys stop working
+    cli(settings, "tenants", "remove", tenant)
+    wait_usable(new, settings, second["prefix"], usable=False)
+    assert tenant not in {t["tenant"] for t in json.loads(cli(settings, "tenants", "list", "--json"))}
