@@ -36,7 +36,9 @@ from bucketbrush.store import Bucket, is_not_found
 
 SCHEMA_VERSION = 1
 # The recipe name a turn's job has until the runner picks the real one (and keeps when the
-# turn renders nothing: chat, undo). No recipe has this name.
+# turn renders nothing: chat, undo). No recipe has this name, so a turn goes to the ``any``
+# queues (bucketbrush/routing.py): whichever runner is free takes it (one without diffusion
+# models fails a diffusion turn with model_unavailable).
 CHAT_RECIPE = "chat"
 # A failed turn's own picture still counts, unless the failure was about it.
 BAD_PICTURE_CODES = frozenset({"input_missing", "invalid_image", "empty_input", "image_too_large",

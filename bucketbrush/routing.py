@@ -41,9 +41,6 @@ RECIPE_NEEDS: MappingProxyType[str, Capability] = MappingProxyType({
     "remove-bg": "any",  # a small segmentation model: fine on a CPU, faster on a GPU
     "txt2img": "gpu", "img2img": "gpu", "sketch": "gpu", "stylize": "gpu", "inpaint": "gpu",
     "layers": "gpu", "video": "gpu",  # diffusion (video stylizes every frame)
-    # A chat turn (bucketbrush/conversations.py): its recipe is chosen on the runner, from the
-    # message, so any runner takes it (one without diffusion models fails a diffusion turn).
-    "chat": "any",
     # tests only (recipes/testing.py)
     "test-slow": "any", "test-slow-limited": "any", "test-fail-late": "any", "test-crash": "any",
 })
