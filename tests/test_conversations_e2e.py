@@ -278,3 +278,20 @@ def test_an_app_sends_a_turn_through_a_presigned_post(bucket: Bucket, settings: 
     assert manifest.status == "succeeded" and manifest.recipe == "remove-bg"
     assert (manifest.turn.seq, manifest.turn.message, manifest.turn.given) == (1, "remove the background", upload.key)
     assert Conversations(bucket, None).get(conversation).turns[0].job_id == upload.job_id
+
+
+def test_a_conversations_events_are_handled_in_order_on_the_handlers_pool(unit_settings: Settings) -> None:
+    """The handler works on several records at once (``handler_concurrency``), in order per key:
+    a conversation's turns are one key, so they are numbered in the order their events came."""
+    bucket = Bucket(unit_settings)
+    handler = Handler(unit_settings.model_copy(update={"handler_concurrency": 8}), bucket, StubBroker(),
+                      redis.Redis.from_url(unit_settings.redis_url))
+    conversation = new_conversation()
+    records = []
+    for i in range(12):
+        key = f"conversations/{conversation}/t{i:02d}.json"
+        put = bucket.s3.put_object(Bucket=bucket.name, Key=key, Body=json.dumps({"message": str(i)}).encode())
+        records.append(S3Record.created("test", ObjectRef(bucket=bucket.name, key=key, etag=put["ETag"].strip('"'))))
+    outcomes = handler.handle(records)
+    assert [o.action for o in outcomes] == ["enqueued"] * 12
+    assert [bucket.read_manifest(o.job_id).turn.seq for o in outcomes] == list(range(1, 13))
