@@ -100,6 +100,8 @@ def enqueue_job(broker: dramatiq.Broker, settings: Settings, spec: JobSpec) -> d
     the job's priority). Safe to repeat: the runner skips jobs that already finished."""
     spec = spec.model_copy(update={"enqueued_at": time.time()})
     limit_s = settings.time_limit_s(spec.recipe, spec.time_limit_s)
+    if spec.turn is not None:  # a chat turn's recipe is chosen on the runner: allow the longest
+        limit_s = max([limit_s, *settings.recipe_time_limits_s.values()])
     queue = queue_for(settings, spec.recipe, spec.priority, spec.tenant)
     if spec.tenant and settings.tenant_queues:  # where runners find the tenants' queues
         broker.client.sadd(tenant_queues_key(settings), queue)  # type: ignore[attr-defined]

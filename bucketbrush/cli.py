@@ -84,7 +84,7 @@ def cmd_down(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from infra.demo import run_demo
 
-    return run_demo(settings, show=print_manifest)
+    return run_demo(settings, show=print_manifest, show_turn=print_turn)
 
 
 def cmd_infra_apply(settings: Settings, args: argparse.Namespace) -> int:
@@ -114,7 +114,7 @@ def cmd_presign(settings: Settings, args: argparse.Namespace) -> int:
         s3_client(settings, public=True), settings, recipe=args.recipe, filename=args.filename,
         content_type=args.content_type, params=_params(args.param), expires_s=args.expires,
         validate=params_validator(settings),
-        webhook=args.webhook, webhook_events=args.webhook_event or None,
+        webhook=args.webhook, webhook_events=args.webhook_event or None, conversation=args.conversation,
     )
     print(upload.model_dump_json(indent=2))
     return 0
@@ -164,7 +164,7 @@ def print_manifest(manifest: Any, bucket: Any) -> None:
     with presigned GET links."""
     params = json.dumps(manifest.params, separators=(",", ":")) if manifest.params else ""
     print(f"job {manifest.job_id}: {manifest.status} ({manifest.recipe} {params})".replace(" )", ")"))
-    facts = [f"input {manifest.inputs[0].key}"] if manifest.inputs else []
+    facts = [f"{'turn' if manifest.turn else 'input'} {manifest.inputs[0].key}"] if manifest.inputs else []
     if "processing_s" in manifest.timings:
         facts.append(f"processing {manifest.timings['processing_s'] * 1000:.0f} ms")
     if facts:
@@ -441,6 +441,71 @@ def cmd_refine(settings: Settings, args: argparse.Namespace) -> int:
             print(f"  {name}: {value}")
     for warning in result.warnings:
         print(f"  warning: {warning}")
+    return 0
+
+
+def cmd_chat(settings: Settings, args: argparse.Namespace) -> int:
+    from bucketbrush.client import wait_for_manifest
+    from bucketbrush.conversations import send_turn, wait_recorded
+    from bucketbrush.progress import JobProgress
+
+    bucket, _ = _admin(settings)
+    sent = send_turn(bucket, args.message, conversation=args.conversation, image=args.image)
+    print(f"sent {sent.key} -> job {sent.job_id}", file=sys.stderr)
+    with JobProgress(sent.job_id) as progress:
+        manifest = wait_for_manifest(bucket, sent.job_id, timeout=args.timeout, on_update=progress)
+    doc = wait_recorded(bucket, manifest)
+    if args.json:
+        print(manifest.model_dump_json(indent=2))
+        return 0 if manifest.status == "succeeded" else 1
+    print_turn(manifest, doc, bucket)
+    print(f'continue: bucketbrush chat --conversation {sent.conversation} "..."')
+    return 0 if manifest.status == "succeeded" else 1
+
+
+def print_turn(manifest: Any, conversation: Any, bucket: Any) -> None:
+    """A chat turn's final job manifest for people: what the refiner made of the message, the
+    job, and the conversation's current picture."""
+    turn = manifest.turn
+    print(f"conversation {conversation.conversation_id}, turn {turn.seq}: {turn.message!r} -> "
+          f"{turn.intent or 'recipe ' + manifest.recipe} ({turn.refiner or 'no'} refiner)")
+    if turn.prompt:
+        print(f"  refined prompt: {turn.prompt}")
+    if turn.answer:
+        print(f"  answer: {turn.answer}")
+    if turn.input:
+        print(f"  {'back to' if turn.intent == 'undo' else 'on'} picture {turn.input}")
+    print_manifest(manifest, bucket)
+    if conversation.image and conversation.image not in {o.key for o in manifest.outputs}:
+        print(f"  current picture: {conversation.image}\n     {bucket.presigned_get(conversation.image)}")
+
+
+def cmd_conversations(settings: Settings, args: argparse.Namespace) -> int:
+    from bucketbrush import conversations, gallery
+
+    bucket, broker = _admin(settings)
+    if args.action == "list":
+        for conversation in conversations.list_conversations(bucket):
+            print(conversation)
+        return 0
+    if args.action == "deleted":
+        for conversation in gallery.deleted_conversations(bucket):
+            print(conversation)
+        return 0
+    if not args.conversation:
+        raise SystemExit(f"conversations {args.action} needs a CONVERSATION id")
+    if args.action == "show":
+        print(conversations.Conversations(bucket, None).get(args.conversation).model_dump_json(indent=2))
+        return 0
+    if args.action == "delete":
+        keys, done = conversations.delete_conversation(bucket, broker, args.conversation), "deleted"
+    elif args.action == "trash":
+        keys, done = gallery.soft_delete_conversation(bucket, args.conversation), "soft-deleted"
+    else:
+        keys, done = gallery.restore_conversation(bucket, args.conversation), "restored"
+    print(f"{done} conversation {args.conversation}: {_count(len(keys), 'object')}")
+    for key in keys:
+        print(f"  {key}")
     return 0
 
 
@@ -902,6 +967,8 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--webhook", metavar="URL", help="POST this job's events there (signed; see Subscribers)")
     pre.add_argument("--webhook-event", action="append", choices=["started", "progress", "completed"],
                      help="events to send besides completed (repeat)")
+    pre.add_argument("--conversation", help="with recipe chat: the conversation the picture is a turn of "
+                                            "(--param message=...)")
     pre.set_defaults(func=cmd_presign)
     pg = sub.add_parser("presign-get", help="a fresh presigned GET for a job's manifest (and outputs), or for a key")
     pg.add_argument("target", metavar="JOB_ID|KEY")
@@ -1033,6 +1100,19 @@ def build_parser() -> argparse.ArgumentParser:
     sq.add_argument("--ready-file", type=Path)
     sq.set_defaults(func=cmd_events_sqs)
     add_tenant_commands(sub)
+
+    chat = sub.add_parser("chat", help="one chat turn: refine the message, edit the conversation's picture, show it")
+    chat.add_argument("message")
+    chat.add_argument("--conversation", help="continue this conversation (default: start a new one)")
+    chat.add_argument("--image", type=Path, help="a picture for this turn (it becomes the current one)")
+    chat.add_argument("--timeout", type=float, default=600)
+    chat.add_argument("--json", action="store_true", help="print the turn's job manifest")
+    chat.set_defaults(func=cmd_chat)
+    conv = sub.add_parser("conversations", help="conversations: list, show, delete, soft delete, restore")
+    conv.add_argument("action", choices=["list", "show", "delete", "trash", "deleted", "restore"],
+                      help="delete: for good; trash: soft delete (bucket versioning), restore brings it back")
+    conv.add_argument("conversation", nargs="?")
+    conv.set_defaults(func=cmd_conversations)
     return p
 
 

@@ -222,7 +222,8 @@ class FunctionsApp:
             upload = await self._sign(lambda: presign_upload(
                 bucket.public_s3, settings, recipe=doc["recipe"], filename=filename,
                 content_type=content_type, params=params, validate=self.validate,
-                webhook=doc.get("webhook"), webhook_events=doc.get("webhook_events")))
+                webhook=doc.get("webhook"), webhook_events=doc.get("webhook_events"),
+                conversation=doc.get("conversation")))
             return JSONResponse(upload.model_dump(mode="json"))
         except HttpError as exc:
             return _error(request, exc)

@@ -164,7 +164,7 @@ def _recover_inputs(settings: Settings, bucket: Bucket, handler: Handler, manife
         horizon = min(horizon, settings.manifests_retention_days * 86400)
     versioned = _versioned(bucket)
     pending: list[tuple[ObjectRef, float, str | None]] = []
-    for prefix in (bucket.layout.inbox, bucket.layout.jobs):
+    for prefix in bucket.layout.input_folders.values():
         for ref, modified in _latest_objects(bucket, prefix, versioned):
             report.listed += 1
             if modified > now - grace_s:

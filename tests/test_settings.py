@@ -40,6 +40,7 @@ max_runner_deaths
 provider_endpoints provider_tokens provider_timeout_s provider_deadline_s
 handler_concurrency
 tenant_queues
+conversations_prefix conversation_wait_s
 """.split()
 
 
