@@ -80,6 +80,8 @@ class FaultReport:
         outcomes = ", ".join(f"{n} {s}" for s, n in sorted(self.statuses.items()))
         if self.codes:
             outcomes += " (" + ", ".join(f"{c}: {n}" for c, n in sorted(self.codes.items())) + ")"
+        if self.notes:
+            outcomes += f"; {self.notes}"
         return (f"| {self.scenario} | {self.submitted} | {self.final} | {self.lost} | {self.written_twice} "
                 f"| {self.recover_s:.1f} | {outcomes} |")
 
