@@ -25,6 +25,7 @@ FULL = {
     "seaweedfs_restarted": lambda s: scenarios.seaweedfs_restarted(s, n=30, seconds=1),
     "event_source_killed": lambda s: scenarios.event_source_killed(s, n=60),
     "poison_job": lambda s: scenarios.poison_job(s, good=20),
+    "slow_store": lambda s: scenarios.slow_store(s, n=30, latency_s=0.05, cut_every=4),
 }
 QUICK = {
     "runner_kills": lambda s: scenarios.runner_kills(s, n=12, kills=3, seconds=2),
@@ -33,6 +34,7 @@ QUICK = {
     "seaweedfs_restarted": lambda s: scenarios.seaweedfs_restarted(s, n=16),
     "event_source_killed": lambda s: scenarios.event_source_killed(s, n=20),
     "poison_job": lambda s: scenarios.poison_job(s, good=8),
+    "slow_store": lambda s: scenarios.slow_store(s, n=12),
 }
 
 

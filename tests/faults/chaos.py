@@ -294,3 +294,91 @@ def _answers(s3: Any, bucket: str) -> bool:
         return True
     except Exception:  # noqa: BLE001 - anything means "not yet"
         return False
+
+
+class FlakyProxy:
+    """A TCP proxy on loopback in front of a server: adds ``latency_s`` before forwarding each
+    chunk of a reply, and cuts the connection of every ``cut_every``-th request chunk (the
+    client sees its connection closed with no reply). Counts request chunks and cuts."""
+
+    def __init__(self, target_port: int, *, latency_s: float = 0.0, cut_every: int = 0) -> None:
+        import socket
+        import threading
+
+        self.target_port, self.latency_s, self.cut_every = target_port, latency_s, cut_every
+        self.requests = self.cuts = 0
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._stop = threading.Event()
+        threading.Thread(target=self._accept, daemon=True, name="proxy").start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self._stop.set()
+        self._listener.close()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while not self._stop.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=10)
+            except OSError:
+                client.close()
+                continue
+            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+
+    def _pipe(self, src: Any, dst: Any, requests: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if requests:
+                    with self._lock:
+                        self.requests += 1
+                        cut = bool(self.cut_every) and self.requests % self.cut_every == 0
+                        self.cuts += cut
+                    if cut:  # drop both ends before the request reaches the server
+                        break
+                elif self.latency_s:
+                    time.sleep(self.latency_s)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+
+
+@contextmanager
+def proxied_runner(stack: LocalStack, s3_url: str) -> Iterator[procs.Proc]:
+    """The stack's runners stopped, and one runner whose store is ``s3_url`` (a proxy) instead."""
+    import sys
+
+    state = stack.read_state()
+    runners = [p.name for p in state.processes if p.name.startswith("runner-")]
+    for name in runners:
+        stack.stop_process(name)
+    ready = stack.state_dir / "runner-proxied.ready"
+    ready.unlink(missing_ok=True)
+    env = stack._child_env(state) | {"BUCKETBRUSH_S3_ENDPOINT_URL": s3_url}
+    popen, proc = procs.spawn("runner-proxied", [sys.executable, "-m", "bucketbrush.cli", "runner", "--ready-file",
+                                                 str(ready)], stack.logs, env)
+    try:
+        procs.wait_until("runner-proxied", ready.exists, 120, popen, Path(proc.log))
+        yield proc
+    finally:
+        procs.terminate(proc, 30)
+        for name in runners:
+            stack.restart_process(name)
