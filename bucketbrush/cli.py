@@ -574,9 +574,13 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
     registry = _registry(settings)
     if args.action == "list":
         for model_id, spec in registry.items():
+            if getattr(spec, "provider", None):
+                print(f"{model_id:<20} remote {spec.width}x{spec.height} {spec.provider} {spec.remote_model}")
+                continue
             nets = ", ".join(spec.controlnets) or "-"
             print(f"{model_id:<20} {spec.family:<5} {spec.width}x{spec.height} {spec.scheduler:<9} "
-                  f"controlnets: {nets}  {spec.weights.describe()}")
+                  f"controlnets: {nets}  {spec.weights.describe()}"
+                  + (f"  fallback: {spec.fallback.provider}:{spec.fallback.remote_model}" if spec.fallback else ""))
         return 0
     if args.action == "doctor":
         missing = 0

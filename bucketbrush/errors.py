@@ -228,3 +228,11 @@ class QuotaExceeded(JobError):
 
 class UnknownTenant(BucketbrushError):
     code = "unknown_tenant"
+
+
+# Remote inference providers (gpu_runner/providers.py).
+class ProviderError(JobError):
+    """A remote provider refused or failed the job (its own message follows), or did not finish
+    within ``provider_deadline_s`` (still loading the model, rate limited, still running)."""
+
+    code = "provider_error"

@@ -133,7 +133,9 @@ def start_replay(bucket: Bucket, manifests: list[Manifest], *, recipe: str | Non
         new_recipe = recipe or old.recipe
         # The same recipe keeps every resolved param (the seed too), so only the overrides differ.
         params = ({**old.params, **overrides} if new_recipe == old.recipe else dict(overrides))
-        spec: dict[str, Any] = {"recipe": new_recipe, "params": params, "replay_of": old.job_id}
+        # Bulk work: it queues behind interactive jobs on the same runners (bucketbrush/routing.py).
+        spec: dict[str, Any] = {"recipe": new_recipe, "params": params, "replay_of": old.job_id,
+                                "priority": "bulk"}
         if (key := image_input(bucket, old)) is not None:
             spec["input"] = key
         pair.new_job_id = f"{report.replay_id}-{old.job_id}"[:_MAX_JOB_ID]

@@ -74,8 +74,12 @@ def served_capabilities(serve: Iterable[str]) -> list[Capability]:
 
 
 def served_queues(settings: Settings, serve: Iterable[str]) -> list[tuple[str, Priority]]:
-    """(queue, priority) for every queue a runner serving ``serve`` consumes."""
-    return [(queue_name(settings, c, p), p) for c in served_capabilities(serve) for p in PRIORITIES]
+    """(queue, priority) for every queue a runner serving ``serve`` consumes. A runner that
+    serves every capability also drains ``queue_name`` itself, the single queue of earlier
+    versions, so messages sent before an upgrade still run."""
+    caps = served_capabilities(serve)
+    queues = [(queue_name(settings, c, p), p) for c in caps for p in PRIORITIES]
+    return queues + [(settings.queue_name, "bulk")] if len(caps) == len(CAPABILITIES) else queues
 
 
 def all_queues(settings: Settings) -> list[str]:

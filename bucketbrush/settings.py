@@ -300,6 +300,17 @@ class DiffusionSettings(SettingsGroup):
         default=None, description="semantic segmentation model for `remove-bg`; unset: GrabCut fallback")
     segmentation_labels: list[str] = Field(
         default_factory=list, description="labels of segmentation_model that are foreground; empty: automatic")
+    # Remote inference providers (models file entries with `provider`, or `fallback`; docs/scaling.md).
+    provider_endpoints: dict[str, str] = Field(
+        default_factory=dict, description="base URL per provider (hf-inference, openai-images, replicate), "
+                                          "instead of its public API's")
+    provider_tokens: dict[str, SecretStr] = Field(
+        default_factory=dict, description="API token per provider, e.g. {\"hf-inference\": \"hf_...\"}; never "
+                                          "logged nor written to a manifest")
+    provider_timeout_s: float = Field(default=60, gt=0, description="one request to a provider")
+    provider_deadline_s: float = Field(
+        default=300, gt=0, description="one job's whole remote call: retries while the model loads (503), "
+                                       "waits on rate limits (429), polling")
 
 
 class LocalStackSettings(SettingsGroup):

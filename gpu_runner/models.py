@@ -20,6 +20,18 @@ Example ``models.toml``::
 Relative paths are relative to the TOML file. Weights are never downloaded by the runner:
 a ``repo`` must already be in the Hugging Face cache (``hf download REPO`` on a connected
 machine, or a copied ``HF_HOME``), and loading works with ``HF_HUB_OFFLINE=1``.
+
+A model may be served by a remote provider instead (``txt2img`` only; gpu_runner/providers.py)::
+
+    [models.sdxl-hf]
+    provider = "hf-inference"                            # hf-inference | openai-images | replicate
+    remote_model = "stabilityai/stable-diffusion-xl-base-1.0"
+    width = 1024
+    height = 1024
+
+and a local model may fall back to one when its weights are missing or the device runs out of
+memory: ``fallback = "hf-inference:stabilityai/stable-diffusion-xl-base-1.0"`` (provider, a
+colon, the provider's model id).
 """
 
 from __future__ import annotations
@@ -34,11 +46,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from bucketbrush.errors import ConfigError, ModelUnavailable, UnknownModel
+from bucketbrush.errors import ConfigError, InvalidParams, ModelUnavailable, UnknownModel
 
 Family = Literal["sd15", "sd21", "sdxl"]
 ControlKind = Literal["canny", "openpose", "scribble"]
 SchedulerName = Literal["euler_a", "euler", "dpmpp_2m", "dpmpp_2m_karras", "ddim", "unipc", "lcm"]
+Provider = Literal["hf-inference", "openai-images", "replicate"]
 
 DEFAULT_SIDE: Mapping[str, int] = MappingProxyType({"sd15": 512, "sd21": 768, "sdxl": 1024})
 
@@ -101,6 +114,28 @@ class WeightsSource(BaseModel):
         return "files:" + digest.hexdigest()[:16]
 
 
+class RemoteSpec(BaseModel):
+    """A model a remote provider serves: no local weights (gpu_runner/providers.py)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str
+    provider: Provider
+    remote_model: str = Field(min_length=1, description="the provider's model id (replicate: owner/name[:version])")
+    width: int = Field(default=1024, ge=64, multiple_of=8)
+    height: int = Field(default=1024, ge=64, multiple_of=8)
+    description: str = ""
+
+    @classmethod
+    def fallback_for(cls, local_id: str, value: str, width: int, height: int) -> RemoteSpec:
+        """``fallback = "<provider>:<remote model id>"`` of the local model ``local_id``."""
+        provider, sep, remote = value.partition(":")
+        if not sep or not remote:
+            raise ValueError(f'fallback must be "<provider>:<remote model id>", got {value!r}')
+        return cls(id=f"{local_id}@{provider}", provider=provider, remote_model=remote,  # type: ignore[arg-type]
+                   width=width, height=height)
+
+
 class ModelSpec(BaseModel):
     """One entry of the models file."""
 
@@ -116,6 +151,8 @@ class ModelSpec(BaseModel):
     description: str = ""
     # The weights' license (an SPDX id or a URL), recorded in each output's Content Credentials.
     license: str | None = None
+    # Where txt2img runs when the weights are missing or the device is out of memory.
+    fallback: RemoteSpec | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -154,10 +191,10 @@ class ModelReport:
         return all(c.present for c in self.components)
 
 
-class ModelRegistry(Mapping[str, ModelSpec]):
+class ModelRegistry(Mapping[str, "ModelSpec | RemoteSpec"]):
     """A read-only mapping from model id to spec, in file order."""
 
-    def __init__(self, models: Mapping[str, ModelSpec], default: str | None = None) -> None:
+    def __init__(self, models: Mapping[str, ModelSpec | RemoteSpec], default: str | None = None) -> None:
         self._models = MappingProxyType(dict(models))
         if default is not None and default not in self._models:
             raise ConfigError(f"default model {default!r} is not defined; defined: {self._ids()}")
@@ -179,7 +216,7 @@ class ModelRegistry(Mapping[str, ModelSpec]):
                 raise ConfigError(f"{path}: [models.{model_id}]: {exc}") from exc
         return cls(models, doc.get("default"))
 
-    def __getitem__(self, model_id: str) -> ModelSpec:
+    def __getitem__(self, model_id: str) -> ModelSpec | RemoteSpec:
         return self._models[model_id]
 
     def __iter__(self) -> Iterator[str]:
@@ -192,7 +229,16 @@ class ModelRegistry(Mapping[str, ModelSpec]):
         return ", ".join(self._models) or "(none)"
 
     def get_model(self, model_id: str | None) -> ModelSpec:
-        """The spec for ``model_id`` (None: the default); UnknownModel lists the valid ids."""
+        """The local model ``model_id`` (None: the default); UnknownModel lists the valid ids,
+        InvalidParams says when the id names a remote model (only txt2img runs those)."""
+        spec = self.get_any(model_id)
+        if isinstance(spec, RemoteSpec):
+            raise InvalidParams(f"model {spec.id!r} is served remotely ({spec.provider}); only txt2img runs "
+                                f"remote models: choose a local one")
+        return spec
+
+    def get_any(self, model_id: str | None) -> ModelSpec | RemoteSpec:
+        """The spec for ``model_id``, local or remote (None: the default)."""
         if model_id is None:
             if self.default is None:
                 raise ModelUnavailable("no models are configured; add one to the models file")
@@ -206,6 +252,10 @@ class ModelRegistry(Mapping[str, ModelSpec]):
         """Per model: which weights are present on this machine, and how to supply the rest."""
         reports = []
         for spec in self._models.values():
+            if isinstance(spec, RemoteSpec):
+                reports.append(ModelReport(spec.id, spec.provider, [
+                    ComponentReport("remote", f"{spec.provider} {spec.remote_model}", True)]))
+                continue
             parts = [("weights", spec.weights)] + [(f"controlnet {k}", s) for k, s in spec.controlnets.items()]
             components = []
             for name, source in parts:
@@ -230,9 +280,18 @@ def _source(value: Any, base: Path) -> WeightsSource:
     return source
 
 
-def _parse_entry(model_id: str, entry: dict[str, Any], base: Path) -> ModelSpec:
+def _parse_entry(model_id: str, entry: dict[str, Any], base: Path) -> ModelSpec | RemoteSpec:
+    if "provider" in entry:
+        return RemoteSpec.model_validate({"id": model_id, **entry})
+    fallback = entry.pop("fallback", None)
     weights = {k: entry.pop(k) for k in ("path", "repo", "revision", "variant") if k in entry}
     controlnets = {kind: _source(v, base) for kind, v in (entry.pop("controlnets", None) or {}).items()}
-    return ModelSpec.model_validate(
+    spec = ModelSpec.model_validate(
         {"id": model_id, "weights": _source(weights, base), "controlnets": controlnets, **entry}
     )
+    if fallback is None:
+        return spec
+    if not isinstance(fallback, str):
+        raise ValueError('fallback must be "<provider>:<remote model id>"')
+    remote = RemoteSpec.fallback_for(model_id, fallback, spec.width, spec.height)
+    return spec.model_copy(update={"fallback": remote})

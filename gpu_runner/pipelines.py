@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 from bucketbrush.errors import OutOfMemory
 from gpu_runner.devices import RuntimeOptions, resolve_device, resolve_dtype
-from gpu_runner.models import ModelRegistry, ModelSpec
+from gpu_runner.models import ModelRegistry, ModelSpec, RemoteSpec
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +88,11 @@ class ModelCache:
         return sum(m.nbytes for m in self._models.values())
 
     def preload(self, model_ids: Iterable[str]) -> None:
-        """Load base pipelines now (at worker start), so the first job does not wait."""
+        """Load base pipelines now (at worker start), so the first job does not wait. Remote
+        models (a provider's) have nothing to load."""
         for model_id in model_ids:
-            self.model(model_id)
+            if not isinstance(self.registry.get_any(model_id), RemoteSpec):
+                self.model(model_id)
 
     def model(self, model_id: str) -> LoadedModel:
         """The loaded base model ``model_id``, loading it (and evicting others) if needed."""

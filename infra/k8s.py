@@ -34,9 +34,12 @@ SECRET_ENV = {
     "s3-secret-key": "BUCKETBRUSH_S3_SECRET_KEY",
     "redis-url": "BUCKETBRUSH_REDIS_URL",
     "functions-token": "BUCKETBRUSH_FUNCTIONS_TOKEN",
-    "provider-token": "BUCKETBRUSH_PROVIDER_TOKEN",
+    "provider-tokens": "BUCKETBRUSH_PROVIDER_TOKENS",  # JSON: {"hf-inference": "hf_..."}
     "webhook-job-secret": "BUCKETBRUSH_WEBHOOK_JOB_SECRET",
     "refine-openai-key": "BUCKETBRUSH_REFINE_OPENAI_KEY",
+    # Content Credentials (on by default): every runner signs with this identity (PEM text).
+    "c2pa-signing-key": "BUCKETBRUSH_C2PA_SIGNING_KEY",
+    "c2pa-signing-certs": "BUCKETBRUSH_C2PA_SIGNING_CERTS",
 }
 REQUIRED_SECRETS = {"s3-access-key", "s3-secret-key", "redis-url"}
 REDIS_PASSWORD_KEY = "redis-password"  # for KEDA's scaler, when the Redis URL has a password
@@ -242,6 +245,11 @@ def run(settings: Settings, args: argparse.Namespace) -> int:
                    source=args.events, filer=args.filer, max_cpu=args.max_cpu_runners, max_gpu=args.max_gpu_runners)
     for path in write(files, args.out):
         print(f"wrote {path}")
+    loopback = [name for name, url in (("S3 endpoint", settings.s3_endpoint_url), ("Redis", settings.redis_url))
+                if url and urlsplit(url).hostname in ("127.0.0.1", "localhost", "::1")]
+    if loopback:
+        print(f"warning: the {' and '.join(loopback)} settings point at this machine (a local stack's?); "
+              "pods cannot reach it: set BUCKETBRUSH_S3_ENDPOINT_URL / BUCKETBRUSH_REDIS_URL to the cluster's")
     print(f"then: kubectl create secret generic {SECRET} --from-literal=s3-access-key=... "
           "--from-literal=s3-secret-key=... --from-literal=redis-url=... (see docs/scaling.md); "
           f"kubectl apply -f {args.out}")

@@ -164,6 +164,7 @@ class LocalStack:
         state = self.read_state()
         if not state:
             raise StackError("the local stack is not running")
+        self._dev_signer(report)  # `up` with no runner made none
         self._start_child(state, name, ["runner", *args], report)
 
     def _start_redis(self, state: StackState, report: Callable[[str], None], port: int | None = None) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,7 @@ WEBHOOK_TEST_SETTINGS = {
     "webhook_retry_schedule_s": [0.5, 0.5, 0.5],
 }
 # Fixtures that start servers: a test that uses one (directly or through another fixture) is e2e.
-SERVER_FIXTURES = {"stack", "localstack_endpoint", "private_redis", "openai_server", "chaos"}
+SERVER_FIXTURES = {"stack", "localstack_endpoint", "private_redis", "openai_server", "chaos", "provider_server"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -90,27 +91,44 @@ def stack(tmp_path_factory: pytest.TempPathFactory, models_toml: Path, vision_mo
             os.environ["BUCKETBRUSH_STATE_DIR"] = before
 
 
-@pytest.fixture(scope="session")
-def openai_server(tmp_path_factory: pytest.TempPathFactory):
-    """tests/openai_server.py in its own process: an OpenAI-compatible endpoint on loopback.
-    Yields (base URL, key, request log)."""
+@contextmanager
+def http_test_server(module: str, tmp: Path, key: str):
+    """``python -m <module>`` (a stdlib HTTP server of tests/) on loopback; yields (its base
+    URL, its request log)."""
     import subprocess
     import sys
 
-    tmp = tmp_path_factory.mktemp("openai")
-    ready, log, key = tmp / "port", tmp / "requests.jsonl", "test-key"
-    proc = subprocess.Popen([sys.executable, "-m", "tests.openai_server", "--key", key, "--log", str(log),
+    ready, log = tmp / "port", tmp / "requests.jsonl"
+    proc = subprocess.Popen([sys.executable, "-m", module, "--key", key, "--log", str(log),
                              "--ready-file", str(ready)], stdin=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 30
         while not (ready.exists() and ready.read_text()):
-            assert proc.poll() is None, "the OpenAI test server exited"
-            assert time.monotonic() < deadline, "the OpenAI test server did not start"
+            assert proc.poll() is None, f"the test server {module} exited"
+            assert time.monotonic() < deadline, f"the test server {module} did not start"
             time.sleep(0.05)
-        yield f"http://127.0.0.1:{ready.read_text()}/v1", key, log
+        yield f"http://127.0.0.1:{ready.read_text()}", log
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def openai_server(tmp_path_factory: pytest.TempPathFactory):
+    """tests/openai_server.py in its own process: an OpenAI-compatible endpoint on loopback.
+    Yields (base URL, key, request log)."""
+    key = "test-key"
+    with http_test_server("tests.openai_server", tmp_path_factory.mktemp("openai"), key) as (url, log):
+        yield f"{url}/v1", key, log
+
+
+@pytest.fixture(scope="session")
+def provider_server(tmp_path_factory: pytest.TempPathFactory):
+    """tests/provider_server.py in its own process: hf-inference, openai-images and replicate
+    stand-ins on loopback. Yields (base URL, key, request log)."""
+    key = "hf_test_token_do_not_log"
+    with http_test_server("tests.provider_server", tmp_path_factory.mktemp("providers"), key) as (url, log):
+        yield url, key, log
 
 
 @pytest.fixture(scope="session")

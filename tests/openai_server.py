@@ -20,6 +20,7 @@ import argparse
 import json
 import re
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -90,14 +91,15 @@ def make_handler(key: str | None, log: Path | None) -> type[BaseHTTPRequestHandl
     return Handler
 
 
-def main() -> None:
+def main(make: Callable[[str | None, Path | None], type[BaseHTTPRequestHandler]] = make_handler) -> None:
+    """Serve ``make(key, log)``'s handler on loopback (tests/provider_server.py serves its own)."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--key")
     parser.add_argument("--log", type=Path)
     parser.add_argument("--ready-file", type=Path, required=True, help="the port is written here once listening")
     args = parser.parse_args()
-    server = ThreadingHTTPServer(("127.0.0.1", args.port), make_handler(args.key, args.log))
+    server = ThreadingHTTPServer(("127.0.0.1", args.port), make(args.key, args.log))
     args.ready_file.write_text(str(server.server_address[1]))
     server.serve_forever()
 

@@ -21,9 +21,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from bucketbrush.broker import build_broker, enqueue_job
+from bucketbrush.credentials import DEV_CERTS, DEV_KEY, dev_dir
+from bucketbrush.deadletters import list_dead, purge_dead
 from bucketbrush.jobs import JobSpec, ObjectRef
 from bucketbrush.manifest import Manifest, RunnerStatus
 from bucketbrush.settings import Settings
+from bucketbrush.status import status_report
 from bucketbrush.store import Bucket
 from infra.procs import proc_start_time, spawn, terminate, wait_until
 from tests.helpers import png_bytes, wait_final
@@ -31,14 +34,22 @@ from tests.helpers import png_bytes, wait_final
 
 def only_the_three(settings: Settings) -> dict[str, str]:
     """The settings a runner on another machine gets: endpoint, keys, Redis URL (plus the
-    bucket's name, which the test stack does not leave at its default)."""
-    return {
+    bucket's name, which the test stack does not leave at its default). With Content
+    Credentials on (the default) every runner also signs with the same identity: the key and
+    certificate chain as PEM text in the environment (here the stack's development signer's,
+    copied as values, not shared as files)."""
+    env = {
         "BUCKETBRUSH_S3_ENDPOINT_URL": settings.s3_endpoint_url or "",
         "BUCKETBRUSH_S3_ACCESS_KEY": settings.s3_access_key or "",
         "BUCKETBRUSH_S3_SECRET_KEY": settings.s3_secret_key.get_secret_value(),
         "BUCKETBRUSH_REDIS_URL": settings.redis_url,
         "BUCKETBRUSH_BUCKET": settings.bucket,
     }
+    if settings.content_credentials:
+        folder = dev_dir(settings.state_dir)
+        env |= {"BUCKETBRUSH_C2PA_SIGNING_KEY": (folder / DEV_KEY).read_text(),
+                "BUCKETBRUSH_C2PA_SIGNING_CERTS": (folder / DEV_CERTS).read_text()}
+    return env
 
 
 @contextmanager
@@ -113,8 +124,20 @@ def test_interactive_jobs_go_ahead_of_bulk_ones(settings, bucket, tmp_path):
         bulk = [submit(bucket, mine, "test-slow", {"seconds": 0, "steps": 1}, "bulk") for _ in range(3)]
         interactive = submit(bucket, mine, "test-slow", {"seconds": 0, "steps": 1})
         started = {j: wait_final(bucket, j).timings["started_at"] for j in [busy, *bulk, interactive]}
+        # Bad input is dead-lettered in its own queue; the views over every queue find it.
+        bad = submit(bucket, mine, "test-slow", {"seconds": -1}, "bulk")
+        assert wait_final(bucket, bad).error.code == "invalid_params"
+        broker = build_broker(mine)
+        deadline = time.monotonic() + 30
+        while not (letters := list_dead(broker, mine)):
+            assert time.monotonic() < deadline, "the bad job was not dead-lettered"
+            time.sleep(0.05)
     assert started[interactive] < min(started[j] for j in bulk)
     assert started[busy] < started[interactive]
+    assert [(d.job_id, d.queue) for d in letters] == [(bad, f"{prefix}-any-bulk")]
+    report = status_report(Bucket(mine), broker, prune=False)
+    assert report["queues"][f"{prefix}-any-bulk"]["dead_lettered"] == 1 and report["queue"]["dead_lettered"] == 1
+    assert [d.job_id for d in purge_dead(broker, mine)] == [bad] and list_dead(broker, mine) == []
 
 
 def test_a_device_list_that_cannot_be_served_fails_with_the_reason(tmp_path):

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from pydantic import Field
 
+from bucketbrush.errors import ModelUnavailable, OutOfMemory
+from gpu_runner.models import ModelSpec, RemoteSpec
+from gpu_runner.providers import generate_remote
 from gpu_runner.recipes.base import JobContext, Recipe, RecipeResult
 from gpu_runner.recipes.diffusion import DiffusionParams, Generation, generate, model_cache, output_size
 
@@ -13,10 +18,30 @@ class Txt2ImgParams(DiffusionParams):
 
 
 def run(ctx: JobContext, image: None, params: Txt2ImgParams) -> RecipeResult:
-    spec = model_cache(ctx).registry.get_model(params.model)
+    spec = model_cache(ctx).registry.get_any(params.model)
+    if isinstance(spec, RemoteSpec):
+        return generate_remote(ctx, params, spec, recipe="txt2img")
     size = output_size(ctx, params, spec)
     gen = Generation(task="txt2img", prompt=params.prompt, negative_prompt=params.negative_prompt)
-    return generate(ctx, params, spec, size, gen, recipe="txt2img")
+    return with_fallback(lambda: generate(ctx, params, spec, size, gen, recipe="txt2img"),
+                         spec, lambda remote: generate_remote(ctx, params, remote, recipe="txt2img"))
+
+
+def with_fallback(local: Callable[[], RecipeResult], spec: ModelSpec,
+                  remote: Callable[[RemoteSpec], RecipeResult]) -> RecipeResult:
+    """``local()``; when the model has a ``fallback`` and its weights are missing
+    (``model_unavailable``) or the device ran out of memory (``out_of_memory``): the remote
+    provider instead, with a warning saying why."""
+    try:
+        return local()
+    except (ModelUnavailable, OutOfMemory) as exc:
+        if spec.fallback is None:
+            raise
+        reason = exc
+    result = remote(spec.fallback)
+    result.warnings.insert(0, f"ran on {spec.fallback.provider} ({spec.fallback.remote_model}), the fallback of "
+                              f"model {spec.id!r}: {reason.code}: {reason.message}")
+    return result
 
 
 RECIPE = Recipe(
