@@ -46,19 +46,23 @@ FAULT_SETTINGS: dict[str, Any] = {
 @contextmanager
 def fault_stack(state_dir: Path, *, runners: int = 2, **overrides: Any) -> Iterator[LocalStack]:
     """A private stack (own Redis, SeaweedFS, event source, ``runners`` runners), versioned."""
+    # Only while it starts: the tests beside it use the session stack's state dir (its
+    # children get theirs explicitly; clients here take explicit settings).
+    stack = LocalStack(Settings(state_dir=state_dir, **(FAULT_SETTINGS | overrides)))
     before = os.environ.get("BUCKETBRUSH_STATE_DIR")
     os.environ["BUCKETBRUSH_STATE_DIR"] = str(state_dir)
-    stack = LocalStack(Settings(state_dir=state_dir, **(FAULT_SETTINGS | overrides)))
     try:
-        stack.up(runners=runners)
+        try:
+            stack.up(runners=runners)
+        finally:
+            if before is None:
+                os.environ.pop("BUCKETBRUSH_STATE_DIR", None)
+            else:
+                os.environ["BUCKETBRUSH_STATE_DIR"] = before
         enable_versioning(Bucket(stack.settings_for_clients()))
         yield stack
     finally:
         stack.down()
-        if before is None:
-            os.environ.pop("BUCKETBRUSH_STATE_DIR", None)
-        else:
-            os.environ["BUCKETBRUSH_STATE_DIR"] = before
 
 
 @dataclass

@@ -34,6 +34,7 @@ def test_event_source_killed_mid_stream(chaos):
     assert result.lost == 0 and result.statuses == {"succeeded": result.submitted}, result
     assert result.written_twice == 0 and result.evidence["max_runs"] == 1
     assert result.evidence["attempts"] == {1}
+    # A job whose claim the killed source left is recovered by the sweep, not by a replay.
 
 
 def test_slow_cutting_store(chaos):
