@@ -23,12 +23,13 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 import dramatiq
 
 from bench.stack import private_stack
-from bucketbrush.broker import RUN_JOB_ACTOR, build_broker
+from bucketbrush.broker import RUN_JOB_ACTOR, build_broker, enqueue_job
 from bucketbrush.jobs import JobSpec, ObjectRef
 from bucketbrush.routing import all_queues, queue_for, redis_key
 from bucketbrush.settings import Settings
@@ -86,6 +87,47 @@ def bench_store(bucket: Bucket, n: int) -> dict[str, float]:
     return {"s3_get_404": get_rate, "s3_put": n / (time.perf_counter() - started)}
 
 
+def bench_store_ceiling(bucket: Bucket, n: int, threads: int) -> float:
+    """The store's concurrent PUT ceiling: ~600-byte PUTs from ``threads`` threads."""
+    body = b"{" + b" " * 600 + b"}"
+
+    def put(i: int) -> None:
+        bucket.s3.put_object(Bucket=bucket.name, Key=f"manifests/ceiling{i:017d}.json", Body=body,
+                             ContentType="application/json")
+
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(put, range(threads)))  # warm-up: one connection per thread
+        started = time.perf_counter()
+        list(pool.map(put, range(threads, n + threads)))
+    return n / (time.perf_counter() - started)
+
+
+def bench_handler_pool(handler: Handler, settings: Settings, n: int) -> float:
+    """``Handler.submit`` for every record, as the event sources do: the handler's pool."""
+    records = [S3Record.created("bench", ref) for ref in refs(settings.bucket, n, "pool")]
+    started = time.perf_counter()
+    futures = [handler.submit(record) for record in records]
+    wait(futures)
+    elapsed = time.perf_counter() - started
+    assert all(f.result().action == "enqueued" for f in futures)
+    return n / elapsed
+
+
+def bench_redis_only(handler: Handler, settings: Settings, n: int, threads: int) -> float:
+    """The handler's Redis part alone: the claim (SET NX) and the enqueue, from ``threads``."""
+    specs = [JobSpec(job_id=f"redis{threads:03d}{i:016d}", recipe="filter", source=ref, input=ref)
+             for i, ref in enumerate(refs(settings.bucket, n, f"redis{threads}"))]
+
+    def one(spec: JobSpec) -> None:
+        assert handler.claims.claim(spec.job_id, spec.source.identity)
+        enqueue_job(handler.broker, settings, spec)
+
+    with ThreadPoolExecutor(threads) as pool:
+        started = time.perf_counter()
+        list(pool.map(one, specs))
+    return n / (time.perf_counter() - started)
+
+
 def bench_handler(handler: Handler, settings: Settings, n: int) -> float:
     records = [S3Record.created("bench", ref) for ref in refs(settings.bucket, n, "direct")]
     started = time.perf_counter()
@@ -95,7 +137,7 @@ def bench_handler(handler: Handler, settings: Settings, n: int) -> float:
     return n / (time.perf_counter() - started)
 
 
-def bench_http(settings: Settings, env: dict[str, str], n: int, log: Path) -> float:
+def bench_http(settings: Settings, env: dict[str, str], n: int, log: Path) -> dict[str, float]:
     import httpx
 
     token = secrets.token_urlsafe(16)
@@ -126,7 +168,15 @@ def bench_http(settings: Settings, env: dict[str, str], n: int, log: Path) -> fl
             for body in bodies[20:]:
                 response = client.post("/events/s3", content=body)
                 response.raise_for_status()
-            return n / (time.perf_counter() - started)
+            rates = {"http": n / (time.perf_counter() - started)}
+            # Apps and stores post in parallel: 16 clients at once (the host's pool takes them).
+            bodies = [json.dumps({"Records": [S3Record.created("bench", ref).model_dump(mode="json", by_alias=True)]})
+                      for ref in refs(settings.bucket, n, "http16")]
+            with ThreadPoolExecutor(16) as pool:
+                started = time.perf_counter()
+                list(pool.map(lambda body: client.post("/events/s3", content=body).raise_for_status(), bodies))
+            rates["http_16_clients"] = n / (time.perf_counter() - started)
+            return rates
     finally:
         server.terminate()
         server.wait(15)
@@ -147,19 +197,24 @@ def main() -> None:
         handler = Handler(settings, Bucket(settings), broker, broker.client)
         # Warm-up for both: connection pools, the S3 client's first requests.
         [handler.handle([S3Record.created("bench", r)]) for r in refs(settings.bucket, 20, "warm")]
+        threads = settings.handler_concurrency
         rates = {"enqueue": bench_enqueue(broker, settings, args.n),
                  **bench_store(handler.bucket, args.n),
-                 "handler": bench_handler(handler, settings, args.n)}
+                 f"s3_put_{threads}_threads": bench_store_ceiling(handler.bucket, args.n, threads),
+                 "handler": bench_handler(handler, settings, args.n),
+                 "handler_pool": bench_handler_pool(handler, settings, args.n),
+                 "redis_only": bench_redis_only(handler, settings, args.n, 1),
+                 f"redis_only_{threads}_threads": bench_redis_only(handler, settings, args.n, threads)}
         if has_http:
             env = {**os.environ, "BUCKETBRUSH_STATE_DIR": str(stack.state_dir), "BUCKETBRUSH_BUCKET": settings.bucket,
                    "BUCKETBRUSH_S3_ENDPOINT_URL": settings.s3_endpoint_url,
                    "BUCKETBRUSH_S3_ACCESS_KEY": settings.s3_access_key,
                    "BUCKETBRUSH_S3_SECRET_KEY": settings.s3_secret_key.get_secret_value(),
                    "BUCKETBRUSH_REDIS_URL": settings.redis_url}
-            rates["http"] = bench_http(settings, env, args.n, stack.state_dir / "logs" / "http.log")
+            rates.update(bench_http(settings, env, args.n, stack.state_dir / "logs" / "http.log"))
         depth = sum(broker.client.hlen(f"{redis_key(settings, q)}.msgs") for q in all_queues(settings))
-    print(f"### Handler throughput ({args.n} events each, one at a time; SeaweedFS + Redis on loopback)\n")
-    print(f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}; "
+    print(f"### Handler throughput ({args.n} events each; SeaweedFS + Redis on loopback)\n")
+    print(f"Machine: {platform.machine()}, {os.cpu_count()} cores (shared), Python {platform.python_version()}; "
           f"command: `python -m bench.handler_throughput --n {args.n}`; queue depth after: {depth}\n")
     print("| path | what one event costs | events/s | vs raw enqueue |")
     print("|---|---|---:|---:|")
@@ -167,11 +222,23 @@ def main() -> None:
         "enqueue": "`broker.enqueue` of a job message (1 Redis script call)",
         "s3_get_404": "S3 GET of an absent manifest (the handler's \"already finished?\" check)",
         "s3_put": "S3 PUT of a ~600-byte manifest",
-        "handler": "`Handler.handle`: claim (SET NX) + queued manifest (S3 PUT) + enqueue",
-        "http": "`POST /events/s3` to uvicorn (own process), then the handler",
+        f"s3_put_{threads}_threads": f"S3 PUT of a ~600-byte manifest from {threads} threads: the store's ceiling",
+        "handler": "`Handler.handle`, one event at a time: claim (SET NX) + queued manifest and its index "
+                   "entry (2 S3 PUTs side by side) + enqueue",
+        "handler_pool": f"`Handler.submit` of every event (the event sources' way): {threads} at once, "
+                        "in order per key",
+        "redis_only": "claim + enqueue alone, one at a time",
+        f"redis_only_{threads}_threads": f"claim + enqueue alone, {threads} threads",
+        "http": "`POST /events/s3` to uvicorn (own process), then the handler, one client",
+        "http_16_clients": "`POST /events/s3`, 16 clients at once",
     }
     for name, rate in rates.items():
         print(f"| {name} | {what[name]} | {rate:,.0f} | {rate / rates['enqueue']:.2f} |")
+    share = rates["handler_pool"] / rates[f"s3_put_{threads}_threads"]
+    print(f"\nHandler (pool) / the store's concurrent PUT ceiling: **{share:.2f}** (each event needs 2 PUTs, "
+          f"the queued manifest and its index entry: {2 * share:.2f} of the ceiling in PUTs); "
+          "Redis-only claim + enqueue: "
+          f"**{max(rates['redis_only'], rates[f'redis_only_{threads}_threads']):,.0f}/s**")
     if "http" in rates:
         print(f"\nHTTP / direct handler: {rates['http'] / rates['handler']:.2f}")
     else:

@@ -22,6 +22,7 @@ from bench.stack import private_stack
 from bucketbrush.broker import build_broker
 from bucketbrush.claims import Claims
 from bucketbrush.jobs import JobSpec, ObjectRef
+from bucketbrush.routing import queue_for
 from bucketbrush.samples import landscape
 from bucketbrush.store import Bucket, RequestCounter
 from bucketbrush.webhooks import Notifier
@@ -62,7 +63,8 @@ def main() -> None:
         marks = "claims" in inspect.signature(JobRunner).parameters
         claims = [Claims(broker.client, settings)] if marks else []
         runner = JobRunner(bucket, None, Notifier(settings, broker), *claims)
-        consumer = broker.consume(settings.queue_name, prefetch=1, timeout=100)
+        # Drop-folder uploads are bulk jobs (bucketbrush/routing.py).
+        consumer = broker.consume(queue_for(settings, "filter", "bulk"), prefetch=1, timeout=100)
         stages: dict[str, Counter[tuple[str, str]]] = {"handler": Counter(), "runner": Counter()}
         for i in range(args.n + 1):
             key = f"inbox/filter/requests/{i}.png"

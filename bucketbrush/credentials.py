@@ -226,25 +226,30 @@ class ContentSigner:
         self._build_settings = {"builder": {"thumbnail": {"enabled": False}}}
         self.supported = set(self.c2pa.Builder.get_supported_mime_types())
 
-    def sign(self, data: bytes, mime: str, definition: dict[str, Any], parent: Parent | None = None) -> bytes:
+    def sign(self, data: bytes, mime: str, definition: dict[str, Any], parent: Parent | None = None,
+             others: list[Parent] | None = None) -> bytes:
         """``data`` with a signed manifest made from ``definition`` (a C2PA manifest
-        definition: claim_generator_info, title, assertions...). A ``parent`` in a format the
-        library reads is added from its bytes (keeping its chain); else from its description."""
+        definition: claim_generator_info, title, assertions...). ``parent`` (label ``input``)
+        and ``others`` (``inputTo``: a mask, keypoints) are ingredients: from their bytes when
+        the library reads the format (keeping their own chain), else from their description."""
         c2pa = self.c2pa
         definition = dict(definition)
-        ingredient: dict[str, Any] | None = None
-        if parent is not None:
-            ingredient = {"title": parent.title, "format": parent.mime, "relationship": "parentOf",
-                          "label": "input", "metadata": {"org.bucketbrush.sha256": parent.sha256,
-                                                         "org.bucketbrush.bytes": len(parent.data)}}
-            if parent.mime not in self.supported:
+        ingredients = [(p, "parentOf", "input") for p in ([parent] if parent else [])]
+        ingredients += [(p, "inputTo", f"input-{i}") for i, p in enumerate(others or [], 1)]
+        streamed = []
+        for item, relationship, label in ingredients:
+            ingredient = {"title": item.title, "format": item.mime, "relationship": relationship, "label": label,
+                          "metadata": {"org.bucketbrush.sha256": item.sha256, "org.bucketbrush.bytes": len(item.data)}}
+            if item.mime in self.supported:
+                streamed.append((ingredient, item))
+            else:
                 definition["ingredients"] = [*definition.get("ingredients", []), ingredient]
         m = self.material
         info = c2pa.C2paSignerInfo(m.alg, m.certs_pem, m.key_pem, m.tsa_url)
         with (c2pa.Context.from_dict(self._build_settings) as context, c2pa.Signer.from_info(info) as signer,
               c2pa.Builder(definition, context) as builder):
-            if ingredient is not None and parent is not None and parent.mime in self.supported:
-                builder.add_ingredient(ingredient, parent.mime, io.BytesIO(parent.data))
+            for ingredient, item in streamed:
+                builder.add_ingredient(ingredient, item.mime, io.BytesIO(item.data))
             out = io.BytesIO()
             builder.sign(signer, mime, io.BytesIO(data), out)
         return out.getvalue()
@@ -273,8 +278,9 @@ class CredentialsReport:
 
 
 def read_credentials(data: bytes, mime: str | None = None, *, anchors: str | None = None) -> CredentialsReport | None:
-    """The Content Credentials embedded in ``data``; None when it carries none. ``anchors``: PEM
-    trust anchors (a signer chaining to one is ``Trusted``)."""
+    """The Content Credentials embedded in ``data``; None when it carries none (or is of a type
+    C2PA cannot carry, e.g. JSON). ``anchors``: PEM trust anchors (a signer chaining to one is
+    ``Trusted``)."""
     c2pa = require_c2pa()
     config: dict[str, Any] = {"verify": {"verify_trust": True}}
     if anchors:
@@ -282,7 +288,7 @@ def read_credentials(data: bytes, mime: str | None = None, *, anchors: str | Non
     with c2pa.Context.from_dict(config) as context:
         try:
             reader = c2pa.Reader(mime or None, io.BytesIO(data), None, context)
-        except c2pa.C2paError.ManifestNotFound:
+        except (c2pa.C2paError.ManifestNotFound, c2pa.C2paError.NotSupported):
             return None
         with reader:
             store = json.loads(reader.json())
@@ -333,8 +339,8 @@ def describe(report: CredentialsReport | None) -> list[str]:
     """``bucketbrush verify``'s lines for people: verdict, signer, actions, ingredients, failures."""
     if report is None:
         return ["content credentials: none (no C2PA manifest in this file)"]
-    verdict = {"Trusted": "signature valid, signer trusted (a configured or local trust anchor)",
-               "Valid": "signature valid, signer not among the trust anchors",
+    verdict = {"Trusted": "the signature is valid and the signer chains to a trust anchor",
+               "Valid": "the signature is valid; the signer is not among the trust anchors",
                "Invalid": "INVALID: the file or its manifest does not match the signature"}
     lines = [f"content credentials: {report.validation_state} ({verdict.get(report.validation_state, '?')})",
              f"signed by: {report.signer or '?'} (issuer {report.issuer or '?'})"

@@ -222,6 +222,10 @@ class EventsSettings(SettingsGroup):
     sweep_interval_s: float = Field(
         default=300, ge=0, description="period of the sweep (functions/sweep.py) in the event source; 0: off")
     sweep_grace_s: float = Field(default=60, ge=0, description="how old an input must be before the sweep takes it")
+    handler_concurrency: int = Field(
+        default=8, ge=1, le=256,
+        description="records the handler works on at once (in order for one key): event sources and the HTTP "
+                    "host wait on the store's round trips in parallel")
 
 
 class FunctionsSettings(SettingsGroup):
@@ -398,9 +402,11 @@ class VideoSettings(SettingsGroup):
 
 
 class CredentialsSettings(SettingsGroup):
-    """Content Credentials (C2PA) on every output (bucketbrush/credentials.py,
-    docs/content-credentials.md). Key and certificates: PEM text or a file path each; unset:
-    the development signer `bucketbrush up` makes under the state dir."""
+    """Content Credentials (C2PA) on every output: the signing key, certificates and trust.
+
+    Key and certificates: PEM text or a file path each; unset: the development signer
+    `bucketbrush up` makes under the state dir (bucketbrush/credentials.py,
+    docs/content-credentials.md)."""
 
     content_credentials: bool = Field(
         default=True, description="sign every output with a C2PA manifest and write XMP DigitalSourceType; "

@@ -6,9 +6,10 @@ Every transport (subscription, webhook, SQS, Lambda, sweep) ends here, so the ru
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -37,6 +38,7 @@ from bucketbrush.settings import Settings
 from bucketbrush.store import Bucket, is_not_found
 from bucketbrush.tenants import TenantsFile
 from functions.events import S3Record
+from functions.pool import KeyedPool
 
 log = logging.getLogger(__name__)
 
@@ -67,9 +69,12 @@ class Handler:
         # Tenants' limits (the tenants file) and their counters in Redis.
         self.tenants = TenantsFile.from_settings(settings)
         self.quotas = Quotas(redis, settings)
-        # Index writes beside manifest writes; up to 8 at once for a host handling requests in parallel.
-        self._io = ThreadPoolExecutor(max_workers=8, thread_name_prefix="handler-io")
+        # Index writes beside manifest writes, one per record being handled.
+        self._io = ThreadPoolExecutor(max_workers=settings.handler_concurrency, thread_name_prefix="handler-io")
+        # Records are handled here, in parallel across keys, in order for one key.
+        self.pool = KeyedPool(settings.handler_concurrency, name="handler")
         self.stats: dict[str, Any] = {"records": 0, "enqueued": 0, "last_event_at": None}
+        self._stats_lock = threading.Lock()
 
     @classmethod
     def from_settings(cls, settings: Settings, bucket: Bucket | None = None) -> Handler:
@@ -79,17 +84,31 @@ class Handler:
         return cls(settings, bucket or Bucket(settings), broker, broker.client)
 
     def handle(self, records: Iterable[S3Record]) -> list[Outcome]:
-        try:
-            outcomes = [self.handle_record(r) for r in records]
-        except Exception:
-            metrics.count_outcomes(["error"])  # the transport redelivers the batch
-            raise
-        metrics.count_outcomes(o.action for o in outcomes)
-        if outcomes:  # counters for the event source's heartbeat (`bucketbrush status`)
-            self.stats["records"] += len(outcomes)
-            self.stats["enqueued"] += sum(o.action == "enqueued" for o in outcomes)
+        """Handle ``records`` (in parallel, in order per key) and wait for all of them. A
+        failure is raised once every record is done (the transport redelivers the batch; the
+        records that went through are duplicates then)."""
+        futures = [self.submit(r) for r in records]
+        wait(futures)
+        return [f.result() for f in futures]
+
+    def submit(self, record: S3Record) -> Future[Outcome]:
+        """Handle ``record`` on the pool, after any earlier record for the same key; blocks
+        while the pool is full (``handler_concurrency`` x 4 records in flight)."""
+        future = self.pool.submit(record.key, self.handle_record, record)
+        future.add_done_callback(self._count)
+        return future
+
+    def _count(self, future: Future[Outcome]) -> None:
+        """Counters for the metrics and the event source's heartbeat (`bucketbrush status`)."""
+        if future.exception() is not None:
+            metrics.count_outcomes(["error"])
+            return
+        outcome = future.result()
+        metrics.count_outcomes([outcome.action])
+        with self._stats_lock:
+            self.stats["records"] += 1
+            self.stats["enqueued"] += outcome.action == "enqueued"
             self.stats["last_event_at"] = time.time()
-        return outcomes
 
     def handle_record(self, record: S3Record) -> Outcome:
         key = record.key

@@ -32,8 +32,9 @@ def seaweedfs_source(settings: Settings, *, filer: str, cursor: Path | None = No
 
     settings.state_dir.mkdir(parents=True, exist_ok=True)
     where = cursor or settings.state_dir / f"cursor-{settings.bucket}.txt"
+    handler = handler or Handler.from_settings(settings)
     return FilerSubscription(filer=filer, bucket=settings.bucket, cursor=Cursor(where),
-                             handle=(handler or Handler.from_settings(settings)).handle)
+                             handle=handler.handle, submit=handler.submit)
 
 
 def sqs_source(settings: Settings, *, queue_url: str, endpoint_url: str | None = None,
@@ -42,7 +43,8 @@ def sqs_source(settings: Settings, *, queue_url: str, endpoint_url: str | None =
     from functions.sources.sqs import SqsPoller, sqs_client
 
     sqs = sqs_client(settings, endpoint_url or settings.sqs_endpoint_url)
-    return SqsPoller(sqs, queue_url, (handler or Handler.from_settings(settings)).handle,
+    handler = handler or Handler.from_settings(settings)
+    return SqsPoller(sqs, queue_url, handler.handle, submit=handler.submit,
                      wait_time_s=settings.sqs_wait_time_s, visibility_timeout_s=settings.sqs_visibility_timeout_s)
 
 

@@ -133,7 +133,7 @@ class OutputSigner:
 
     def sign(self, data: bytes, content_type: str, *, title: str, job_id: str, recipe: str,
              params: RecipeParams, result: RecipeResult, made: Made, parent: Parent | None,
-             input_key: str | None) -> tuple[bytes, OutputCredentials]:
+             input_key: str | None, others: list[Parent] | None = None) -> tuple[bytes, OutputCredentials]:
         """``data`` signed with a manifest of how it was made, and what a reader then says of
         it. SigningFailed for anything that goes wrong: the output must not be written."""
         if content_type not in self.signer.supported:
@@ -142,7 +142,7 @@ class OutputSigner:
         definition = self.definition(title=title, content_type=content_type, job_id=job_id, recipe=recipe,
                                      params=params, result=result, made=made, parent=parent, input_key=input_key)
         try:
-            signed = self.signer.sign(data, content_type, definition, parent)
+            signed = self.signer.sign(data, content_type, definition, parent, others)
             report = read_credentials(signed, content_type, anchors=self.signer.anchors)
         except Exception as exc:  # the library's errors, a bad key or certificate: never ship unsigned
             raise SigningFailed(f"could not sign {title}: {type(exc).__name__}: {exc}") from exc

@@ -192,6 +192,8 @@ class JobRunner:
 
     def _run(self, spec: JobSpec, manifest: Manifest, last_attempt: bool) -> Manifest:
         written: list[str] = []
+        # Other objects the recipe read (a mask, keypoints), by key: inputTo ingredients.
+        loaded: dict[str, bytes] = {}
         limit = self.settings.time_limit_s(spec.recipe, spec.time_limit_s)
         deadline = time.monotonic() + limit
         # The job's own webhook: from its spec, else from the upload's metadata (below).
@@ -217,9 +219,9 @@ class JobRunner:
                                           deadline=deadline, limit_s=limit, on_progress=monitor.progress,
                                           cancelled=monitor.cancelled)
                 else:
-                    result = recipe.run(self._context(manifest, monitor), image, params)
+                    result = recipe.run(self._context(manifest, monitor, loaded), image, params)
                 manifest.timings["processing_s"] = time.perf_counter() - started
-            manifest.outputs = self._write_outputs(spec, result, params, written, parent)
+            manifest.outputs = self._write_outputs(spec, result, params, written, parent, loaded)
         except TimeLimitExceeded as exc:
             self._discard(written)
             return self._finish_failed(manifest, TimedOut(f"the job ran past its time limit of {limit} s"),
@@ -296,18 +298,21 @@ class JobRunner:
             return data, obj.get("Metadata", {}), parent
         return decode_image(data, max_pixels=self.settings.max_image_pixels), obj.get("Metadata", {}), parent
 
-    def _context(self, manifest: Manifest, monitor: JobMonitor) -> JobContext:
-        load_image, load_bytes = bucket_loaders(self.bucket)
+    def _context(self, manifest: Manifest, monitor: JobMonitor, loaded: dict[str, bytes]) -> JobContext:
+        load_image, load_bytes = bucket_loaders(self.bucket, loaded if self.signer else None)
         return JobContext(manifest.job_id, monitor.progress, load_image=load_image, load_bytes=load_bytes,
                           cancelled=monitor.cancelled, models=self.models, settings=self.settings)
 
     def _write_outputs(self, spec: JobSpec, result: RecipeResult, params: RecipeParams,
-                       written: list[str], parent: Parent | None) -> list[Output]:
-        """Encode, sign (when content credentials are on) and PUT each output. Every output is
-        signed before the first PUT, so a signing failure leaves nothing behind."""
+                       written: list[str], parent: Parent | None, loaded: dict[str, bytes] | None = None,
+                       ) -> list[Output]:
+        """Encode, sign (when content credentials are on) and PUT each output in turn. A failure
+        (signing_failed included) leaves the ones already written in ``written``: the caller
+        removes them, as for any failed attempt."""
         made = made_by(spec.recipe, params, result) if self.signer else None
+        others = [OutputSigner.parent(data, None, key) for key, data in (loaded or {}).items()]
         xmp = xmp_packet(made.source_type) if made and made.source_type else None
-        ready = []
+        outputs = []
         for artifact in result.artifacts:
             if artifact.image is not None:
                 data, content_type = encode_image(artifact.image, params.format, params.quality, xmp=xmp)
@@ -321,15 +326,14 @@ class JobRunner:
                 data, credentials = self.signer.sign(
                     data, content_type, title=f"{artifact.name}.{extension}", job_id=spec.job_id,
                     recipe=spec.recipe, params=params, result=result, made=made, parent=parent,
-                    input_key=spec.input.key if spec.input else None)
-            ready.append((key, data, Output(
+                    input_key=spec.input.key if spec.input else None, others=others)
+            self.bucket.s3.put_object(Bucket=self.bucket.name, Key=key, Body=data, ContentType=content_type)
+            written.append(key)
+            outputs.append(Output(
                 key=key, content_type=content_type, width=width, height=height,
                 bytes=len(data), sha256=hashlib.sha256(data).hexdigest(), content_credentials=credentials,
-            )))
-        for key, data, output in ready:
-            self.bucket.s3.put_object(Bucket=self.bucket.name, Key=key, Body=data, ContentType=output.content_type)
-            written.append(key)
-        return [output for _, _, output in ready]
+            ))
+        return outputs
 
     def _record_result(self, manifest: Manifest, result: RecipeResult) -> None:
         manifest.model = result.model
@@ -403,11 +407,16 @@ def get_input(bucket: Bucket, ref: ObjectRef) -> dict[str, Any]:
     return obj
 
 
-def bucket_loaders(bucket: Bucket) -> tuple[Callable[[str], Any], Callable[[str], bytes]]:
+def bucket_loaders(bucket: Bucket, loaded: dict[str, bytes] | None = None,
+                   ) -> tuple[Callable[[str], Any], Callable[[str], bytes]]:
     """(load_image, load_bytes) for a JobContext: other objects of the bucket, under the same
-    size and pixel guards as the input."""
+    size and pixel guards as the input. ``loaded`` collects what was read, by key (the
+    outputs' Content Credentials name them as ingredients)."""
     def load_bytes(key: str) -> bytes:
-        return get_input(bucket, ObjectRef(bucket=bucket.name, key=key))["Body"].read()
+        data = get_input(bucket, ObjectRef(bucket=bucket.name, key=key))["Body"].read()
+        if loaded is not None:
+            loaded[key] = data
+        return data
 
     def load_image(key: str) -> Any:
         return decode_image(load_bytes(key), max_pixels=bucket.settings.max_image_pixels)

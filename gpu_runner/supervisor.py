@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from bucketbrush.settings import Settings
+from gpu_runner.provenance import OutputSigner
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,8 @@ def run_per_device(settings: Settings, *, ready_file: Path | None = None) -> int
     """Run one worker process per device until SIGTERM or SIGINT; 0 when they all stopped, 1
     when one could not start."""
     devices = device_list(settings.runner_devices, settings.runner_device_inventory)
+    # Content Credentials on without a key: one clear error here, not one per child.
+    OutputSigner.from_settings(settings)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

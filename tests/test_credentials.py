@@ -248,3 +248,29 @@ def test_the_runner_command_refuses_to_start_without_a_key(tmp_path: Path, monke
     err = capsys.readouterr().err
     assert "error [config_error]: content credentials are on but no signing key" in err
     assert "BUCKETBRUSH_CONTENT_CREDENTIALS=off" in err
+
+
+def test_verify_a_file_without_credentials_or_of_another_type(tmp_path: Path, capsys) -> None:
+    from bucketbrush.cli import main
+
+    (tmp_path / "plain.png").write_bytes(png())
+    (tmp_path / "doc.json").write_text('{"a": 1}')
+    for name in ("plain.png", "doc.json"):
+        assert main(["verify", str(tmp_path / name)]) == 1
+        assert "content credentials: none" in capsys.readouterr().out
+
+
+def test_other_objects_the_recipe_read_are_input_to_ingredients(signer) -> None:
+    source = OutputSigner.parent(png(), "image/png", "inbox/inpaint/in.png")
+    mask = OutputSigner.parent(png(Image.new("L", (64, 48), 255)), None, "masks/m.png")
+    keypoints = OutputSigner.parent(b'{"people": []}', None, "poses/p.json")
+    r = get_recipe("inpaint")
+    p = r.params.model_validate({"prompt": "x", "mask_key": "masks/m.png"})
+    signed, creds = signer.sign(png(), "image/png", title="out.png", job_id="j", recipe="inpaint", params=p,
+                                result=RecipeResult(artifacts=[]), made=made_by("inpaint", p, None), parent=source,
+                                input_key=None, others=[mask, keypoints])
+    assert creds.validation_state == "Trusted"
+    report = read_credentials(signed, "image/png", anchors=signer.signer.anchors)
+    assert sorted((i["relationship"], i["title"], i["sha256"]) for i in report.ingredients) == [
+        ("inputTo", "m.png", mask.sha256), ("inputTo", "p.json", keypoints.sha256),
+        ("parentOf", "in.png", source.sha256)]

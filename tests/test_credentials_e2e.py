@@ -5,6 +5,7 @@ output's credentials against the recipe's row of the table.)"""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import stat
@@ -96,3 +97,56 @@ def test_ai_output_has_the_xmp_source_type(bucket):
     assert xmp["xmpmeta"]["RDF"]["Description"]["DigitalSourceType"] == TRAINED
     assert read_credentials(data, "image/webp", anchors=trust_anchors(bucket.settings)).digital_source_types == [
         TRAINED]
+
+
+def test_a_runner_whose_key_does_not_match_its_certificate_fails_jobs_with_signing_failed(settings, tmp_path):
+    from bucketbrush.credentials import make_dev_ca
+    from tests.test_runner_processes import new_corner, runner
+
+    corner = new_corner(settings, tmp_path)  # its own bucket and queue namespace
+    _, chain, _ = make_dev_ca()
+    _, _, other_key = make_dev_ca()
+    env = corner.runner_env(c2pa_signing_key=other_key.decode(), c2pa_signing_certs=chain.decode())
+    with runner(corner, "bad-key-runner", env) as r:
+        spec = corner.enqueue("test-slow", "unsigned", seconds=0, steps=1, outputs=2)
+        manifest = wait_final(corner.bucket, spec.job_id, timeout=60)
+        assert manifest.status == "failed" and manifest.error.code == "signing_failed", manifest.error
+        assert manifest.error.retryable is False and manifest.attempts == 1
+        assert manifest.outputs == [] and corner.outputs(spec.job_id) == []
+        assert "PRIVATE KEY" not in r.log  # the key never reaches the log
+
+
+def test_with_content_credentials_off_a_runner_writes_plain_outputs(settings, tmp_path):
+    from tests.test_runner_processes import new_corner, runner
+
+    corner = new_corner(settings, tmp_path)
+    env = corner.runner_env(content_credentials="off")
+    with runner(corner, "unsigned-runner", env):
+        spec = corner.enqueue("test-slow", "plain", seconds=0, steps=1, outputs=2)
+        manifest = wait_final(corner.bucket, spec.job_id, timeout=60)
+    assert manifest.status == "succeeded", manifest.error
+    assert len(manifest.outputs) == 2
+    for out in manifest.outputs:
+        assert out.content_credentials is None
+        assert read_credentials(get(corner.bucket, out.key), out.content_type) is None
+
+
+def test_a_mask_the_recipe_read_is_an_input_to_ingredient(bucket):
+    from PIL import ImageDraw
+
+    mask = Image.new("L", (64, 64), 0)
+    ImageDraw.Draw(mask).ellipse((16, 16, 48, 48), fill=255)
+    mask_bytes = png_bytes(mask)
+    bucket.s3.put_object(Bucket=bucket.name, Key="masks/c2pa-round.png", Body=mask_bytes)
+    job = drop(bucket, "inbox/inpaint/c2pa.png", png_bytes(portrait(64, 64)),
+               Metadata={"params": json.dumps({"prompt": "a tree", "mask_key": "masks/c2pa-round.png",
+                                               "steps": 2, "seed": 7})})
+    manifest = wait_final(bucket, job, timeout=120)
+    assert manifest.status == "succeeded", manifest.error
+    out = manifest.outputs[0]
+    report = check_credentials(bucket, manifest, out, get(bucket, out.key))
+    assert report.digital_source_types == ["http://cv.iptc.org/newscodes/digitalsourcetype/"
+                                           "compositeWithTrainedAlgorithmicMedia"]
+    [mask_ingredient] = [i for i in report.ingredients if i["relationship"] == "inputTo"]
+    assert mask_ingredient["title"] == "c2pa-round.png"
+    assert mask_ingredient["sha256"] == hashlib.sha256(mask_bytes).hexdigest()

@@ -168,7 +168,8 @@ def test_poller_handles_then_batch_deletes(env):
     event = s3_event(settings, s3, "inbox/filter/a.png")
     for body in [recorded("test_event.json"), "garbage", sns_envelope(event), event]:
         sqs.send_message(QueueUrl=queue_url, MessageBody=body)
-    poller = SqsPoller(sqs, queue_url, handler_for(settings).handle, wait_time_s=1)
+    handler = handler_for(settings)  # as sqs_source wires it: the batch handed over at once
+    poller = SqsPoller(sqs, queue_url, handler.handle, submit=handler.submit, wait_time_s=1)
     result = poller.poll_once()
     while result.received < 4:  # SQS may split a small queue over receives
         more = poller.poll_once()
@@ -186,8 +187,8 @@ def test_poller_handles_then_batch_deletes(env):
 def test_poller_leaves_messages_it_could_not_enqueue(env):
     settings, s3, sqs, queue_url = env
     sqs.send_message(QueueUrl=queue_url, MessageBody=s3_event(settings, s3, "inbox/filter/b.png"))
-    down = SqsPoller(sqs, queue_url, handler_for(settings, dead_redis_url()).handle,
-                     wait_time_s=1, visibility_timeout_s=1)
+    dead = handler_for(settings, dead_redis_url())
+    down = SqsPoller(sqs, queue_url, dead.handle, submit=dead.submit, wait_time_s=1, visibility_timeout_s=1)
     result = down.poll_once()
     assert (result.received, result.failed, result.handled) == (1, 1, 0)
     assert queue_depth(sqs, queue_url) == (0, 1)  # in flight, not deleted

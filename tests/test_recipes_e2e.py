@@ -73,6 +73,7 @@ def test_inpaint_with_mask_from_the_bucket(bucket):
                   **meta({"prompt": "a tree", "mask_key": "masks/round.png", **FAST}))
     manifest = wait_final(bucket, job_id, timeout=120)
     assert manifest.status == "succeeded", manifest.error
+    check_outputs(bucket, manifest)  # the mask is an inputTo ingredient: tests/test_credentials_e2e.py
     job_id = drop(bucket, "inbox/inpaint/nomask.png", png_bytes(landscape(64, 64)), **meta({"prompt": "x", **FAST}))
     failed = wait_final(bucket, job_id, timeout=60)
     assert failed.error.code == "invalid_params" and "mask_key" in failed.error.message

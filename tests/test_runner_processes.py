@@ -23,6 +23,7 @@ import pytest
 import redis
 
 from bucketbrush.broker import build_broker, enqueue_job
+from bucketbrush.credentials import ensure_dev_credentials
 from bucketbrush.jobs import JobSpec, ObjectRef, job_id_for
 from bucketbrush.management import cancel_job
 from bucketbrush.manifest import Manifest, RunnerStatus
@@ -81,6 +82,7 @@ def new_corner(settings: Settings, logs: Path) -> Corner:
     name = f"bbrun-{uuid.uuid4().hex[:10]}"
     own = settings.model_copy(update={"bucket": name, "broker_namespace": name, "state_dir": logs})
     apply_bucket(s3_client(own), own)
+    ensure_dev_credentials(logs)  # its runners sign outputs with a development signer of its own
     return Corner(own, Bucket(own), logs)
 
 

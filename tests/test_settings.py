@@ -38,6 +38,7 @@ tenant_recipes tenant_quota_stale_s
 broker_heartbeat_timeout_s broker_maintenance_chance runner_metrics_port runner_metrics_host
 max_runner_deaths
 provider_endpoints provider_tokens provider_timeout_s provider_deadline_s
+handler_concurrency
 """.split()
 
 

@@ -17,7 +17,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -169,11 +171,15 @@ class FilerSubscription:
     """Follow the filer and feed the handler until ``stop`` is set."""
 
     def __init__(self, *, filer: str, bucket: str, cursor: Cursor,
-                 handle: Callable[[list[S3Record]], object], initial_lookback_s: float = 3600) -> None:
+                 handle: Callable[[list[S3Record]], object], initial_lookback_s: float = 3600,
+                 submit: Callable[[S3Record], Future[Any]] | None = None) -> None:
         self.filer = filer
         self.bucket = bucket
         self.cursor = cursor
         self.handle = handle
+        # Handing records over without waiting (Handler.submit): the next events are read while
+        # earlier ones are handled; the cursor follows the events handled, in order.
+        self.submit = submit
         self.initial_lookback_s = initial_lookback_s
         self._proc: subprocess.Popen[str] | None = None
 
@@ -210,6 +216,7 @@ class FilerSubscription:
         if on_ready:
             on_ready()
         assert self._proc.stdout is not None
+        pending: deque[tuple[int, Future[Any] | None]] = deque()
         for event in iter_json_objects(iter(lambda: self._proc.stdout.readline(), "")):
             ts_ns = event_ts_ns(event)
             if ts_ns is None or (last is not None and ts_ns <= last):
@@ -220,13 +227,25 @@ class FilerSubscription:
                 # Skip it (and move the cursor past it): a retry would only fail the same way.
                 log.warning("skipping a filer event: %s", exc)
                 record = None
-            if record is not None:
+            if record is not None and self.submit is None:
                 # Raises when the broker is down: the cursor stays, the event is replayed.
                 self.handle([record])
-            self.cursor.save(ts_ns)
+            pending.append((ts_ns, self.submit(record) if record is not None and self.submit else None))
+            self._advance(pending)
             last = ts_ns
+        self._advance(pending, wait_all=True)
         if not stop.is_set():
             raise RuntimeError(f"filer.meta.tail exited with {self._proc.wait()}")
+
+    def _advance(self, pending: deque[tuple[int, Future[Any] | None]], *, wait_all: bool = False) -> None:
+        """Move the cursor past the events handled so far, in order: a failed one raises (the
+        broker is down) and the cursor stays before it, so it and every later event is
+        replayed (the handler de-duplicates the ones that went through)."""
+        while pending and (wait_all or pending[0][1] is None or pending[0][1].done()):
+            ts_ns, future = pending.popleft()
+            if future is not None:
+                future.result()
+            self.cursor.save(ts_ns)
 
     def _kill_on(self, stop: threading.Event) -> None:
         while not stop.wait(0.2):

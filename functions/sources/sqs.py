@@ -12,6 +12,7 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, wait
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,7 +74,7 @@ class SqsPoller:
 
     def __init__(self, sqs: Any, queue_url: str, handle: Callable[[list[S3Record]], Sequence[Any]], *,
                  wait_time_s: int = 20, visibility_timeout_s: int | None = 60,
-                 max_messages: int = MAX_MESSAGES) -> None:
+                 max_messages: int = MAX_MESSAGES, submit: Callable[[S3Record], Future[Any]] | None = None) -> None:
         if not 0 <= wait_time_s <= 20:
             raise ValueError("wait_time_s must be 0-20 (SQS's long-poll limit)")
         if not 1 <= max_messages <= MAX_MESSAGES:
@@ -81,6 +82,9 @@ class SqsPoller:
         self.sqs = sqs
         self.queue_url = queue_url
         self.handle = handle
+        # Handing records over without waiting (Handler.submit): every message of a batch is
+        # handled at once, in order per key; each is deleted once all its records are done.
+        self.submit = submit
         self.wait_time_s = wait_time_s
         self.visibility_timeout_s = visibility_timeout_s
         self.max_messages = max_messages
@@ -101,6 +105,8 @@ class SqsPoller:
         messages = self.sqs.receive_message(**kwargs).get("Messages", [])
         result = PollResult(received=len(messages))
         done: list[dict[str, Any]] = []
+        if self.submit is not None:
+            messages = [self._submitted(m) for m in messages]
         for message in messages:
             try:
                 records = records_from_body(message.get("Body", ""))
@@ -114,7 +120,11 @@ class SqsPoller:
                 done.append(message)
                 continue
             try:
-                result.outcomes.extend(self.handle(records))
+                if "futures" in message:
+                    wait(message["futures"])
+                    result.outcomes.extend(f.result() for f in message["futures"])
+                else:
+                    result.outcomes.extend(self.handle(records))
             except Exception:
                 count = message.get("Attributes", {}).get("ApproximateReceiveCount", "?")
                 log.exception("could not handle SQS message %s (receive %s); leaving it for redelivery",
@@ -125,6 +135,15 @@ class SqsPoller:
             done.append(message)
         self._delete(done)
         return result
+
+    def _submitted(self, message: dict[str, Any]) -> dict[str, Any]:
+        """``message`` with its records handed to ``submit`` (``futures``), when it has any."""
+        assert self.submit is not None
+        try:
+            records = records_from_body(message.get("Body", ""))
+        except InvalidEvent:
+            return message  # the loop below drops it
+        return {**message, "futures": [self.submit(r) for r in records]} if records else message
 
     def _delete(self, messages: list[dict[str, Any]]) -> None:
         if not messages:
