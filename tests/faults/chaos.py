@@ -189,6 +189,8 @@ def restart_redis_empty(stack: LocalStack) -> str:
     old = kill(stack, "redis")
     (stack.state_dir / "redis" / "dump.rdb").unlink(missing_ok=True)  # left by a redis_outage
     port = int(state.redis_url.rsplit(":", 1)[1].split("/")[0])
+    # Clients reconnecting to the dead port may hold it for a moment (refused, closing).
+    wait_for(f"port {port} free", lambda: procs.port_free(port, reuse=True), 15)
     proc, url = procs.start_redis(stack.state_dir / "redis", stack.logs, port=port)
     assert url == state.redis_url, f"redis came back on {url}, not {state.redis_url}"
     state.processes[state.processes.index(old)] = proc
