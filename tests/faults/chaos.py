@@ -192,9 +192,9 @@ def restart_redis_empty(stack: LocalStack) -> str:
     # Clients reconnecting to the dead port may hold it for a moment (refused, closing).
     wait_for(f"port {port} free", lambda: procs.port_free(port, reuse=True), 15)
     proc, url = procs.start_redis(stack.state_dir / "redis", stack.logs, port=port)
-    assert url == state.redis_url, f"redis came back on {url}, not {state.redis_url}"
-    state.processes[state.processes.index(old)] = proc
+    state.processes[state.processes.index(old)] = proc  # recorded first: `down` stops it whatever follows
     stack._write_state(state)
+    assert url == state.redis_url, f"redis came back on {url}, not {state.redis_url}"
     return url
 
 
