@@ -12,7 +12,15 @@ from dramatiq.brokers.redis import MAINTENANCE_SCALE, RedisBroker, _RedisConsume
 from dramatiq.middleware import CurrentMessage, Middleware
 
 from bucketbrush.jobs import JobSpec
-from bucketbrush.routing import ACTORS, RUN_JOB_ACTOR, all_queues, queue_for, redis_key
+from bucketbrush.routing import (
+    ACTORS,
+    RUN_JOB_ACTOR,
+    all_queues,
+    queue_for,
+    redis_key,
+    tenant_queues,
+    tenant_queues_key,
+)
 from bucketbrush.settings import Settings
 
 __all__ = ["RUN_JOB_ACTOR", "build_broker", "enqueue_job"]
@@ -92,7 +100,11 @@ def enqueue_job(broker: dramatiq.Broker, settings: Settings, spec: JobSpec) -> d
     the job's priority). Safe to repeat: the runner skips jobs that already finished."""
     spec = spec.model_copy(update={"enqueued_at": time.time()})
     limit_s = settings.time_limit_s(spec.recipe, spec.time_limit_s)
-    queue = queue_for(settings, spec.recipe, spec.priority)
+    if spec.turn is not None:  # a chat turn's recipe is chosen on the runner: allow the longest
+        limit_s = max([limit_s, *settings.recipe_time_limits_s.values()])
+    queue = queue_for(settings, spec.recipe, spec.priority, spec.tenant)
+    if spec.tenant and settings.tenant_queues:  # where runners find the tenants' queues
+        broker.client.sadd(tenant_queues_key(settings), queue)  # type: ignore[attr-defined]
     message = dramatiq.Message(
         queue_name=queue,
         actor_name=ACTORS[spec.priority],
@@ -110,15 +122,16 @@ def job_ids_in_broker(client: Any, settings: Settings) -> set[str]:
     """Job ids of every job message the broker still holds: waiting, delayed (a retry not yet
     due) or fetched by a worker and not yet acknowledged.
 
-    Every job queue is read (``bucketbrush.routing.all_queues``). Dramatiq's Redis broker
+    Every job queue is read (``bucketbrush.routing.all_queues``, and the tenants' queues). Dramatiq's Redis broker
     keeps each message's data in a hash, ``<ns>:<queue>.msgs`` (and
     ``<ns>:<queue>.DQ.msgs`` for the delay queue), from enqueue until the worker acks it;
     the queue list and the per-worker ack sets hold only ids (its ``dispatch.lua``). A retry
     moves a message from one hash to the other (written to the new one before deleting it
     from the old), so both are read in one MULTI: a moving message is seen in one of them.
     Dead-lettered messages (``.XQ``) never run again and are not counted."""
+    queues = [*all_queues(settings), *tenant_queues(settings, client)]
     pipe = client.pipeline(transaction=True)
-    for queue in all_queues(settings):
+    for queue in queues:
         prefix = redis_key(settings, queue)
         pipe.hvals(f"{prefix}.msgs")
         pipe.hvals(f"{prefix}.DQ.msgs")

@@ -84,7 +84,7 @@ def cmd_down(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     from infra.demo import run_demo
 
-    return run_demo(settings, show=print_manifest)
+    return run_demo(settings, show=print_manifest, show_turn=print_turn)
 
 
 def cmd_infra_apply(settings: Settings, args: argparse.Namespace) -> int:
@@ -114,7 +114,7 @@ def cmd_presign(settings: Settings, args: argparse.Namespace) -> int:
         s3_client(settings, public=True), settings, recipe=args.recipe, filename=args.filename,
         content_type=args.content_type, params=_params(args.param), expires_s=args.expires,
         validate=params_validator(settings),
-        webhook=args.webhook, webhook_events=args.webhook_event or None,
+        webhook=args.webhook, webhook_events=args.webhook_event or None, conversation=args.conversation,
     )
     print(upload.model_dump_json(indent=2))
     return 0
@@ -164,7 +164,7 @@ def print_manifest(manifest: Any, bucket: Any) -> None:
     with presigned GET links."""
     params = json.dumps(manifest.params, separators=(",", ":")) if manifest.params else ""
     print(f"job {manifest.job_id}: {manifest.status} ({manifest.recipe} {params})".replace(" )", ")"))
-    facts = [f"input {manifest.inputs[0].key}"] if manifest.inputs else []
+    facts = [f"{'turn' if manifest.turn else 'input'} {manifest.inputs[0].key}"] if manifest.inputs else []
     if "processing_s" in manifest.timings:
         facts.append(f"processing {manifest.timings['processing_s'] * 1000:.0f} ms")
     if facts:
@@ -444,6 +444,71 @@ def cmd_refine(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_chat(settings: Settings, args: argparse.Namespace) -> int:
+    from bucketbrush.client import wait_for_manifest
+    from bucketbrush.conversations import send_turn, wait_recorded
+    from bucketbrush.progress import JobProgress
+
+    bucket, _ = _admin(settings)
+    sent = send_turn(bucket, args.message, conversation=args.conversation, image=args.image)
+    print(f"sent {sent.key} -> job {sent.job_id}", file=sys.stderr)
+    with JobProgress(sent.job_id) as progress:
+        manifest = wait_for_manifest(bucket, sent.job_id, timeout=args.timeout, on_update=progress)
+    doc = wait_recorded(bucket, manifest)
+    if args.json:
+        print(manifest.model_dump_json(indent=2))
+        return 0 if manifest.status == "succeeded" else 1
+    print_turn(manifest, doc, bucket)
+    print(f'continue: bucketbrush chat --conversation {sent.conversation} "..."')
+    return 0 if manifest.status == "succeeded" else 1
+
+
+def print_turn(manifest: Any, conversation: Any, bucket: Any) -> None:
+    """A chat turn's final job manifest for people: what the refiner made of the message, the
+    job, and the conversation's current picture."""
+    turn = manifest.turn
+    print(f"conversation {conversation.conversation_id}, turn {turn.seq}: {turn.message!r} -> "
+          f"{turn.intent or 'recipe ' + manifest.recipe} ({turn.refiner or 'no'} refiner)")
+    if turn.prompt:
+        print(f"  refined prompt: {turn.prompt}")
+    if turn.answer:
+        print(f"  answer: {turn.answer}")
+    if turn.input:
+        print(f"  {'back to' if turn.intent == 'undo' else 'on'} picture {turn.input}")
+    print_manifest(manifest, bucket)
+    if conversation.image and conversation.image not in {o.key for o in manifest.outputs}:
+        print(f"  current picture: {conversation.image}\n     {bucket.presigned_get(conversation.image)}")
+
+
+def cmd_conversations(settings: Settings, args: argparse.Namespace) -> int:
+    from bucketbrush import conversations, gallery
+
+    bucket, broker = _admin(settings)
+    if args.action == "list":
+        for conversation in conversations.list_conversations(bucket):
+            print(conversation)
+        return 0
+    if args.action == "deleted":
+        for conversation in gallery.deleted_conversations(bucket):
+            print(conversation)
+        return 0
+    if not args.conversation:
+        raise SystemExit(f"conversations {args.action} needs a CONVERSATION id")
+    if args.action == "show":
+        print(conversations.Conversations(bucket, None).get(args.conversation).model_dump_json(indent=2))
+        return 0
+    if args.action == "delete":
+        keys, done = conversations.delete_conversation(bucket, broker, args.conversation), "deleted"
+    elif args.action == "trash":
+        keys, done = gallery.soft_delete_conversation(bucket, args.conversation), "soft-deleted"
+    else:
+        keys, done = gallery.restore_conversation(bucket, args.conversation), "restored"
+    print(f"{done} conversation {args.conversation}: {_count(len(keys), 'object')}")
+    for key in keys:
+        print(f"  {key}")
+    return 0
+
+
 def cmd_runner(settings: Settings, args: argparse.Namespace) -> int:
     from bucketbrush.routing import served_capabilities
     from gpu_runner.worker import run_worker
@@ -667,25 +732,30 @@ def _identities(settings: Settings) -> Any:
     return SeaweedIdentities(settings, state.seaweedfs_master) if state and state.seaweedfs_master else None
 
 
-def _print_credentials(settings: Settings, creds: Any, args: argparse.Namespace) -> None:
+def _print_credentials(settings: Settings, tenant: str, token: str, creds: Any, args: argparse.Namespace) -> None:
+    """A tenant's new secrets, shown this once: its functions token, and its store keys (None
+    where no local stack made them)."""
     from bucketbrush.layout import Layout
 
-    prefix = Layout(settings).for_tenant(creds.tenant).space
+    prefix = Layout(settings).for_tenant(tenant).space
+    keys = {"access_key": creds.access_key, "secret_key": creds.secret_key} if creds else {}
     if args.json:
-        print(json.dumps({"tenant": creds.tenant, "access_key": creds.access_key, "secret_key": creds.secret_key,
-                          "prefix": prefix, "bucket": settings.bucket}))
+        print(json.dumps({"tenant": tenant, "prefix": prefix, "bucket": settings.bucket, "functions_token": token,
+                          **keys}))
         return
-    print(f"# tenant {creds.tenant}: s3://{settings.bucket}/{prefix} only; the secret is shown this once",
+    print(f"# tenant {tenant}: s3://{settings.bucket}/{prefix} only; the secrets are shown this once",
           file=sys.stderr)
-    for name, value in (("BUCKETBRUSH_TENANT", creds.tenant), ("BUCKETBRUSH_S3_ACCESS_KEY", creds.access_key),
-                        ("BUCKETBRUSH_S3_SECRET_KEY", creds.secret_key), ("AWS_ACCESS_KEY_ID", creds.access_key),
-                        ("AWS_SECRET_ACCESS_KEY", creds.secret_key)):
+    lines = [("BUCKETBRUSH_TENANT", tenant), ("BUCKETBRUSH_FUNCTIONS_TOKEN", token)]
+    if creds:
+        lines += [("BUCKETBRUSH_S3_ACCESS_KEY", creds.access_key), ("BUCKETBRUSH_S3_SECRET_KEY", creds.secret_key),
+                  ("AWS_ACCESS_KEY_ID", creds.access_key), ("AWS_SECRET_ACCESS_KEY", creds.secret_key)]
+    for name, value in lines:
         print(f"export {name}={value}")
 
 
 def cmd_tenants_add(settings: Settings, args: argparse.Namespace) -> int:
     from bucketbrush.errors import InvalidState
-    from bucketbrush.tenants import Limits, Tenant, TenantsFile
+    from bucketbrush.tenants import Limits, Tenant, TenantsFile, new_token
 
     registry = TenantsFile.from_settings(settings)
     if registry.get(args.name):
@@ -693,36 +763,39 @@ def cmd_tenants_add(settings: Settings, args: argparse.Namespace) -> int:
     limits = Limits(jobs_per_hour=args.jobs_per_hour, max_concurrent=args.max_concurrent,
                     input_bytes_per_day=args.input_bytes_per_day,
                     recipes=args.recipes.split(",") if args.recipes else None)
-    tenant = Tenant(name=args.name, limits=limits)
+    token, digest = new_token()
+    tenant = Tenant(name=args.name, limits=limits, token_sha256=digest)
     registry.put(tenant)  # checks the name before any identity is made
     identities = _identities(settings)
+    creds = None
     if identities is None:
         print(f"tenant {args.name} added to {registry.path}; no local stack, so no store identity was made: "
               f"attach `bucketbrush tenants policy {args.name}` to its IAM (or MinIO) user, and run "
               "`bucketbrush infra apply` and `infra aws|minio` again (its retention rules and event routes)",
               file=sys.stderr)
-        return 0
-    from infra.seaweedfs import apply_retention
+    else:
+        from infra.seaweedfs import apply_retention
 
-    creds = identities.put(args.name)
-    registry.put(tenant.model_copy(update={"access_key": creds.access_key}))
-    apply_retention(identities.master, settings)  # its prefixes' TTLs (the store's events cover every key)
-    _print_credentials(settings, creds, args)
+        creds = identities.put(args.name)
+        registry.put(tenant.model_copy(update={"access_key": creds.access_key}))
+        apply_retention(identities.master, settings)  # its prefixes' TTLs (the store's events cover every key)
+    _print_credentials(settings, args.name, token, creds, args)
     return 0
 
 
 def cmd_tenants_rotate(settings: Settings, args: argparse.Namespace) -> int:
-    from bucketbrush.errors import ConfigError
-    from bucketbrush.tenants import TenantsFile
+    from bucketbrush.tenants import TenantsFile, new_token
 
     registry = TenantsFile.from_settings(settings)
     tenant = registry.require(args.name)
     identities = _identities(settings)
-    if identities is None:
-        raise ConfigError("no local stack: rotate the tenant's keys in your IAM (or MinIO) user")
-    creds = identities.put(args.name)  # the old keys stop working now
-    registry.put(tenant.model_copy(update={"access_key": creds.access_key, "rotated_at": time.time()}))
-    _print_credentials(settings, creds, args)
+    # The old keys and token stop working now (elsewhere than the local stack, rotate the
+    # store keys in the IAM or MinIO user).
+    creds = identities.put(args.name) if identities else None
+    token, digest = new_token()
+    registry.put(tenant.model_copy(update={"access_key": creds.access_key if creds else tenant.access_key,
+                                           "token_sha256": digest, "rotated_at": time.time()}))
+    _print_credentials(settings, args.name, token, creds, args)
     return 0
 
 
@@ -894,6 +967,8 @@ def build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--webhook", metavar="URL", help="POST this job's events there (signed; see Subscribers)")
     pre.add_argument("--webhook-event", action="append", choices=["started", "progress", "completed"],
                      help="events to send besides completed (repeat)")
+    pre.add_argument("--conversation", help="with recipe chat: the conversation the picture is a turn of "
+                                            "(--param message=...)")
     pre.set_defaults(func=cmd_presign)
     pg = sub.add_parser("presign-get", help="a fresh presigned GET for a job's manifest (and outputs), or for a key")
     pg.add_argument("target", metavar="JOB_ID|KEY")
@@ -1025,6 +1100,19 @@ def build_parser() -> argparse.ArgumentParser:
     sq.add_argument("--ready-file", type=Path)
     sq.set_defaults(func=cmd_events_sqs)
     add_tenant_commands(sub)
+
+    chat = sub.add_parser("chat", help="one chat turn: refine the message, edit the conversation's picture, show it")
+    chat.add_argument("message")
+    chat.add_argument("--conversation", help="continue this conversation (default: start a new one)")
+    chat.add_argument("--image", type=Path, help="a picture for this turn (it becomes the current one)")
+    chat.add_argument("--timeout", type=float, default=600)
+    chat.add_argument("--json", action="store_true", help="print the turn's job manifest")
+    chat.set_defaults(func=cmd_chat)
+    conv = sub.add_parser("conversations", help="conversations: list, show, delete, soft delete, restore")
+    conv.add_argument("action", choices=["list", "show", "delete", "trash", "deleted", "restore"],
+                      help="delete: for good; trash: soft delete (bucket versioning), restore brings it back")
+    conv.add_argument("conversation", nargs="?")
+    conv.set_defaults(func=cmd_conversations)
     return p
 
 

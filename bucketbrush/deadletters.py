@@ -22,7 +22,7 @@ from bucketbrush.broker import enqueue_job
 from bucketbrush.errors import BucketbrushError, JobNotFound
 from bucketbrush.jobs import JobSpec
 from bucketbrush.manifest import Manifest
-from bucketbrush.routing import all_queues
+from bucketbrush.routing import all_queues, tenant_queues
 from bucketbrush.settings import Settings
 from bucketbrush.store import Bucket
 
@@ -37,8 +37,8 @@ class DeadLetter:
     queue: str = ""
 
 
-def _queues(settings: Settings) -> list[str]:
-    return [*all_queues(settings), settings.queue_name]
+def _queues(settings: Settings, redis: Any) -> list[str]:
+    return [*all_queues(settings), settings.queue_name, *tenant_queues(settings, redis)]
 
 
 def _keys(settings: Settings, queue: str) -> tuple[str, str]:
@@ -54,7 +54,7 @@ def list_dead(broker: dramatiq.Broker, settings: Settings) -> list[DeadLetter]:
     """Every dead-lettered message of every queue, oldest first."""
     client = broker.client
     letters = []
-    for queue in _queues(settings):
+    for queue in _queues(settings, client):
         xq, msgs = _keys(settings, queue)
         ids = client.zrange(xq, 0, -1, withscores=True)
         bodies = client.hmget(msgs, [i for i, _ in ids]) if ids else []

@@ -212,6 +212,8 @@ class SigningFailed(JobError):
     unsigned. Not retried (a bad key or certificate fails the same way again)."""
 
     code = "signing_failed"
+
+
 # Tenants (bucketbrush/tenants.py): each tenant keeps to its own prefix and its own limits.
 class OutsideTenant(JobError):
     """A job names a key outside its tenant's prefix (another tenant's, or the shared layout's)."""
@@ -236,3 +238,26 @@ class ProviderError(JobError):
     within ``provider_deadline_s`` (still loading the model, rate limited, still running)."""
 
     code = "provider_error"
+
+
+# Conversations (bucketbrush/conversations.py, gpu_runner/conversation.py).
+class InvalidTurn(JobError):
+    """A chat turn that cannot be read: not a JSON object, no message, a bad image key."""
+
+    code = "invalid_turn"
+
+
+class NoImage(JobError):
+    """The turn asks to change a picture, and the conversation has none yet."""
+
+    code = "no_image"
+
+
+class NothingToUndo(JobError):
+    """``undo`` with no earlier picture to go back to."""
+
+    code = "nothing_to_undo"
+
+
+class ConversationNotFound(BucketbrushError):
+    code = "conversation_not_found"

@@ -1,4 +1,4 @@
-"""The gallery: soft delete and restore of job outputs with S3 versioning.
+"""The gallery: soft delete and restore of job outputs (and of whole conversations) with S3 versioning.
 
 With versioning on, deleting a key only adds a delete marker; the data stays as a
 non-current version. Each function below is a few plain S3 calls an app can make itself:
@@ -12,6 +12,7 @@ non-current version. Each function below is a few plain S3 calls an app can make
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from typing import Any
 
 from bucketbrush.errors import InvalidState, JobNotFound
@@ -64,11 +65,16 @@ def soft_delete(bucket: Bucket, job_id: str) -> list[str]:
 
 def list_deleted(bucket: Bucket) -> list[str]:
     """Job ids whose manifest is soft-deleted (latest entry is a delete marker)."""
+    return _deleted(bucket, bucket.layout.manifests, bucket.layout.job_id_of_manifest)
+
+
+def _deleted(bucket: Bucket, prefix: str, name_of: Callable[[str], str | None]) -> list[str]:
+    """``name_of(key)`` of each key under ``prefix`` whose latest entry is a delete marker."""
     _require_versioning(bucket)
     return sorted(
-        job_id
-        for key, entries in _versions(bucket, bucket.layout.manifests).items()
-        if entries and entries[0]["marker"] and (job_id := bucket.layout.job_id_of_manifest(key))
+        name
+        for key, entries in _versions(bucket, prefix).items()
+        if entries and entries[0]["marker"] and (name := name_of(key))
     )
 
 
@@ -105,3 +111,40 @@ def purge(bucket: Bucket, job_id: str) -> int:
     if not count:
         raise JobNotFound(f"no job {job_id!r}")
     return count
+
+
+# -- conversations ----------------------------------------------------------------------------
+
+def soft_delete_conversation(bucket: Bucket, conversation: str) -> list[str]:
+    """Hide a conversation: every turn's job (``soft_delete``: its turn file or upload, outputs
+    and manifest), then the conversation's manifest. Restorable with ``restore_conversation``."""
+    from bucketbrush.conversations import turn_jobs
+
+    _require_versioning(bucket)
+    manifests = turn_jobs(bucket, conversation)
+    keys = [key for m in manifests for key in soft_delete(bucket, m.job_id)]
+    key = bucket.layout.conversation_manifest_key(conversation)
+    bucket.s3.delete_object(Bucket=bucket.name, Key=key)
+    return keys + [key]
+
+
+def deleted_conversations(bucket: Bucket) -> list[str]:
+    """Conversation ids whose manifest is soft-deleted."""
+    return _deleted(bucket, bucket.layout.conversation_manifests, bucket.layout.conversation_of_manifest)
+
+
+def restore_conversation(bucket: Bucket, conversation: str) -> list[str]:
+    """Bring a soft-deleted conversation back: its manifest, then every turn's job."""
+    from bucketbrush.conversations import Conversations
+
+    _require_versioning(bucket)
+    restored = _unhide(bucket, bucket.layout.conversation_manifest_key(conversation), exact=True)
+    if not restored:
+        raise JobNotFound(f"conversation {conversation} is not in the deleted list")
+    for turn in Conversations(bucket, None).get(conversation).turns:
+        if bucket.read_manifest(turn.job_id) is None:
+            try:
+                restored += restore(bucket, turn.job_id)
+            except JobNotFound:  # that turn's job was deleted for good on its own
+                continue
+    return restored

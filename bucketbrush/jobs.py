@@ -75,6 +75,19 @@ class WebhookTarget(BaseModel):
         return cls(url=url, events=tuple(e for e in WEBHOOK_EVENTS if e in events or e == "completed"))
 
 
+class TurnRef(BaseModel):
+    """A chat turn's place in its conversation (bucketbrush/conversations.py): ``seq`` is
+    handed out by the handler in arrival order, once per turn object, and the runner runs
+    turn ``seq`` only after every earlier one is final."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    conversation: str
+    seq: int = Field(ge=1)
+    # The turn's file name without ``.json``, or the uploaded file's name.
+    name: str
+
+
 class JobSpec(BaseModel):
     """What the runner needs to do one job. Never carries image bytes."""
 
@@ -106,6 +119,8 @@ class JobSpec(BaseModel):
     tenant: str | None = None
     # The job this one re-runs with other params or another model (`bucketbrush replay`).
     replay_of: str | None = None
+    # A chat turn: the runner refines its message and picks the recipe, params and input.
+    turn: TurnRef | None = None
 
     @property
     def inputs(self) -> list[ObjectRef]:

@@ -1,8 +1,10 @@
 """The bucket's layout: every key rule in one place.
 
-What the handler and the sweep route (``inbox/<recipe>/[<ticket>/]<file>`` uploads and
-``jobs/<job_id>.json`` specs), and what the runner, the apps and the management commands read
-and write (manifests, outputs, cancel markers, runner heartbeats). Prefixes come from settings.
+What the handler and the sweep route (``inbox/<recipe>/[<ticket>/]<file>`` uploads,
+``jobs/<job_id>.json`` specs, and chat turns: ``conversations/<conversation_id>/<turn>.json``
+or an image uploaded to ``inbox/chat/<conversation_id>/<file>``), and what the runner, the
+apps and the management commands read and write (manifests, outputs, cancel markers, runner
+heartbeats, conversation manifests). Prefixes come from settings.
 
 Tenants: every key family (inbox, jobs, outputs, manifests, cancel markers, the job index, and
 any family added later) exists once per tenant under ``tenants/<tenant>/``; the untenanted
@@ -22,6 +24,9 @@ from bucketbrush.jobs import RECIPE_NAME, is_spec_job_id, is_ticket
 from bucketbrush.settings import TENANT_PATTERN, Settings
 
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+# inbox/chat/<conversation_id>/<file>: an image that starts or continues a conversation (the
+# upload's metadata carries the message); no recipe has this name.
+CHAT_FOLDER = "chat"
 TENANT_NAME = re.compile(TENANT_PATTERN)
 
 
@@ -39,7 +44,7 @@ class NotAnInput(ValueError):  # noqa: N818 - a routing verdict, not a failure
 class InputKey:
     """A key that makes a job, parsed."""
 
-    kind: Literal["upload", "spec"]
+    kind: Literal["upload", "spec", "turn"]
     # The recipe folder of an upload; None for a spec (its recipe is inside the file).
     recipe: str | None
     # The job id the key names: a presigned upload's ticket, or a spec's file name; None for a
@@ -48,6 +53,11 @@ class InputKey:
     # content's derived id, so the user finds a trace).
     job_id: str | None
     problem: str | None = None
+    # A chat turn: its conversation and its name (the turn file's name without .json, or the
+    # uploaded file's name). A turn's job id is a presigned upload's ticket, else it comes from
+    # its content's identity, like a drop.
+    conversation: str | None = None
+    turn: str | None = None
     # Whose key it is: a tenant's name, None for the default (untenanted) layout.
     tenant: str | None = None
 
@@ -90,6 +100,7 @@ class Layout:
         self.cancel = settings.cancel_prefix
         self.index = settings.index_prefix
         self.status = settings.status_prefix
+        self.conversations = settings.conversations_prefix
         self.root = self
         if tenant := tenant or settings.tenant:
             root = copy.copy(self)
@@ -133,6 +144,12 @@ class Layout:
         """Whether ``key`` belongs to this layout's tenant (a tenant's jobs may read only these)."""
         return self.tenant_of(key) == self.tenant and not (self.tenant is None and key.startswith(self.root.tenants))
 
+    @property
+    def input_folders(self) -> dict[str, str]:
+        """Name -> prefix of the folders whose new objects make jobs: where events must be routed
+        (and nothing else: our own outputs and manifests must never come back) and the sweep looks."""
+        return {"inbox": self.inbox, "jobs": self.jobs, "conversations": self.conversations}
+
     # -- inputs ---------------------------------------------------------------------------
 
     def parse_input(self, key: str) -> InputKey:
@@ -153,6 +170,13 @@ class Layout:
             if len(parts) < 2 or not parts[-1]:
                 raise NotAnInput("not inbox/<recipe>/<file>")
             recipe = parts[0]
+            if recipe == CHAT_FOLDER:
+                if len(parts) < 3 or not is_spec_job_id(parts[1]):
+                    raise NotAnInput(f"not inbox/{CHAT_FOLDER}/<conversation_id>/<file> (a conversation id is "
+                                     "letters, digits, '_' and '-', up to 64)", rejected=True)
+                # inbox/chat/<conversation_id>/<ticket>/<file>: a presigned chat upload names its job.
+                ticket = parts[2] if len(parts) >= 4 and is_ticket(parts[2]) else None
+                return InputKey("turn", None, ticket, conversation=parts[1], turn=parts[-1])
             if not RECIPE_NAME.match(recipe):
                 raise NotAnInput(f"bad recipe folder {recipe!r}", rejected=True)
             ticket = parts[1] if len(parts) >= 3 and is_ticket(parts[1]) else None
@@ -169,11 +193,51 @@ class Layout:
                     f"the job spec name {name!r} is not a job id: use jobs/<job_id>.json with "
                     "letters, digits, '_' and '-' (up to 64, starting with a letter or digit), no folders"))
             return InputKey("spec", None, job_id)
-        raise NotAnInput("outside inbox/ and jobs/")
+        if key.startswith(self.conversations):
+            parts = key[len(self.conversations):].split("/")
+            if len(parts) != 2 or not parts[1].endswith(".json") or parts[1] == ".json":
+                raise NotAnInput("not conversations/<conversation_id>/<turn>.json")
+            if not is_spec_job_id(parts[0]):
+                raise NotAnInput(f"bad conversation id {parts[0]!r}: letters, digits, '_' and '-', up to 64",
+                                 rejected=True)
+            return InputKey("turn", None, None, conversation=parts[0], turn=parts[1].removesuffix(".json"))
+        raise NotAnInput("outside inbox/, jobs/ and conversations/")
 
     def upload_key(self, recipe: str, ticket: str, filename: str) -> str:
         """Where a presigned upload goes: the ticket (its job id) is in the key."""
         return f"{self.inbox}{recipe}/{ticket}/{filename}"
+
+    def turn_key(self, conversation: str, turn: str) -> str:
+        """Where a chat turn's JSON goes."""
+        return f"{self.conversations}{conversation}/{turn}.json"
+
+    def turns_of(self, conversation: str) -> str:
+        """The prefix of a conversation's turn files."""
+        return f"{self.conversations}{conversation}/"
+
+    def chat_upload_key(self, conversation: str, ticket: str, filename: str) -> str:
+        """Where a presigned chat upload goes: the ticket (its job id) is in the key."""
+        return f"{self.chat_upload_prefix(conversation)}{ticket}/{filename}"
+
+    def chat_upload_prefix(self, conversation: str) -> str:
+        """The prefix of a conversation's uploaded images (inbox/chat/<conversation_id>/)."""
+        return f"{self.inbox}{CHAT_FOLDER}/{conversation}/"
+
+    # -- conversations --------------------------------------------------------------------
+
+    @property
+    def conversation_manifests(self) -> str:
+        return f"{self.manifests}conversations/"
+
+    def conversation_manifest_key(self, conversation: str) -> str:
+        return f"{self.conversation_manifests}{conversation}.json"
+
+    def conversation_of_manifest(self, key: str) -> str | None:
+        """The conversation id of ``manifests/conversations/<id>.json``; None for any other key."""
+        if not key.startswith(self.conversation_manifests) or not key.endswith(".json"):
+            return None
+        conversation = key[len(self.conversation_manifests):-len(".json")]
+        return conversation if is_spec_job_id(conversation) else None
 
     # -- what a job writes ----------------------------------------------------------------
 

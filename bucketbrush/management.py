@@ -18,8 +18,8 @@ from botocore.exceptions import ClientError
 from bucketbrush.broker import enqueue_job
 from bucketbrush.claims import Claims
 from bucketbrush.errors import InvalidCursor, InvalidState, JobNotFound
-from bucketbrush.jobs import JobSpec, ObjectRef
-from bucketbrush.manifest import Manifest
+from bucketbrush.jobs import JobSpec, ObjectRef, TurnRef
+from bucketbrush.manifest import Manifest, TurnInfo
 from bucketbrush.store import Bucket, is_not_found
 
 
@@ -164,13 +164,21 @@ def retry_job(bucket: Bucket, broker: dramatiq.Broker, job_id: str,
         input_ref = manifest.inputs[1] if len(manifest.inputs) > 1 else None
     bucket.s3.delete_object(Bucket=bucket.name, Key=bucket.cancel_key(job_id))
     bucket.index.forget(manifest)  # the retried job is indexed anew, as just submitted
-    queued = Manifest(job_id=job_id, status="queued", recipe=manifest.recipe, params=manifest.params,
+    recipe, params, turn = manifest.recipe, manifest.params, None
+    if manifest.turn is not None:
+        # A chat turn runs again as a turn: refined again, on the picture its number starts from.
+        from bucketbrush.conversations import CHAT_RECIPE
+
+        recipe, params, input_ref = CHAT_RECIPE, {}, None
+        turn = TurnRef(conversation=manifest.turn.conversation, seq=manifest.turn.seq, name=manifest.turn.name)
+    queued = Manifest(job_id=job_id, status="queued", recipe=recipe, params=params,
                       inputs=manifest.inputs, timings={"queued_at": time.time()},
-                      attempts=manifest.attempts, tenant=manifest.tenant, replay_of=manifest.replay_of)
+                      attempts=manifest.attempts, tenant=manifest.tenant, replay_of=manifest.replay_of,
+                      turn=TurnInfo(**turn.model_dump()) if turn else None)
     bucket.write_manifest(queued)
-    enqueue_job(broker, settings, JobSpec(job_id=job_id, recipe=manifest.recipe, source=source,
-                                          input=input_ref, params=manifest.params, priority=priority,
-                                          tenant=manifest.tenant, replay_of=manifest.replay_of))
+    enqueue_job(broker, settings, JobSpec(job_id=job_id, recipe=recipe, source=source,
+                                          input=input_ref, params=params, priority=priority,
+                                          tenant=manifest.tenant, replay_of=manifest.replay_of, turn=turn))
     return queued
 
 

@@ -12,7 +12,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from bucketbrush.errors import BucketbrushError
-from bucketbrush.jobs import ObjectRef
+from bucketbrush.jobs import ObjectRef, TurnRef
 
 SCHEMA_VERSION = 1
 Status = Literal["queued", "running", "succeeded", "failed", "cancelled"]
@@ -73,6 +73,23 @@ class ErrorInfo(BaseModel):
                    retryable=error.retryable if retryable is None else retryable)
 
 
+class TurnInfo(TurnRef):
+    """What a chat turn's job manifest says about the turn: the message, what the refiner made
+    of it, ``given``: the picture the turn brought, if any, and ``input``: the picture the turn
+    worked on (for ``undo``: the one the conversation went back to)."""
+
+    message: str = ""
+    intent: str | None = None
+    prompt: str = ""
+    negative_prompt: str = ""
+    refiner: str | None = None
+    answer: str | None = None
+    given: str | None = None
+    input: str | None = None
+    # How often the turn was put back because the turn before it was not final yet.
+    deferred: int = 0
+
+
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
@@ -105,6 +122,8 @@ class Manifest(BaseModel):
     tenant: str | None = None
     # The job this one re-ran (`bucketbrush replay`), with its report's id.
     replay_of: str | None = None
+    # A chat turn's job (bucketbrush/conversations.py); None for every other job.
+    turn: TurnInfo | None = None
 
     @property
     def is_final(self) -> bool:

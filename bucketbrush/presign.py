@@ -24,8 +24,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from bucketbrush.errors import InvalidParams, InvalidWebhook
-from bucketbrush.jobs import RECIPE_NAME, WebhookTarget, is_job_id, new_ticket
-from bucketbrush.layout import Layout
+from bucketbrush.jobs import RECIPE_NAME, WebhookTarget, is_job_id, is_spec_job_id, new_ticket
+from bucketbrush.layout import CHAT_FOLDER, Layout
 from bucketbrush.settings import Settings
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -100,6 +100,15 @@ def presign_manifest(s3: Any, settings: Settings, job_id: str, expires_s: int | 
                         manifest_url=presign_get(s3, settings, key, expires_s, no_store=True))
 
 
+def check_chat_params(conversation: str | None, params: dict[str, Any] | None) -> None:
+    """A chat upload's conversation id and params (a ``message`` string, nothing else)."""
+    if not isinstance(conversation, str) or not is_spec_job_id(conversation):
+        raise InvalidParams(f"a {CHAT_FOLDER} upload needs a conversation id: letters, digits, '_' and '-', up to 64")
+    extra = sorted(set(params or {}) - {"message"})
+    if extra or not isinstance((params or {}).get("message", ""), str):
+        raise InvalidParams(f"a {CHAT_FOLDER} upload's only param is the message (a string); not {extra}")
+
+
 def safe_filename(filename: str) -> str:
     name = _UNSAFE.sub("_", filename.rsplit("/", 1)[-1]).strip("._") or "upload"
     return name[:128]
@@ -118,12 +127,21 @@ def presign_upload(
     validate: ParamsValidator | None = None,
     webhook: str | None = None,
     webhook_events: list[str] | None = None,
+    conversation: str | None = None,
 ) -> PresignedUpload:
     """A presigned POST for one upload; ``s3`` should use the endpoint apps can reach.
-    ``validate`` (recipe, params) refuses an unknown recipe or bad params before signing."""
+    ``validate`` (recipe, params) refuses an unknown recipe or bad params before signing.
+
+    ``recipe="chat"`` with a ``conversation`` id: a chat turn's picture, into
+    ``inbox/chat/<conversation>/<job_id>/<file>``, its only param the ``message`` (signed like
+    any params; see docs/conversations.md)."""
     if not RECIPE_NAME.match(recipe):
         raise InvalidParams(f"invalid recipe name {recipe!r}: lowercase letters, digits, '_' and '-'")
-    if validate is not None:
+    if recipe == CHAT_FOLDER:
+        check_chat_params(conversation, params)
+    elif conversation is not None:
+        raise InvalidParams(f"a conversation goes with the {CHAT_FOLDER} recipe, not {recipe!r}")
+    elif validate is not None:
         validate(recipe, dict(params or {}))
     max_bytes = min(max_bytes or settings.max_upload_bytes, settings.max_upload_bytes)
     expires_s = expires_s or settings.presign_expires_s
@@ -131,7 +149,8 @@ def presign_upload(
     prefix = content_type_prefix(recipe, content_type)
     job_id = new_ticket()
     layout = Layout(settings)
-    key = layout.upload_key(recipe, job_id, safe_filename(filename))
+    key = (layout.chat_upload_key(conversation, job_id, safe_filename(filename)) if conversation
+           else layout.upload_key(recipe, job_id, safe_filename(filename)))
     fields = {"Content-Type": content_type}
     conditions: list[Any] = [
         ["content-length-range", 1, max_bytes],

@@ -10,6 +10,7 @@ older than ``tenant_quota_stale_s`` (its runner died) stops counting.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -97,6 +98,17 @@ class Quotas:
     def release(self, tenant: str, job_id: str) -> None:
         """The job is over: it no longer counts towards ``max_concurrent``."""
         self.redis.zrem(self._keys(tenant, time.time())[1], job_id)
+
+    def release_finished(self, tenant: str, finished: Callable[[str], bool]) -> list[str]:
+        """Free the slots of ``tenant``'s active jobs that ``finished(job_id)`` says are over
+        though no runner said so (the reaper failed them, their message was purged): the
+        reconciling sweep calls this. The ones freed."""
+        key = self._keys(tenant, time.time())[1]
+        ids = [i.decode() if isinstance(i, bytes) else i for i in self.redis.zrange(key, 0, -1)]
+        done = [job_id for job_id in ids if finished(job_id)]
+        if done:
+            self.redis.zrem(key, *done)
+        return done
 
     def usage(self, tenant: str, now: float | None = None) -> Usage:
         now = time.time() if now is None else now

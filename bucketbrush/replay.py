@@ -51,7 +51,7 @@ class Pair(BaseModel):
     processing_s: Change = Field(default_factory=Change)
     output_bytes: Change = Field(default_factory=Change)
     size: Change = Field(default_factory=Change)  # [width, height] of the first image output
-    identical: bool | None = None  # byte-identical first outputs
+    identical: bool | None = None  # the first outputs have the same pixels (signed files differ in bytes)
     psnr_db: float | None = None  # None when identical (infinite) or not comparable
     ssim: float | None = None  # None without scikit-image or when not comparable
 
@@ -193,31 +193,31 @@ def compare(bucket: Bucket, pair: Pair, old: Manifest, new: Manifest) -> None:
     if old_out is None or new_out is None:
         return
     pair.size = Change(old=[old_out.width, old_out.height], new=[new_out.width, new_out.height])
-    pair.identical = old_out.sha256 == new_out.sha256
     read = lambda key: bucket.s3.get_object(Bucket=bucket.name, Key=key)["Body"].read()  # noqa: E731
-    pair.psnr_db, pair.ssim = similarity(read(old_out.key), read(new_out.key))
+    pair.psnr_db, pair.ssim, pair.identical = similarity(read(old_out.key), read(new_out.key))
 
 
-def similarity(old: bytes, new: bytes) -> tuple[float | None, float | None]:
-    """(PSNR in dB, SSIM) of two encoded images, the new one resized to the old one's size
-    when they differ; PSNR is None for identical pixels (infinite), SSIM None without
-    scikit-image."""
+def similarity(old: bytes, new: bytes) -> tuple[float | None, float | None, bool | None]:
+    """(PSNR in dB, SSIM, same pixels) of two encoded images, the new one resized to the old
+    one's size when they differ; PSNR is None for identical pixels (infinite), SSIM None
+    without scikit-image; all None when either does not decode."""
     import cv2
     import numpy as np
 
     a = cv2.imdecode(np.frombuffer(old, np.uint8), cv2.IMREAD_COLOR)
     b = cv2.imdecode(np.frombuffer(new, np.uint8), cv2.IMREAD_COLOR)
     if a is None or b is None:
-        return None, None
+        return None, None, None
     if a.shape != b.shape:
         b = cv2.resize(b, (a.shape[1], a.shape[0]), interpolation=cv2.INTER_AREA)
-    psnr = None if np.array_equal(a, b) else float(cv2.PSNR(a, b))
+    same = bool(np.array_equal(a, b))
+    psnr = None if same else float(cv2.PSNR(a, b))
     try:
         from skimage.metrics import structural_similarity
     except ImportError:
-        return psnr, None
+        return psnr, None, same
     ssim = float(structural_similarity(a, b, channel_axis=2, data_range=255))
-    return psnr, (ssim if math.isfinite(ssim) else None)
+    return psnr, (ssim if math.isfinite(ssim) else None), same
 
 
 def table(report: ReplayReport, key: str) -> list[str]:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from types import MappingProxyType
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 from bucketbrush.settings import Settings
 
@@ -57,9 +57,35 @@ def queue_name(settings: Settings, capability: Capability, priority: Priority = 
     return f"{name}-bulk" if priority == "bulk" else name
 
 
-def queue_for(settings: Settings, recipe: str, priority: Priority = "interactive") -> str:
-    """The queue a job of ``recipe`` goes to."""
-    return queue_name(settings, needs(settings, recipe), priority)
+def queue_for(settings: Settings, recipe: str, priority: Priority = "interactive", tenant: str | None = None) -> str:
+    """The queue a job of ``recipe`` goes to (a tenant's own copy of it with ``tenant_queues``)."""
+    return tenant_queue(settings, queue_name(settings, needs(settings, recipe), priority), tenant)
+
+
+# -- fairness between tenants (gpu_runner/tenant_queues.py) -------------------------------------
+
+TENANT_QUEUE = "-tenant-"
+
+
+def tenant_queue(settings: Settings, queue: str, tenant: str | None) -> str:
+    """With ``tenant_queues``, a tenant's jobs wait in their own copy of ``queue``
+    (``<queue>-tenant-<tenant>``), which runners serving ``queue`` consume beside it."""
+    return f"{queue}{TENANT_QUEUE}{tenant}" if tenant and settings.tenant_queues else queue
+
+
+def base_queue(queue: str) -> str:
+    """The queue a tenant's queue is a copy of (``queue`` itself for any other)."""
+    return queue.split(TENANT_QUEUE, 1)[0]
+
+
+def tenant_queues_key(settings: Settings) -> str:
+    """The Redis set of the tenants' queues jobs were sent to: runners consume them from there."""
+    return f"{settings.broker_namespace}:tenant-queues"
+
+
+def tenant_queues(settings: Settings, redis: Any) -> list[str]:
+    """The tenants' queues jobs were sent to (for views over every queue: dead letters, status)."""
+    return sorted(n.decode() if isinstance(n, bytes) else n for n in redis.smembers(tenant_queues_key(settings)))
 
 
 def served_capabilities(serve: Iterable[str]) -> list[Capability]:

@@ -143,9 +143,11 @@ class StorageSettings(SettingsGroup):
     index_prefix: str = Field(
         default="index/", description="time-ordered job index for `jobs list` (bucketbrush/index.py)")
     cors_allowed_origins: list[str] = Field(default=["*"], description="CORS origins for browser uploads (JSON list)")
+    conversations_prefix: str = Field(
+        default="conversations/", description="chat turns: conversations/<conversation_id>/<turn>.json")
 
     @field_validator("inbox_prefix", "jobs_prefix", "outputs_prefix", "manifests_prefix",
-                     "cancel_prefix", "status_prefix", "index_prefix")
+                     "cancel_prefix", "status_prefix", "index_prefix", "conversations_prefix")
     @classmethod
     def _folder(cls, v: str) -> str:
         v = v.strip("/")
@@ -261,6 +263,9 @@ class LimitsSettings(SettingsGroup):
     max_runner_deaths: int = Field(
         default=3, ge=1, description="a job whose runner dies in it this many times (killed, out of memory) "
                                      "ends failed with runner_died instead of being delivered again")
+    conversation_wait_s: float = Field(
+        default=3600, gt=0, description="how long a chat turn waits for the turn before it to finish; "
+                                        "past this it runs on the last finished turn's image, with a warning")
 
     def time_limit_s(self, recipe: str, requested: int | None = None) -> int:
         """The recipe's limit, or a tighter one the job asked for."""
@@ -447,6 +452,9 @@ class TenantsSettings(SettingsGroup):
     tenant_quota_stale_s: float = Field(
         default=6 * 3600, gt=0, description="a job counted as running for longer than this no longer counts "
                                             "towards max_concurrent (its runner died)")
+    tenant_queues: bool = Field(
+        default=False, description="each tenant's jobs go to a Dramatiq queue of its own, which runners consume "
+                                   "side by side: one tenant's burst cannot starve another's job")
 
     @field_validator("tenants_prefix")
     @classmethod

@@ -22,7 +22,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from pydantic import BaseModel
 
 from bucketbrush.manifest import RunnerStatus, SourceStatus
-from bucketbrush.routing import all_queues
+from bucketbrush.routing import all_queues, tenant_queues
 from bucketbrush.settings import Settings, mask_url_password
 from bucketbrush.store import Bucket
 
@@ -78,7 +78,8 @@ def queue_depths(broker: dramatiq.Broker, queue_name: str, namespace: str) -> di
 
 def job_queue_depths(broker: dramatiq.Broker, settings: Settings) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
     """(totals over every job queue of ``bucketbrush.routing``, the depths of each)."""
-    each = {q: queue_depths(broker, q, settings.broker_namespace) for q in all_queues(settings)}
+    queues = [*all_queues(settings), *tenant_queues(settings, broker.client)]  # the tenants' too (tenant_queues)
+    each = {q: queue_depths(broker, q, settings.broker_namespace) for q in queues}
     totals = {k: sum(d[k] for d in each.values()) for k in ("ready", "delayed", "dead_lettered")}
     return totals, each
 

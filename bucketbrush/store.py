@@ -176,25 +176,34 @@ class Bucket:
         is unconditional (last writer wins). ``index=False``: leave the job index as it is
         (the caller indexes the status later with ``index_manifest``, or never)."""
         manifest.updated_at = time.time()
-        kwargs: dict[str, Any] = {
-            "Bucket": self.name, "Key": self.manifest_key(manifest.job_id),
-            "Body": manifest.model_dump_json(indent=2).encode(),
-            "ContentType": "application/json", "CacheControl": "no-cache",
-        }
-        if if_match is None:
-            self.s3.put_object(**kwargs)
-        else:
-            try:
-                self.s3.put_object(**kwargs, IfMatch=if_match)
-            except ClientError as exc:
-                code = exc.response.get("Error", {}).get("Code")
-                if code in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
-                    return False
-                if code != "NotImplemented":
-                    raise
-                self.s3.put_object(**kwargs)
+        written = self.put_json(self.manifest_key(manifest.job_id), manifest.model_dump_json(indent=2).encode(),
+                                if_match=if_match)
+        if not written:
+            return False
         if index:
             self.index_manifest(manifest)
+        return True
+
+    def put_json(self, key: str, body: bytes, *, if_match: str | None = None, if_none_match: bool = False) -> bool:
+        """PUT a JSON document (never cached). With ``if_match`` (the ETag it was read with)
+        only if nobody wrote it since, with ``if_none_match`` only if it does not exist yet:
+        False when somebody wrote it. Stores that do not implement conditional PUTs answer
+        NotImplemented; there the write is unconditional."""
+        kwargs: dict[str, Any] = {"Bucket": self.name, "Key": key, "Body": body,
+                                  "ContentType": "application/json", "CacheControl": "no-cache"}
+        condition = {"IfMatch": if_match} if if_match is not None else {"IfNoneMatch": "*"} if if_none_match else {}
+        if not condition:
+            self.s3.put_object(**kwargs)
+            return True
+        try:
+            self.s3.put_object(**kwargs, **condition)
+        except ClientError as exc:
+            code = exc.response.get("Error", {}).get("Code")
+            if code in ("PreconditionFailed", "412", "ConditionalRequestConflict"):
+                return False
+            if code != "NotImplemented":
+                raise
+            self.s3.put_object(**kwargs)
         return True
 
     def index_manifest(self, manifest: Manifest) -> None:

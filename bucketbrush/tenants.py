@@ -9,8 +9,11 @@ is not in the file gets the settings' limits (a deployment may manage credential
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
+import secrets
 import time
 from pathlib import Path
 
@@ -50,6 +53,15 @@ class Tenant(BaseModel):
     created_at: float = Field(default_factory=time.time)
     rotated_at: float | None = None
     limits: Limits = Field(default_factory=Limits)
+    # The SHA-256 of the tenant's functions token (the host's /presign, /manifest-url and the
+    # studio page, as this tenant); the token itself is shown once.
+    token_sha256: str | None = None
+
+
+def new_token() -> tuple[str, str]:
+    """A tenant's functions token and its SHA-256 (what the tenants file keeps)."""
+    token = "bbt_" + secrets.token_urlsafe(32)
+    return token, hashlib.sha256(token.encode()).hexdigest()
 
 
 def tenants_path(settings: Settings) -> Path:
@@ -88,6 +100,15 @@ class TenantsFile:
         if (tenant := self.get(name)) is None:
             raise UnknownTenant(f"no tenant {name!r} in {self.path} (`bucketbrush tenants list`)")
         return tenant
+
+    def tenant_for_token(self, token: str) -> str | None:
+        """The tenant whose functions token this is, or None."""
+        digest = hashlib.sha256(token.encode()).hexdigest()
+        found = None
+        for tenant in self.all().values():  # every entry compared: the time says nothing
+            if tenant.token_sha256 and hmac.compare_digest(tenant.token_sha256, digest):
+                found = tenant.name
+        return found
 
     def limits(self, settings: Settings, name: str) -> Limits:
         tenant = self.get(name)

@@ -20,6 +20,7 @@ from botocore.exceptions import ClientError
 from bucketbrush import metrics
 from bucketbrush.broker import build_broker, enqueue_job
 from bucketbrush.claims import Claims
+from bucketbrush.conversations import CHAT_RECIPE, Conversations
 from bucketbrush.errors import (
     InputMissing,
     InvalidKey,
@@ -29,9 +30,9 @@ from bucketbrush.errors import (
     OutsideTenant,
     QuotaExceeded,
 )
-from bucketbrush.jobs import RECIPE_NAME, JobSpec, ObjectRef, WebhookTarget, is_job_id, job_id_for, json_object
-from bucketbrush.layout import NotAnInput, unsafe_key
-from bucketbrush.manifest import ErrorInfo, Manifest
+from bucketbrush.jobs import RECIPE_NAME, JobSpec, ObjectRef, TurnRef, WebhookTarget, is_job_id, job_id_for, json_object
+from bucketbrush.layout import InputKey, NotAnInput, unsafe_key
+from bucketbrush.manifest import ErrorInfo, Manifest, TurnInfo
 from bucketbrush.quotas import Quotas
 from bucketbrush.routing import Priority
 from bucketbrush.settings import Settings
@@ -66,6 +67,7 @@ class Handler:
         self.bucket = bucket
         self.broker = broker
         self.claims = Claims(redis, settings)
+        self.conversations = Conversations(bucket, redis)
         # Tenants' limits (the tenants file) and their counters in Redis.
         self.tenants = TenantsFile.from_settings(settings)
         self.quotas = Quotas(redis, settings)
@@ -92,11 +94,19 @@ class Handler:
         return [f.result() for f in futures]
 
     def submit(self, record: S3Record) -> Future[Outcome]:
-        """Handle ``record`` on the pool, after any earlier record for the same key; blocks
-        while the pool is full (``handler_concurrency`` x 4 records in flight)."""
-        future = self.pool.submit(record.key, self.handle_record, record)
+        """Handle ``record`` on the pool, after any earlier record for the same key (for a chat
+        turn: for the same conversation, since turns are numbered in the order their events
+        came); blocks while the pool is full (``handler_concurrency`` x 4 records in flight)."""
+        future = self.pool.submit(self._order_key(record.key), self.handle_record, record)
         future.add_done_callback(self._count)
         return future
+
+    def _order_key(self, key: str) -> str:
+        try:
+            route = self.bucket.layout.parse_input(key)
+        except NotAnInput:
+            return key
+        return f"conversation {route.tenant or ''}/{route.conversation}" if route.kind == "turn" else key
 
     def _count(self, future: Future[Outcome]) -> None:
         """Counters for the metrics and the event source's heartbeat (`bucketbrush status`)."""
@@ -131,6 +141,10 @@ class Handler:
                     "derived from the upload's identity"))
             return Outcome(key, "rejected", reason=exc.reason)
         tenant = route.tenant
+        if route.kind == "turn":
+            if tenant is not None:  # conversation state (numbers, manifest) is the default tenant's
+                return Outcome(key, "rejected", reason="conversations are not available to tenants yet")
+            return self._turn(record, route)
         if route.kind == "upload":
             assert route.recipe is not None
             # A presigned upload's key names its job (an app waits for it); a drop-folder
@@ -157,6 +171,16 @@ class Handler:
         return self._submit(ref, recipe, input_ref=input_ref, params=params, preferred_id=job_id,
                             recent=self._recent(record), tenant=tenant, **options)
 
+    def _turn(self, record: S3Record, route: InputKey) -> Outcome:
+        """A chat turn: numbered in its conversation's arrival order, then a job like any other
+        (the runner refines the message and picks the recipe, gpu_runner/conversation.py)."""
+        assert route.conversation is not None and route.turn is not None
+        ref = record.ref
+        seq = self.conversations.next_seq(route.conversation, ref.identity)
+        turn = TurnRef(conversation=route.conversation, seq=seq, name=route.turn)
+        return self._submit(ref, CHAT_RECIPE, input_ref=None, params={}, preferred_id=route.job_id,
+                            recent=self._recent(record), turn=turn)
+
     def _failed(self, ref: ObjectRef, job_id: str, tenant: str | None, exc: JobError, *,
                 recipe: str = "", claimed: bool = False) -> Outcome:
         """Nothing to run: record the failure where the user will look for it."""
@@ -182,7 +206,12 @@ class Handler:
         tenant = route.tenant
         recipe, input_ref, params = route.recipe or "", source, {}
         options: dict[str, Any] = {"priority": "interactive" if route.job_id else "bulk"}
-        if route.kind != "upload":
+        if route.kind == "turn" and route.conversation and route.turn:
+            # The same number as its first event (one per turn object), so it keeps its place.
+            seq = self.conversations.next_seq(route.conversation, source.identity)
+            recipe, input_ref, options = CHAT_RECIPE, None, {"priority": "interactive", "turn": TurnRef(
+                conversation=route.conversation, seq=seq, name=route.turn)}
+        elif route.kind != "upload":
             try:
                 recipe, input_ref, params, options = self._read_spec(source, tenant)
             except (InvalidSpec, InvalidWebhook, OutsideTenant) as exc:
@@ -253,7 +282,8 @@ class Handler:
                 params: dict[str, Any], preferred_id: str | None,
                 time_limit_s: int | None = None, hard_time_limit: bool = False, recent: bool = False,
                 webhook: WebhookTarget | None = None, priority: Priority = "interactive",
-                tenant: str | None = None, replay_of: str | None = None) -> Outcome:
+                tenant: str | None = None, replay_of: str | None = None,
+                turn: TurnRef | None = None) -> Outcome:
         claims, identity, bucket = self.claims.for_tenant(tenant), source.identity, self.bucket.for_tenant(tenant)
         job_id = preferred_id if preferred_id and claims.claim(preferred_id, identity) else None
         if preferred_id and job_id is None and claims.holder(preferred_id) == identity:
@@ -273,7 +303,7 @@ class Handler:
         queued_at = time.time()
         spec = JobSpec(job_id=job_id, recipe=recipe, source=source, input=input_ref, params=params,
                        time_limit_s=time_limit_s, hard_time_limit=hard_time_limit, webhook=webhook,
-                       priority=priority, tenant=tenant, replay_of=replay_of, queued_at=queued_at)
+                       priority=priority, tenant=tenant, replay_of=replay_of, queued_at=queued_at, turn=turn)
         if tenant is not None:
             limits = self.tenants.limits(self.settings, tenant)
             try:
@@ -283,7 +313,8 @@ class Handler:
                 log.warning("job %s of tenant %s refused: %s", job_id, tenant, exc)
                 return self._failed(source, job_id, tenant, exc, recipe=recipe, claimed=True)
         queued = Manifest(job_id=job_id, status="queued", recipe=recipe, params=params, inputs=spec.inputs,
-                          timings={"queued_at": queued_at}, tenant=tenant, replay_of=replay_of)
+                          timings={"queued_at": queued_at}, tenant=tenant, replay_of=replay_of,
+                          turn=TurnInfo(**turn.model_dump()) if turn else None)
         try:
             # The manifest and its job index entry side by side: one round trip, not two.
             indexed = self._io.submit(bucket.index_manifest, queued.model_copy())

@@ -45,6 +45,7 @@ from bucketbrush.presign import ParamsValidator, presign_upload
 from bucketbrush.settings import Settings
 from bucketbrush.status import job_queue_depths, runner_heartbeats
 from bucketbrush.store import Bucket
+from bucketbrush.tenants import TenantsFile
 from functions.events import InvalidEvent, S3Record, parse_records
 from functions.handler import Handler
 from functions.sns import MESSAGE_TYPES, Fetch, SnsMalformed, SnsRejected, SnsUnavailable, SnsVerifier, fetch_url
@@ -85,6 +86,9 @@ class FunctionsApp:
         self.token = token.get_secret_value().encode() if token else None
         self.max_body = settings.functions_max_body_bytes
         self.sns = SnsVerifier(settings.sns_topic_arns, fetch=fetch)
+        # Tenants' own tokens (bucketbrush/tenants.py): /presign, /manifest-url and the studio
+        # API as that tenant, in its prefix; never the event endpoints.
+        self.tenants = TenantsFile.from_settings(settings)
         if self.token is None:
             log.warning("no functions_token configured: /events/minio, /events/s3 and /presign refuse every request")
         if validate is None:
@@ -92,12 +96,24 @@ class FunctionsApp:
 
     # -- request plumbing -----------------------------------------------------------------
 
-    def _check_token(self, request: Request) -> None:
+    def _check_token(self, request: Request, *, tenants: bool = False) -> str | None:
+        """Refuse a request without the host's token (or, where ``tenants``, a tenant's); the
+        tenant the request acts as: the host's own (``settings.tenant``) or the token's tenant."""
         scheme, _, value = request.headers.get("authorization", "").partition(" ")
-        if self.token is None:
+        given = value.strip() if scheme.lower() == "bearer" else ""
+        if self.token is not None and given and hmac.compare_digest(given.encode(), self.token):
+            return self.settings.tenant
+        if tenants and given and (tenant := self.tenants.tenant_for_token(given)) is not None:
+            return tenant
+        if self.token is None and not tenants:
             raise HttpError(401, "no token is configured on this server")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), self.token):
-            raise HttpError(401, "missing or wrong bearer token")
+        raise HttpError(401, "missing or wrong bearer token")
+
+    def as_tenant(self, tenant: str | None) -> tuple[Settings, Bucket]:
+        """Settings and bucket view for a request acting as ``tenant``."""
+        if tenant == self.settings.tenant:
+            return self.settings, self.bucket
+        return self.settings.model_copy(update={"tenant": tenant}), self.bucket.for_tenant(tenant)
 
     async def _body(self, request: Request) -> bytes:
         """The body, refused before reading when Content-Length is over the limit and while
@@ -188,7 +204,7 @@ class FunctionsApp:
 
     async def presign(self, request: Request) -> JSONResponse:
         try:
-            self._check_token(request)
+            settings, bucket = self.as_tenant(self._check_token(request, tenants=True))
             body = await self._body(request)
             try:
                 doc = json.loads(body)
@@ -204,9 +220,10 @@ class FunctionsApp:
             if not isinstance(params, dict):
                 raise HttpError(400, '"params" must be a JSON object')
             upload = await self._sign(lambda: presign_upload(
-                self.bucket.public_s3, self.settings, recipe=doc["recipe"], filename=filename,
+                bucket.public_s3, settings, recipe=doc["recipe"], filename=filename,
                 content_type=content_type, params=params, validate=self.validate,
-                webhook=doc.get("webhook"), webhook_events=doc.get("webhook_events")))
+                webhook=doc.get("webhook"), webhook_events=doc.get("webhook_events"),
+                conversation=doc.get("conversation")))
             return JSONResponse(upload.model_dump(mode="json"))
         except HttpError as exc:
             return _error(request, exc)
@@ -215,9 +232,9 @@ class FunctionsApp:
         """A fresh presigned GET for ``manifests/<job_id>.json``, and one per output of a
         succeeded job: how an app renews the links its presign reply carried."""
         try:
-            self._check_token(request)
+            _, bucket = self.as_tenant(self._check_token(request, tenants=True))
             job_id = request.query_params.get("job_id", "")
-            link, _ = await self._sign(lambda: self.bucket.manifest_link(job_id))
+            link, _ = await self._sign(lambda: bucket.manifest_link(job_id))
             return JSONResponse(link.model_dump(mode="json"))
         except HttpError as exc:
             return _error(request, exc)

@@ -44,9 +44,11 @@ def marker_key(settings: Settings) -> str:
 
 
 def requeue_lost(settings: Settings, bucket: Bucket, handler: Handler, manifests: dict[str, float], *,
-                 now: float, grace_s: float, lookback_s: float | None) -> list[Outcome]:
+                 now: float, grace_s: float, lookback_s: float | None, mark: bool = True) -> list[Outcome]:
     """One pass (see the module docstring); the outcome of each requeue.
-    ``manifests``: job id -> last written; ``lookback_s`` None: read every manifest."""
+    ``manifests``: job id -> last written; ``lookback_s`` None: read every manifest.
+    ``mark``: record a full pass (False where the caller passes over several tenants and
+    records it once, after the last)."""
     redis = handler.claims.redis
     full = lookback_s is None or not redis.exists(marker_key(settings))
     oldest = float("-inf") if full else now - (lookback_s or 0) - grace_s
@@ -76,6 +78,6 @@ def requeue_lost(settings: Settings, bucket: Bucket, handler: Handler, manifests
             if not redis.set(lock, "1", nx=True, ex=REQUEUE_LOCK_S):
                 continue  # another sweeper is requeuing it
             outcomes.append(handler.requeue(manifest.job_id, manifest.inputs[0]))
-    if full:
+    if full and mark:
         redis.set(marker_key(settings), str(now))
     return outcomes

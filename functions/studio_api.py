@@ -69,15 +69,15 @@ def recent_jobs(bucket: Bucket, limit: int) -> list[dict[str, Any]]:
 class StudioApi:
     def __init__(self, functions: FunctionsApp, recipes: list[dict[str, Any]] | None) -> None:
         self.functions = functions
-        self.bucket = functions.bucket
         self.recipes = recipes
 
     async def _call(self, request: Request, func: Any, *args: Any) -> JSONResponse:
-        """Check the token, run ``func`` off the event loop, map bucketbrush errors to HTTP."""
+        """Check the token, run ``func(bucket, *args)`` off the event loop on the bucket as the
+        token's tenant sees it, map bucketbrush errors to HTTP."""
         try:
-            self.functions._check_token(request)
+            _, bucket = self.functions.as_tenant(self.functions._check_token(request, tenants=True))
             try:
-                return JSONResponse(await run_in_threadpool(func, *args))
+                return JSONResponse(await run_in_threadpool(func, bucket, *args))
             except JobNotFound as exc:
                 raise HttpError(404, str(exc)) from exc
             except InvalidState as exc:
@@ -105,25 +105,25 @@ class StudioApi:
         limit = request.query_params.get("limit", "24")
         if not limit.isdigit() or not 1 <= int(limit) <= RECENT_LIMIT:
             return _error(request, HttpError(400, f"limit must be 1 to {RECENT_LIMIT}"))
-        return await self._call(request, lambda: {"jobs": recent_jobs(self.bucket, int(limit))})
+        return await self._call(request, lambda b: {"jobs": recent_jobs(b, int(limit))})
 
     async def job(self, request: Request) -> JSONResponse:
-        return await self._with_job(request, lambda j: job_view(self.bucket, get_job(self.bucket, j)))
+        return await self._with_job(request, lambda b, j: job_view(b, get_job(b, j)))
 
     async def cancel(self, request: Request) -> JSONResponse:
-        return await self._with_job(request, lambda j: {"job_id": j, "status": cancel_job(self.bucket, j).status})
+        return await self._with_job(request, lambda b, j: {"job_id": j, "status": cancel_job(b, j).status})
 
     async def delete(self, request: Request) -> JSONResponse:
-        return await self._with_job(request, lambda j: {"job_id": j, "deleted": gallery.soft_delete(self.bucket, j)})
+        return await self._with_job(request, lambda b, j: {"job_id": j, "deleted": gallery.soft_delete(b, j)})
 
     async def restore(self, request: Request) -> JSONResponse:
-        return await self._with_job(request, lambda j: {"job_id": j, "restored": gallery.restore(self.bucket, j)})
+        return await self._with_job(request, lambda b, j: {"job_id": j, "restored": gallery.restore(b, j)})
 
     async def deleted(self, request: Request) -> JSONResponse:
-        def listing() -> dict[str, Any]:
-            if not gallery.versioning_enabled(self.bucket):
+        def listing(bucket: Bucket) -> dict[str, Any]:
+            if not gallery.versioning_enabled(bucket):
                 return {"deleted": [], "versioning": False}
-            return {"deleted": gallery.list_deleted(self.bucket), "versioning": True}
+            return {"deleted": gallery.list_deleted(bucket), "versioning": True}
 
         return await self._call(request, listing)
 

@@ -9,7 +9,8 @@ the same objects arrive concurrently, and with several sweepers running at once.
 
 Jobs whose runner died are the reaper's (``functions/reaper.py``), jobs whose broker message
 was lost (Redis restarted empty) ``functions/requeue.py``'s; ``reconcile`` runs all three, as
-``bucketbrush sweep`` and the event source's periodic sweep do.
+``bucketbrush sweep`` and the event source's periodic sweep do, for the default tenant and
+then each tenant found under ``tenants/`` (its own ``inbox/``, ``jobs/`` and manifests).
 """
 
 from __future__ import annotations
@@ -25,14 +26,14 @@ from botocore.exceptions import BotoCoreError, ClientError
 from redis.exceptions import RedisError
 
 from bucketbrush.jobs import ObjectRef, job_id_for
-from bucketbrush.layout import NotAnInput
+from bucketbrush.layout import NotAnInput, is_tenant
 from bucketbrush.settings import Settings
 from bucketbrush.status import prune_heartbeats
 from bucketbrush.store import Bucket
 from functions.events import S3Record
 from functions.handler import Handler, Outcome
 from functions.reaper import TIMEOUT_MARGIN_S, fail_dead_running
-from functions.requeue import requeue_lost
+from functions.requeue import marker_key, requeue_lost
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,16 @@ class SweepReport:
     timed_out: int = 0  # running manifests past their deadline, now failed
     requeued: int = 0  # queued or dead-runner jobs whose broker message was lost, enqueued again
     pruned: int = 0  # heartbeats of runners / event sources gone for over heartbeat_expire_s, deleted
+    released: int = 0  # tenants' quota slots of jobs that ended without their runner saying so
     outcomes: list[Outcome] = field(default_factory=list)  # handler outcomes, one per object fed
     seconds: float = 0.0
+
+    def add(self, other: SweepReport) -> None:
+        """Count ``other`` (another tenant's pass) in."""
+        for name, value in other.__dict__.items():
+            if isinstance(value, int):
+                setattr(self, name, getattr(self, name) + value)
+        self.outcomes += other.outcomes
 
     def summary(self) -> str:
         counts = {k: v for k, v in self.__dict__.items() if isinstance(v, int) and v}
@@ -91,15 +100,26 @@ def reconcile(settings: Settings, bucket: Bucket, handler: Handler, *, grace_s: 
     ``running_lookback_s=None`` reads every manifest instead of the recent ones."""
     started = time.monotonic()
     now = time.time() if now is None else now
-    manifests = manifest_times(bucket)
-    report = sweep(settings, bucket, handler, grace_s=grace_s, now=now, manifests=manifests)
-    report.timed_out = fail_dead_running(settings, bucket, manifests, now=now, margin_s=timeout_margin_s,
-                                         lookback_s=running_lookback_s)
-    # After the reaper: a job it just failed is final and stays so.
-    requeued = requeue_lost(settings, bucket, handler, manifests, now=now, grace_s=grace_s,
-                            lookback_s=running_lookback_s)
-    report.outcomes += requeued
-    report.requeued = sum(o.action == "enqueued" for o in requeued)
+    report = SweepReport()
+    views = tenant_views(bucket)  # the store first: when it is down, that is what to say
+    redis = handler.claims.redis
+    # Whether Redis lost its data since the last full pass: then every tenant's pass is full.
+    full = running_lookback_s is None or not redis.exists(marker_key(settings))
+    for view in views:
+        manifests = manifest_times(view)
+        part = sweep(settings, view, handler, grace_s=grace_s, now=now, manifests=manifests)
+        part.timed_out = fail_dead_running(settings, view, manifests, now=now, margin_s=timeout_margin_s,
+                                           lookback_s=running_lookback_s)
+        # After the reaper: a job it just failed is final and stays so.
+        requeued = requeue_lost(settings, view, handler, manifests, now=now, grace_s=grace_s,
+                                lookback_s=None if full else running_lookback_s, mark=False)
+        part.outcomes += requeued
+        part.requeued = sum(o.action == "enqueued" for o in requeued)
+        if view.tenant is not None:  # slots of jobs that ended without their runner saying so
+            part.released = len(handler.quotas.release_finished(view.tenant, lambda j, v=view: _is_final(v, j)))
+        report.add(part)
+    if full:
+        redis.set(marker_key(settings), str(now))
     report.pruned = len(prune_heartbeats(bucket, now=now))
     report.seconds = time.monotonic() - started
     return report
@@ -120,6 +140,20 @@ def run_periodic(settings: Settings, handler: Handler, stop: threading.Event, *,
         log.log(level, "sweep: %s", report.summary())
 
 
+def _is_final(bucket: Bucket, job_id: str) -> bool:
+    manifest = bucket.read_manifest(job_id)
+    return manifest is not None and manifest.is_final
+
+
+def tenant_views(bucket: Bucket) -> list[Bucket]:
+    """The default tenant's view of the bucket, then each tenant's that has keys under tenants/."""
+    root = bucket.for_tenant(None)
+    prefix, names = root.layout.tenants, []
+    for page in root.s3.get_paginator("list_objects_v2").paginate(Bucket=root.name, Prefix=prefix, Delimiter="/"):
+        names += [p["Prefix"][len(prefix):].rstrip("/") for p in page.get("CommonPrefixes", [])]
+    return [root] + [root.for_tenant(name) for name in names if is_tenant(name)]
+
+
 # -- inputs -------------------------------------------------------------------------------
 
 def _recover_inputs(settings: Settings, bucket: Bucket, handler: Handler, manifests: dict[str, float],
@@ -130,7 +164,7 @@ def _recover_inputs(settings: Settings, bucket: Bucket, handler: Handler, manife
         horizon = min(horizon, settings.manifests_retention_days * 86400)
     versioned = _versioned(bucket)
     pending: list[tuple[ObjectRef, float, str | None]] = []
-    for prefix in (settings.inbox_prefix, settings.jobs_prefix):
+    for prefix in bucket.layout.input_folders.values():
         for ref, modified in _latest_objects(bucket, prefix, versioned):
             report.listed += 1
             if modified > now - grace_s:
@@ -152,7 +186,8 @@ def _recover_inputs(settings: Settings, bucket: Bucket, handler: Handler, manife
             pending.append((ref, modified, preferred))
     # A preferred id (presigned ticket, spec file name) with a manifest is this object's job
     # unless its claim says other content took that id first (a second POST to the same key).
-    holders = handler.claims.holders([p for _, _, p in pending if p and p in manifests])
+    claims = handler.claims.for_tenant(bucket.tenant)
+    holders = claims.holders([p for _, _, p in pending if p and p in manifests])
     for ref, modified, preferred in pending:
         if preferred in manifests and holders.get(preferred) in (None, ref.identity):
             report.has_manifest += 1
@@ -160,7 +195,7 @@ def _recover_inputs(settings: Settings, bucket: Bucket, handler: Handler, manife
         record = S3Record.created(SOURCE, ref, event_time=datetime.fromtimestamp(modified, tz=UTC).isoformat())
         outcome = handler.handle_record(record)
         if (outcome.action == "duplicate" and outcome.job_id and not outcome.reason
-                and _release_abandoned_claim(handler, outcome.job_id)):
+                and _release_abandoned_claim(handler, bucket, outcome.job_id)):
             outcome = handler.handle_record(record)
             report.reclaimed += outcome.action == "enqueued"
         report.outcomes.append(outcome)
@@ -215,13 +250,14 @@ def manifest_times(bucket: Bucket) -> dict[str, float]:
     return times
 
 
-def _release_abandoned_claim(handler: Handler, job_id: str) -> bool:
-    """Release ``job_id``'s claim if it has stood for ABANDONED_CLAIM_S with no manifest."""
-    claims = handler.claims
+def _release_abandoned_claim(handler: Handler, bucket: Bucket, job_id: str) -> bool:
+    """Release ``job_id``'s claim (in ``bucket``'s tenant) if it has stood for
+    ABANDONED_CLAIM_S with no manifest."""
+    claims = handler.claims.for_tenant(bucket.tenant)
     holder, held_s = claims.holder(job_id), claims.held_for_s(job_id)
     if holder is None or held_s is None or held_s < ABANDONED_CLAIM_S:
         return False
-    if handler.bucket.exists(handler.bucket.manifest_key(job_id)):
+    if bucket.exists(bucket.manifest_key(job_id)):
         return False
     log.warning("releasing abandoned claim on job %s (held %ds, no manifest)", job_id, held_s)
     return claims.release_if_held(job_id, holder)

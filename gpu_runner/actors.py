@@ -14,6 +14,7 @@ from bucketbrush.jobs import JobSpec
 from bucketbrush.routing import ACTORS, queue_name
 from bucketbrush.runlocks import Hold, RunLocks
 from bucketbrush.settings import Settings
+from gpu_runner.conversation import TurnRunner
 from gpu_runner.runner import JobRunner
 
 log = logging.getLogger(__name__)
@@ -23,11 +24,11 @@ ACTOR_PRIORITY = {"interactive": 0, "bulk": 10}
 
 
 def declare_actors(broker: dramatiq.Broker, settings: Settings, runner: JobRunner,
-                   locks: RunLocks | None = None) -> list[dramatiq.Actor]:
+                   locks: RunLocks | None = None, turns: TurnRunner | None = None) -> list[dramatiq.Actor]:
     """The job actor under its two names (interactive, bulk: ``bucketbrush.routing``). Which
     queues a runner consumes is its worker's choice, not the actors'. With ``locks`` (the
     runner process's, bucketbrush/runlocks.py) a job runs on one runner at a time, and the
-    runners that died in it are counted."""
+    runners that died in it are counted. Chat turns go through ``turns`` (gpu_runner/conversation.py)."""
     max_retries = settings.max_retries
 
     def run_job(spec: dict) -> None:
@@ -43,8 +44,14 @@ def declare_actors(broker: dramatiq.Broker, settings: Settings, runner: JobRunne
                             job.job_id, delay_ms)
                 broker.enqueue(message.copy(), delay=delay_ms)
                 return
-            runner.run(job, attempt=retries + 1, last_attempt=retries >= max_retries,
-                       delivery=message.message_id if message else None, interrupted=hold.deaths)
+            attempt, last_attempt = retries + 1, retries >= max_retries
+            delivery = message.message_id if message else None
+            if job.turn is not None and turns is not None:
+                turns.run(job, message=message, attempt=attempt, last_attempt=last_attempt, delivery=delivery,
+                          interrupted=hold.deaths)
+            else:
+                runner.run(job, attempt=attempt, last_attempt=last_attempt, delivery=delivery,
+                           interrupted=hold.deaths)
 
     return [dramatiq.actor(
         run_job,

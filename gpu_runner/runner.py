@@ -16,6 +16,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from dramatiq.middleware import TimeLimitExceeded
 
 from bucketbrush import __version__, metrics
+from bucketbrush.conversations import CHAT_RECIPE
 from bucketbrush.credentials import xmp_packet
 from bucketbrush.errors import (
     BucketbrushError,
@@ -33,7 +34,7 @@ from bucketbrush.errors import (
 )
 from bucketbrush.jobs import JobSpec, ObjectRef, WebhookTarget, json_object
 from bucketbrush.layout import NotAnInput
-from bucketbrush.manifest import ErrorInfo, Manifest, Output, Progress
+from bucketbrush.manifest import ErrorInfo, Manifest, Output, Progress, TurnInfo
 from bucketbrush.settings import Settings
 from bucketbrush.store import Bucket, RequestCounter, is_not_found
 from gpu_runner.images import decode_image, encode_image
@@ -110,19 +111,24 @@ class JobRunner:
         self.stats: dict[str, Any] = {"jobs_done": 0, "jobs_failed": 0, "current_job": None}
 
     def run(self, spec: JobSpec, *, attempt: int = 1, last_attempt: bool = True,
-            delivery: str | None = None, interrupted: int = 0) -> Manifest:
+            delivery: str | None = None, interrupted: int = 0,
+            prepare: Callable[[Manifest], JobSpec] | None = None) -> Manifest:
         """Run ``spec`` once. JobErrors end in a failed manifest and are re-raised (never
         retried); other errors (the store's, or unexpected ones: ``internal_error``) leave the
         job queued for a retry, or failed on the last one. Either way the outputs written
         before the failure are removed. A tenant's job reads and writes only under its
         tenant's prefix. ``delivery``: the id of the message that carries it (for the done marker).
         ``interrupted``: runs of this job whose runner died in them (bucketbrush/runlocks.py);
-        at ``max_runner_deaths`` the job fails with ``runner_died`` instead of running."""
+        at ``max_runner_deaths`` the job fails with ``runner_died`` instead of running.
+
+        ``prepare`` (a chat turn, gpu_runner/conversation.py) runs once the job has started and
+        returns the spec to run instead (its recipe, params and input); its errors fail the job
+        like the recipe's. A spec whose recipe is ``chat`` renders nothing."""
         if spec.tenant is not None and self.bucket.tenant != spec.tenant:
             tenant_runner = copy.copy(self)  # shares stats, models, notifier, claims and counters
             tenant_runner.bucket = self.bucket.for_tenant(spec.tenant)
             return tenant_runner.run(spec, attempt=attempt, last_attempt=last_attempt, delivery=delivery,
-                                     interrupted=interrupted)
+                                     interrupted=interrupted, prepare=prepare)
         if self.requests:
             self.requests.take()  # from here on, this job's requests
         # A run after a runner died in the job reads the manifest: that runner may have
@@ -142,14 +148,14 @@ class JobRunner:
             job_id=spec.job_id, status="running", recipe=spec.recipe, params=spec.params,
             inputs=spec.inputs, timings=timings, runner=self.info, attempts=attempt,
             tenant=spec.tenant, replay_of=spec.replay_of,
-            interrupted=interrupted,
+            interrupted=interrupted, turn=TurnInfo(**spec.turn.model_dump()) if spec.turn else None,
         )
         manifest.timings["started_at"] = time.time()
         if spec.enqueued_at:
             manifest.timings["queue_wait_s"] = manifest.timings["started_at"] - spec.enqueued_at
         self.stats["current_job"] = spec.job_id
         try:
-            result = self._run(spec, manifest, last_attempt)
+            result = self._run(spec, manifest, last_attempt, prepare)
         except JobError:
             self._mark_done(spec, delivery)
             raise
@@ -190,7 +196,8 @@ class JobRunner:
         except Exception:  # noqa: BLE001 - a lost marker costs one S3 read on a redelivery
             log.warning("job %s: could not record the done marker", spec.job_id, exc_info=True)
 
-    def _run(self, spec: JobSpec, manifest: Manifest, last_attempt: bool) -> Manifest:
+    def _run(self, spec: JobSpec, manifest: Manifest, last_attempt: bool,
+             prepare: Callable[[Manifest], JobSpec] | None = None) -> Manifest:
         written: list[str] = []
         # Other objects the recipe read (a mask, keypoints), by key: inputTo ingredients.
         loaded: dict[str, bytes] = {}
@@ -204,24 +211,18 @@ class JobRunner:
                 raise RunnerDied(
                     f"the runner died {manifest.interrupted} times while running this job (killed, out of "
                     f"memory or crashed); it is not run again (max_runner_deaths = {self.settings.max_runner_deaths})")
-            recipe = get_recipe(spec.recipe, testing=self.settings.test_recipes)
-            image, metadata, parent = self._start(spec, recipe)
-            if target is None and "webhook" in metadata:
-                target = WebhookTarget.parse(metadata["webhook"], metadata.get("webhook-events"), InvalidWebhook)
-            self._emit("started", manifest, target)
-            params = resolve_params(recipe, spec.params, metadata, single_fields=not self._presigned(spec))
-            manifest.params = params.model_dump(mode="json")
-            with JobMonitor(self.bucket, manifest, interval_s=PROGRESS_INTERVAL_S,
-                            on_write=lambda m: self._emit("progress", m, target)) as monitor:
-                started = time.perf_counter()
-                if self._hard_limit(spec, manifest):
-                    result = run_isolated(spec.recipe, image, params, job_id=spec.job_id, settings=self.settings,
-                                          deadline=deadline, limit_s=limit, on_progress=monitor.progress,
-                                          cancelled=monitor.cancelled)
-                else:
-                    result = recipe.run(self._context(manifest, monitor, loaded), image, params)
-                manifest.timings["processing_s"] = time.perf_counter() - started
-            manifest.outputs = self._write_outputs(spec, result, params, written, parent, loaded)
+            if prepare is not None:
+                if self.bucket.exists(self.bucket.cancel_key(spec.job_id)):
+                    raise JobCancelled("cancelled before it started")
+                spec = prepare(manifest)
+                manifest.recipe, manifest.params, manifest.inputs = spec.recipe, spec.params, spec.inputs
+                limit = self.settings.time_limit_s(spec.recipe, spec.time_limit_s)
+                deadline = time.monotonic() + limit
+            if spec.recipe == CHAT_RECIPE:  # a chat turn with nothing to render (chat, undo)
+                self._emit("started", manifest, target)
+                result = RecipeResult(artifacts=[], details={"image": spec.input.key} if spec.input else {})
+            else:
+                result, target = self._run_recipe(spec, manifest, deadline, limit, target, written, loaded)
         except TimeLimitExceeded as exc:
             self._discard(written)
             return self._finish_failed(manifest, TimedOut(f"the job ran past its time limit of {limit} s"),
@@ -258,6 +259,34 @@ class JobRunner:
         return manifest
 
     # -- steps ----------------------------------------------------------------------------
+
+    def _run_recipe(self, spec: JobSpec, manifest: Manifest, deadline: float, limit: int,
+                    target: WebhookTarget | None, written: list[str],
+                    loaded: dict[str, bytes]) -> tuple[RecipeResult, WebhookTarget | None]:
+        """Load the input, run the recipe (in a killable child under a hard time limit), write
+        the outputs (their keys go to ``written`` as they are written). Also returns the job's
+        webhook: ``target``, else the one in the upload's metadata."""
+        recipe = get_recipe(spec.recipe, testing=self.settings.test_recipes)
+        image, metadata, parent = self._start(spec, recipe)
+        if target is None and "webhook" in metadata:
+            target = WebhookTarget.parse(metadata["webhook"], metadata.get("webhook-events"), InvalidWebhook)
+        self._emit("started", manifest, target)
+        # A chat turn's params come from its refinement only (its upload's metadata carries the message).
+        params = resolve_params(recipe, spec.params, {} if spec.turn else metadata,
+                                single_fields=not self._presigned(spec))
+        manifest.params = params.model_dump(mode="json")
+        with JobMonitor(self.bucket, manifest, interval_s=PROGRESS_INTERVAL_S,
+                        on_write=lambda m: self._emit("progress", m, target)) as monitor:
+            started = time.perf_counter()
+            if self._hard_limit(spec, manifest):
+                result = run_isolated(spec.recipe, image, params, job_id=spec.job_id, settings=self.settings,
+                                      deadline=deadline, limit_s=limit, on_progress=monitor.progress,
+                                      cancelled=monitor.cancelled)
+            else:
+                result = recipe.run(self._context(manifest, monitor, loaded), image, params)
+            manifest.timings["processing_s"] = time.perf_counter() - started
+        manifest.outputs = self._write_outputs(spec, result, params, written, parent, loaded)
+        return result, target
 
     def _start(self, spec: JobSpec, recipe: Recipe) -> tuple[Any, dict[str, str], Parent | None]:
         """Look for a cancel request while the input is read and decoded: two round trips,
@@ -338,7 +367,7 @@ class JobRunner:
     def _record_result(self, manifest: Manifest, result: RecipeResult) -> None:
         manifest.model = result.model
         manifest.seeds = result.seeds
-        manifest.warnings = result.warnings
+        manifest.warnings = [*manifest.warnings, *result.warnings]
         manifest.details = result.details
 
     def _presigned(self, spec: JobSpec) -> bool:

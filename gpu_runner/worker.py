@@ -19,7 +19,9 @@ from bucketbrush.settings import Settings, mask_url_password
 from bucketbrush.store import Bucket, RequestCounter
 from bucketbrush.webhooks import Deliverer, Notifier, declare_webhook_actor
 from gpu_runner.actors import declare_actors
+from gpu_runner.conversation import TurnRunner
 from gpu_runner.heartbeat import Heartbeat
+from gpu_runner.refine import get_refiner
 from gpu_runner.runner import JobRunner
 
 log = logging.getLogger(__name__)
@@ -44,7 +46,9 @@ def run_worker(settings: Settings, *, ready_file: Path | None = None) -> None:
         server = metrics.serve(settings.runner_metrics_port, settings.runner_metrics_host)
         metrics_url = f"http://{settings.runner_metrics_host}:{server.server_port}/metrics"
         log.info("runner metrics at %s", metrics_url)
-    declare_actors(broker, settings, runner, RunLocks(broker.client, settings))
+    # The refiner of chat turns, kept for the process (a local model loads on the first turn).
+    declare_actors(broker, settings, runner, RunLocks(broker.client, settings),
+                   TurnRunner(runner, broker, get_refiner(settings=settings)))
     # Webhook deliveries: their own actor, queue and threads, so they never hold up a job.
     deliveries = None
     if settings.webhook_worker_threads:
@@ -62,6 +66,12 @@ def run_worker(settings: Settings, *, ready_file: Path | None = None) -> None:
     broker.emit_after("process_boot")
     worker = Worker(broker, queues=set(queues), worker_threads=1, worker_timeout=settings.runner_poll_ms)
     worker.start()
+    tenant_queues = None
+    if settings.tenant_queues:
+        from gpu_runner.tenant_queues import TenantQueues
+
+        tenant_queues = TenantQueues(broker, settings, worker, set(queues))
+        tenant_queues.start()
     if settings.webhook_worker_threads:
         deliveries = Worker(broker, queues={settings.webhook_queue_name},
                             worker_threads=settings.webhook_worker_threads, worker_timeout=settings.runner_poll_ms)
@@ -72,6 +82,8 @@ def run_worker(settings: Settings, *, ready_file: Path | None = None) -> None:
         ready_file.write_text("ready\n")
     stop.wait()
     log.info("runner stopping")
+    if tenant_queues:
+        tenant_queues.stop()
     worker.stop(timeout=600_000)
     if deliveries:
         deliveries.stop(timeout=int(settings.webhook_timeout_s * 1000) + 5_000)

@@ -45,7 +45,8 @@ class EventRoute:
 def notification_prefixes(settings: Settings) -> dict[str, str]:
     """Notification id -> key prefix: the only folders whose uploads become jobs (each
     tenant's too: S3 filters by prefix, and tenants/ alone would announce every output)."""
-    return {rule_id(name, layout): getattr(layout, name) for layout in layouts(settings) for name in ("inbox", "jobs")}
+    return {rule_id(name, layout): prefix
+            for layout in layouts(settings) for name, prefix in layout.input_folders.items()}
 
 
 def _queue(sqs: Any, name: str, attributes: dict[str, str] | None = None) -> tuple[str, str]:

@@ -32,6 +32,9 @@ def lifecycle_rules(settings: Settings) -> list[dict[str, Any]]:
     for rule_id_, prefix, days in [rule for layout in layouts(settings) for rule in (
         (rule_id("inbox", layout), layout.inbox, settings.inbox_retention_days),
         (rule_id("jobs", layout), layout.jobs, settings.inbox_retention_days),
+        # Chat turn files are inputs like job specs (the conversation's manifest and its
+        # pictures live under manifests/ and outputs/, on their schedules).
+        (rule_id("conversations", layout), layout.conversations, settings.inbox_retention_days),
         (rule_id("outputs", layout), layout.outputs, settings.outputs_retention_days),
         (rule_id("manifests", layout), layout.manifests, settings.manifests_retention_days),
         # The job index (bucketbrush/index.py) goes with the manifests it points at.

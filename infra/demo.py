@@ -1,7 +1,8 @@
 """``bucketbrush demo``: the main job end to end on the local stack.
 
 Starts the stack (unless one runs already), uploads generated sample images through
-presigned POSTs, waits for every manifest, prints them, and stops what it started.
+presigned POSTs, waits for every manifest, prints them, has a two-turn conversation (recipes
+that need no diffusion weights), and stops what it started.
 """
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from bucketbrush.client import submit_file
+from bucketbrush.client import submit_file, wait_for_manifest
+from bucketbrush.conversations import Conversation, send_turn, wait_recorded
 from bucketbrush.manifest import Manifest
 from bucketbrush.samples import astronaut, landscape, portrait
 from bucketbrush.settings import Settings
@@ -40,8 +42,31 @@ def demo_jobs(sample_dir: Path) -> list[tuple[Path, str, dict]]:
     return jobs
 
 
-def run_demo(settings: Settings, show: Callable[[Manifest, Bucket], None]) -> int:
-    """Run the sample jobs; ``show`` prints each final manifest (the CLI's printer)."""
+# Each message is refined into an intent and a recipe by the rules; the second turn works on
+# the first one's output. Without diffusion weights the cartoon style is the filter recipe's,
+# and "cartoon" picks Real-ESRGAN's fast anime network.
+CONVERSATION = ("make it look like a cartoon", "upscale the cartoon")
+
+
+def demo_conversation(bucket: Bucket, picture: Path,
+                      show_turn: Callable[[Manifest, Conversation, Bucket], None]) -> list[Manifest]:
+    """Send the demo's turns, the first with ``picture``, each after the one before finished."""
+    manifests: list[Manifest] = []
+    conversation = None
+    for i, message in enumerate(CONVERSATION):
+        sent = send_turn(bucket, message, conversation=conversation, image=None if i else picture)
+        conversation = sent.conversation
+        manifest = wait_for_manifest(bucket, sent.job_id, timeout=300)
+        print()
+        show_turn(manifest, wait_recorded(bucket, manifest), bucket)
+        manifests.append(manifest)
+    return manifests
+
+
+def run_demo(settings: Settings, show: Callable[[Manifest, Bucket], None],
+             show_turn: Callable[[Manifest, Conversation, Bucket], None]) -> int:
+    """Run the sample jobs and the conversation; ``show`` and ``show_turn`` print each final
+    manifest (the CLI's printers)."""
     stack = LocalStack(settings)
     started_here = not stack.is_running()
     stack.up(report=lambda line: print(f"[up] {line}"))
@@ -56,6 +81,10 @@ def run_demo(settings: Settings, show: Callable[[Manifest, Bucket], None]) -> in
             show(manifest, bucket)
         print("\n== the last manifest in full (manifests/<job_id>.json):")
         print(manifests[-1].model_dump_json(indent=2))
+        print("\n== a conversation (bucketbrush chat): each message refined into a recipe on the last picture")
+        picture = stack.state_dir / "samples" / "chat.png"
+        landscape(160, 120).save(picture)
+        manifests += demo_conversation(bucket, picture, show_turn)
         failed = [m for m in manifests if m.status != "succeeded"]
         print(f"\n{len(manifests) - len(failed)}/{len(manifests)} jobs succeeded")
         unverified = verify_outputs(client_settings, bucket, manifests)

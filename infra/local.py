@@ -311,6 +311,18 @@ class LocalStack:
         state.processes.remove(proc)
         self._start_child(state, name, proc.args, lambda _: None)
 
+    def stop_runner(self, name: str, timeout: float = 60) -> bool:
+        """Stop a runner started with ``start_runner`` (it finishes its job) and forget it, so
+        the stack still counts as running."""
+        state = self.read_state()
+        proc = state.process(name) if state else None
+        if state is None or proc is None:
+            return False
+        stopped = terminate(proc, timeout)
+        state.processes.remove(proc)
+        self._write_state(state)
+        return stopped
+
     def down(self, *, report: Callable[[str], None] = lambda _: None) -> None:
         """Stop every process this stack started (children first), then forget the state."""
         state = self.read_state()

@@ -29,6 +29,7 @@ from minio.lifecycleconfig import (
 from minio.notificationconfig import NotificationConfig, PrefixFilterRule, QueueConfig, SuffixFilterRule
 
 from bucketbrush.errors import BucketbrushError
+from bucketbrush.layout import Layout
 from bucketbrush.settings import Settings
 from infra.bucket import layouts, lifecycle_rules
 
@@ -62,8 +63,8 @@ def notification_routes(settings: Settings, arn: str, manifests_arn: str | None 
     routes = [
         QueueConfig(queue=arn, events=list(CREATED_EVENTS),
                     config_id=f"{_CONFIG_ID_PREFIX}{name}" + (f"-{layout.tenant}" if layout.tenant else ""),
-                    prefix_filter_rule=PrefixFilterRule(getattr(layout, name)))
-        for layout in layouts(settings) for name in ("inbox", "jobs")
+                    prefix_filter_rule=PrefixFilterRule(prefix))
+        for layout in layouts(settings) for name, prefix in layout.input_folders.items()
     ]
     if manifests_arn:
         if manifests_arn == arn:
@@ -138,7 +139,7 @@ def apply_minio(client: Minio, settings: Settings, *, arn: str | None = None,
                 f"MINIO_NOTIFY_WEBHOOK_ENDPOINT_{target} (see infra/compose.yaml) and restart MinIO",
                 code="minio_webhook_missing") from exc
         raise
-    done.append(f"events: s3:ObjectCreated:* under {settings.inbox_prefix}, {settings.jobs_prefix} -> {arn}")
+    done.append(f"events: s3:ObjectCreated:* under {', '.join(Layout(settings).input_folders.values())} -> {arn}")
     if manifests_arn:
         done.append(f"events: s3:ObjectCreated:* under {settings.manifests_prefix}*.json -> {manifests_arn}")
     lifecycle = lifecycle_config(settings)
@@ -164,10 +165,10 @@ def mc_commands(settings: Settings, *, alias: str = "minio", target_id: str = WE
         f'mc admin config set {alias} notify_webhook:{target_id} endpoint="{endpoint}" '
         f'auth_token="$BUCKETBRUSH_FUNCTIONS_TOKEN" queue_dir="/events" queue_limit="100000"',
         f"mc admin service restart {alias}",
-        "# The bucket and its event routes (only inbox/ and jobs/: never outputs or manifests)",
+        "# The bucket and its event routes (only inbox/, jobs/ and conversations/: never outputs or manifests)",
         f"mc mb --ignore-existing {target}",
-        f"mc event add {target} {arn} --event put --prefix {settings.inbox_prefix}",
-        f"mc event add {target} {arn} --event put --prefix {settings.jobs_prefix}",
+        *(f"mc event add {target} {arn} --event put --prefix {prefix}"
+          for prefix in Layout(settings).input_folders.values()),
     ]
     if manifests_arn:
         lines += ["# Manifest events for subscribers (to a target of theirs, never the functions' webhook)",

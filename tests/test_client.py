@@ -85,8 +85,19 @@ def test_the_bar_shows_on_a_terminal_that_reports_no_size(monkeypatch):
         with JobProgress("abc") as show:
             show(Manifest(job_id="abc", status="running", recipe="filter",
                           progress=Progress(step=3, total=4, fraction=0.75)))
-    written = os.read(master, 65536).decode()
+    # Read to the end (EIO once the closed slave's data is drained): the kernel hands pty output
+    # over asynchronously, so a single read may see only its first part on a busy machine.
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
     os.close(master)
+    written = b"".join(chunks).decode()
     assert "job abc running" in written and "75%" in written
 
 

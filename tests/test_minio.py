@@ -123,6 +123,8 @@ def test_apply_creates_bucket_routes_events_and_sets_ilm(settings):
     assert routes == {
         "bucketbrush-inbox": {"queue": arn, "events": ["s3:ObjectCreated:*"], "rules": [("prefix", "inbox/")]},
         "bucketbrush-jobs": {"queue": arn, "events": ["s3:ObjectCreated:*"], "rules": [("prefix", "jobs/")]},
+        "bucketbrush-conversations": {"queue": arn, "events": ["s3:ObjectCreated:*"],
+                                      "rules": [("prefix", "conversations/")]},
     }
 
     lifecycle = pool.sent("PUT", "lifecycle")
@@ -142,11 +144,13 @@ def test_apply_creates_bucket_routes_events_and_sets_ilm(settings):
     assert rules == {
         "bucketbrush-inbox": {"status": "Enabled", "prefix": "inbox/", "days": 2, "abort": "1", "noncurrent": 2},
         "bucketbrush-jobs": {"status": "Enabled", "prefix": "jobs/", "days": 2, "abort": None, "noncurrent": 2},
+        "bucketbrush-conversations": {"status": "Enabled", "prefix": "conversations/", "days": 2, "abort": None,
+                                      "noncurrent": 2},
         "bucketbrush-outputs": {"status": "Enabled", "prefix": "outputs/", "days": 7, "abort": None,
                                 "noncurrent": 7},
     }
     assert lines[0] == "bucket images: created"
-    assert lines[-1] == "lifecycle: inbox/ 2d, jobs/ 2d, outputs/ 7d"
+    assert lines[-1] == "lifecycle: inbox/ 2d, jobs/ 2d, conversations/ 2d, outputs/ 7d"
 
 
 def test_apply_is_idempotent_and_keeps_other_routes(settings):
@@ -155,7 +159,7 @@ def test_apply_is_idempotent_and_keeps_other_routes(settings):
     assert lines[0] == "bucket images: exists"
     assert not [r for r in pool.requests if r["method"] == "PUT" and r["query"] == ""]  # no make_bucket
     routes = _queue_configs(pool.sent("PUT", "notification")["body"])
-    assert set(routes) == {"audit", "bucketbrush-inbox", "bucketbrush-jobs"}
+    assert set(routes) == {"audit", "bucketbrush-inbox", "bucketbrush-jobs", "bucketbrush-conversations"}
     assert routes["audit"] == {"queue": "arn:minio:sqs::audit:kafka", "events": ["s3:ObjectRemoved:*"],
                                "rules": [("prefix", "audit/")]}
     # Our stale route (old prefix) was replaced, not duplicated.
@@ -183,6 +187,7 @@ def test_mc_commands_match_the_applied_setup(settings):
     assert "mc admin config set prod notify_webhook:bucketbrush endpoint=\"http://functions:8080/events/minio\"" in text
     assert "mc event add prod/images arn:minio:sqs::bucketbrush:webhook --event put --prefix inbox/" in text
     assert "mc event add prod/images arn:minio:sqs::bucketbrush:webhook --event put --prefix jobs/" in text
+    assert "mc event add prod/images arn:minio:sqs::bucketbrush:webhook --event put --prefix conversations/" in text
     ilm = re.search(r"mc ilm rule import prod/images <<'EOF'\n(.*?)\nEOF", text, re.S)
     assert json.loads(ilm.group(1)) == {"Rules": lifecycle_rules(settings)}
     assert 'api cors_allow_origin="*"' in text
@@ -200,7 +205,8 @@ def test_manifests_route_for_subscribers(settings):
     client, pool = client_with(settings, {("GET", "notification"): (200, FOREIGN_NOTIFICATION)})
     lines = apply_minio(client, settings, manifests_arn=subscribers)
     routes = _queue_configs(pool.sent("PUT", "notification")["body"])
-    assert set(routes) == {"audit", "bucketbrush-inbox", "bucketbrush-jobs", "bucketbrush-manifests"}
+    assert set(routes) == {"audit", "bucketbrush-inbox", "bucketbrush-jobs", "bucketbrush-conversations",
+                           "bucketbrush-manifests"}
     assert routes["bucketbrush-manifests"] == {"queue": subscribers, "events": ["s3:ObjectCreated:*"],
                                                "rules": [("prefix", "manifests/"), ("suffix", ".json")]}
     assert "events: s3:ObjectCreated:* under manifests/*.json -> arn:minio:sqs::subscribers:webhook" in lines
@@ -208,7 +214,7 @@ def test_manifests_route_for_subscribers(settings):
     client, pool = client_with(settings, {("GET", "notification"): (200, pool.sent("PUT", "notification")["body"])})
     apply_minio(client, settings)
     assert set(_queue_configs(pool.sent("PUT", "notification")["body"])) == {
-        "audit", "bucketbrush-inbox", "bucketbrush-jobs"}
+        "audit", "bucketbrush-inbox", "bucketbrush-jobs", "bucketbrush-conversations"}
     text = mc_commands(settings, alias="prod", manifests_arn=subscribers)
     assert f"mc event add prod/images {subscribers} --event put --prefix manifests/ --suffix .json" in text
     # Manifests must never reach the functions' own webhook: it would get every manifest write.

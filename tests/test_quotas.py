@@ -125,3 +125,26 @@ def wait_running(bucket: Bucket, job_id: str, timeout: float = 60) -> Any:
             return manifest
         time.sleep(0.1)
     raise AssertionError(f"job {job_id} never ran: {bucket.read_manifest(job_id)}")
+
+
+def test_the_sweep_frees_the_slot_of_a_job_that_ended_without_its_runner(stack: Any, settings: Settings) -> None:
+    """A job the reaper failed (its runner died) never had its slot freed by a runner: the
+    reconciling sweep sees its final manifest and frees it."""
+    from bucketbrush.errors import TimedOut
+    from bucketbrush.manifest import ErrorInfo, Manifest
+    from functions.handler import Handler
+    from functions.sweep import reconcile
+
+    limits = Limits(max_concurrent=1)
+    with tenant(settings, "s") as creds:
+        name = creds["tenant"]
+        handler = Handler.from_settings(settings)
+        handler.quotas.admit(name, "ghost", recipe="filter", size=0, limits=limits)
+        Bucket(settings).for_tenant(name).write_manifest(Manifest(
+            job_id="ghost", status="failed", recipe="filter", tenant=name,
+            error=ErrorInfo.of(TimedOut("its runner stopped without reporting"))))
+        with pytest.raises(QuotaExceeded):
+            handler.quotas.admit(name, "next", recipe="filter", size=0, limits=limits)
+        report = reconcile(settings, Bucket(settings), handler, grace_s=3600)
+        assert report.released >= 1
+        handler.quotas.admit(name, "next", recipe="filter", size=0, limits=limits)

@@ -16,7 +16,8 @@ pytestmark = pytest.mark.e2e
 def test_rules_become_ttls(settings):
     # The default tenant's (tests of tenants add their own rules for their prefixes).
     rules = {p: t for p, t in ttl_rules(lifecycle_rules(settings)) if not p.startswith(settings.tenants_prefix)}
-    assert rules == {"inbox/": "1d", "jobs/": "1d", "outputs/": "7d", "manifests/": "30d", "index/": "30d"}
+    assert rules == {"inbox/": "1d", "jobs/": "1d", "conversations/": "1d", "outputs/": "7d", "manifests/": "30d",
+                     "index/": "30d"}
 
 
 def test_bucket_lifecycle_configuration_is_stored(bucket):
@@ -34,8 +35,9 @@ def test_the_rules_up_sets_really_delete(stack, settings):
     s3.create_bucket(Bucket=short.bucket)
     lines = apply_retention(stack.read_state().seaweedfs_master, short)
     lines = [line for line in lines if f"/{short.tenants_prefix}" not in line]
-    assert lines == [f"seaweedfs ttl: /buckets/{short.bucket}/{p} 1m" for p in ("inbox/", "jobs/", "outputs/")]
-    doomed = ["inbox/filter/old.png", "outputs/job-1/old.png", "jobs/old.json"]
+    assert lines == [f"seaweedfs ttl: /buckets/{short.bucket}/{p} 1m"
+                     for p in ("inbox/", "jobs/", "conversations/", "outputs/")]
+    doomed = ["inbox/filter/old.png", "outputs/job-1/old.png", "jobs/old.json", "conversations/c1/old.json"]
     for key in [*doomed, "keep/stays.txt"]:
         s3.put_object(Bucket=short.bucket, Key=key, Body=b"x")
     bucket = Bucket(short)

@@ -39,6 +39,8 @@ broker_heartbeat_timeout_s broker_maintenance_chance runner_metrics_port runner_
 max_runner_deaths
 provider_endpoints provider_tokens provider_timeout_s provider_deadline_s
 handler_concurrency
+tenant_queues
+conversations_prefix conversation_wait_s
 """.split()
 
 

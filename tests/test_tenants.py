@@ -196,3 +196,114 @@ def test_rotate_and_remove(stack: Any, settings: Settings) -> None:
     cli(settings, "tenants", "remove", tenant)
     wait_usable(new, settings, second["prefix"], usable=False)
     assert tenant not in {t["tenant"] for t in json.loads(cli(settings, "tenants", "list", "--json"))}
+
+
+def test_an_app_acting_as_a_tenant(two_tenants: dict[str, Any], settings: Settings, bucket: Bucket) -> None:
+    """BUCKETBRUSH_TENANT for an app: presigned uploads land in the tenant's inbox (signed by the
+    service's keys: SeaweedFS refuses POSTs signed by prefix-scoped keys), the job runs there,
+    and the manifest link the app polls reads the tenant's manifest."""
+    from bucketbrush.client import Studio
+
+    a = two_tenants["a"]
+    studio = Studio.from_settings(settings.model_copy(update={"tenant": a["tenant"]}))
+    job = studio.submit(png_bytes(), "filter", filename="cat.png", style="sepia")
+    assert job.upload is not None and job.upload.key.startswith(f"{a['prefix']}inbox/filter/{job.job_id}/")
+    manifest = job.wait(timeout=60)
+    assert (manifest.status, manifest.tenant) == ("succeeded", a["tenant"])
+    assert requests.get(job.upload.manifest_url, timeout=10).json()["job_id"] == job.job_id
+    assert manifest.outputs[0].key.startswith(f"{a['prefix']}outputs/")
+    assert bucket.read_manifest(job.job_id) is None
+
+
+def test_the_functions_host_serves_each_tenant_with_its_token(two_tenants: dict[str, Any], settings: Settings,
+                                                                bucket: Bucket) -> None:
+    """One host, many tenants: a tenant's token presigns into its inbox, renews links to its
+    manifests and lists its jobs only; it cannot post events; the host's own token is the
+    default tenant."""
+    from pydantic import SecretStr
+    from starlette.testclient import TestClient
+
+    from functions.http import create_app
+
+    a, b = two_tenants["a"], two_tenants["b"]
+    client = TestClient(create_app(settings.model_copy(update={"functions_token": SecretStr("host-token")})))
+    as_a = {"Authorization": f"Bearer {a['functions_token']}"}
+    signed = client.post("/presign", headers=as_a, json={"recipe": "filter", "filename": "x.png",
+                                                           "params": {"style": "noir"}})
+    assert signed.status_code == 200, signed.text
+    upload = signed.json()
+    assert upload["key"].startswith(f"{a['prefix']}inbox/filter/") and upload["manifest_key"].startswith(a["prefix"])
+    posted = requests.post(upload["url"], data=upload["fields"], timeout=10,
+                           files={"file": ("x.png", png_bytes(), "image/png")})
+    assert posted.status_code in (200, 204), posted.text
+    a_bucket = bucket.for_tenant(a["tenant"])
+    assert wait_final(a_bucket, upload["job_id"]).status == "succeeded"
+    renewed = client.get(f"/manifest-url?job_id={upload['job_id']}", headers=as_a).json()
+    assert requests.get(renewed["manifest_url"], timeout=10).json()["tenant"] == a["tenant"]
+    def listed(headers: dict[str, str]) -> set[str]:
+        return {j["job_id"] for j in client.get("/studio/jobs?limit=200", headers=headers).json()["jobs"]}
+
+    as_b = {"Authorization": f"Bearer {b['functions_token']}"}
+    assert upload["job_id"] in listed(as_a) and upload["job_id"] not in listed(as_b)
+    assert client.get(f"/studio/jobs/{upload['job_id']}", headers=as_b).status_code == 404
+    # Events are the host's business only; the host's own token is the default tenant.
+    assert client.post("/events/s3", headers=as_a, content=b"{}").status_code == 401
+    assert client.get("/studio/jobs", headers={"Authorization": "Bearer wrong"}).status_code == 401
+    host = client.post("/presign", headers={"Authorization": "Bearer host-token"}, json={"recipe": "filter"}).json()
+    assert host["key"].startswith("inbox/filter/")
+
+
+def test_the_sweep_recovers_a_tenants_lost_event(two_tenants: dict[str, Any], stack: Any, settings: Settings,
+                                                  bucket: Bucket) -> None:
+    from functions.handler import Handler
+    from functions.sweep import reconcile
+    from tests.test_exactly_once import cursor_file, event_source_stopped
+
+    a = two_tenants["a"]
+    key = f"{a['prefix']}inbox/filter/lost/{uuid.uuid4().hex[:6]}.png"
+    with event_source_stopped(stack):
+        put = a["s3"].put_object(Bucket=settings.bucket, Key=key, Body=png_bytes(), Metadata={"style": "sepia"})
+        cursor_file(stack, settings).write_text(f"{time.time_ns()}\n")  # the event is lost for good
+    job_id = job_id_for(ObjectRef(bucket=settings.bucket, key=key, etag=put["ETag"].strip('"')))
+    a_bucket = bucket.for_tenant(a["tenant"])
+    canary = f"{a['prefix']}inbox/filter/lost/canary-{uuid.uuid4().hex[:6]}.png"
+    put = a["s3"].put_object(Bucket=settings.bucket, Key=canary, Body=png_bytes(), Metadata={"style": "sepia"})
+    wait_final(a_bucket, job_id_for(ObjectRef(bucket=settings.bucket, key=canary, etag=put["ETag"].strip('"'))))
+    assert a_bucket.read_manifest(job_id) is None  # the source is back, but never saw it
+
+    report = reconcile(settings, bucket, Handler.from_settings(settings), grace_s=0)
+    assert key in {o.key for o in report.outcomes if o.action == "enqueued"}, report.outcomes
+    recovered = wait_final(a_bucket, job_id)
+    assert (recovered.status, recovered.tenant, recovered.inputs[0].key) == ("succeeded", a["tenant"], key)
+
+
+def test_watch_and_job_ids_are_per_tenant(two_tenants: dict[str, Any], settings: Settings, bucket: Bucket) -> None:
+    """Both tenants write jobs/same-<n>.json: two jobs (claims are per tenant), and a watch as
+    tenant a sees a's only, though b's ended first."""
+    import subprocess
+    import sys
+
+    a, b = two_tenants["a"], two_tenants["b"]
+    job_id = f"same-{uuid.uuid4().hex[:6]}"
+    env = {**os.environ, "BUCKETBRUSH_BUCKET": settings.bucket, "BUCKETBRUSH_STATE_DIR": str(settings.state_dir),
+           "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "bucketbrush.cli", "--tenant", a["tenant"], "watch", "--final",
+                             "--json"], env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        for line in proc.stderr:  # log lines may come first
+            if line.startswith(f"watching {a['prefix']}manifests/"):
+                break
+        else:
+            raise AssertionError(f"watch exited with {proc.wait()} before it was watching")
+        for creds in (b, a):  # b's job first, and to the end
+            image = f"{creds['prefix']}private/w.png"
+            creds["s3"].put_object(Bucket=settings.bucket, Key=image, Body=png_bytes())
+            creds["s3"].put_object(Bucket=settings.bucket, Key=f"{creds['prefix']}jobs/{job_id}.json", Body=json.dumps(
+                {"recipe": "filter", "input": image, "params": {"style": "noir"}}).encode())
+            done = wait_final(bucket.for_tenant(creds["tenant"]), job_id)
+            assert (done.status, done.tenant) == ("succeeded", creds["tenant"]), done.error
+        seen = json.loads(proc.stdout.readline())
+        assert (seen["job_id"], seen["tenant"]) == (job_id, a["tenant"])
+    finally:
+        proc.terminate()
+        proc.wait(30)

@@ -166,8 +166,9 @@ def test_each_tenant_gets_retention_rules_and_event_routes(settings: Settings) -
     assert rules["bucketbrush-outputs"]["Filter"]["Prefix"] == "outputs/"
     assert "AbortIncompleteMultipartUpload" in rules["bucketbrush-inbox-acme"]
     assert notification_prefixes(settings) == {
-        "bucketbrush-inbox": "inbox/", "bucketbrush-jobs": "jobs/",
-        "bucketbrush-inbox-acme": "tenants/acme/inbox/", "bucketbrush-jobs-acme": "tenants/acme/jobs/"}
+        "bucketbrush-inbox": "inbox/", "bucketbrush-jobs": "jobs/", "bucketbrush-conversations": "conversations/",
+        "bucketbrush-inbox-acme": "tenants/acme/inbox/", "bucketbrush-jobs-acme": "tenants/acme/jobs/",
+        "bucketbrush-conversations-acme": "tenants/acme/conversations/"}
 
 
 def test_webhook_subscriptions_hear_one_tenant() -> None:
