@@ -38,7 +38,9 @@ def test_bearer_token_is_compared_in_constant_time(tmp_path, monkeypatch):
                                headers={"Authorization": f"Bearer {wrong}"}).status_code == 401
         assert client.post("/events/s3", json={"Records": []}, headers={"Authorization": f"Bearer {TOKEN}"}
                            ).status_code == 200
-    assert len(calls) == 5 and all(b == TOKEN.encode() for _, b in calls)
+    # Every non-empty token offered was compared through it (an empty one may be refused first).
+    assert {a for a, _ in calls} >= {t.encode() for t in (TOKEN[:-1] + "x", "t", TOKEN + "x", TOKEN)}
+    assert all(b == TOKEN.encode() for _, b in calls)
 
 
 # -- the local stack (`bucketbrush up`) -------------------------------------------------------
