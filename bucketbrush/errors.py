@@ -29,6 +29,19 @@ class InvalidImage(JobError):
     code = "invalid_image"
 
 
+class UnsupportedFormat(InvalidImage):
+    """An image container this runner has no decoder for (HEIC); the message names what to upload instead."""
+
+    code = "unsupported_format"
+
+
+class InvalidKey(JobError):
+    """An upload under inbox/ whose key breaks a rule ('..' segments, control characters):
+    recorded under the id derived from its identity, as no job could run from it."""
+
+    code = "invalid_key"
+
+
 class EmptyInput(JobError):
     code = "empty_input"
 

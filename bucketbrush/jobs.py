@@ -132,11 +132,24 @@ def json_object(raw: str | bytes, what: str, error: type[Exception]) -> dict[str
     """``raw`` parsed as a JSON object; ``error`` (an InvalidSpec, InvalidParams...) naming
     ``what`` when it is not JSON or not an object."""
     try:
-        doc = json.loads(raw)
-    except ValueError as exc:
+        doc = json.loads(raw, object_pairs_hook=_no_duplicate_keys)
+    except ValueError as exc:  # also bad UTF-8 (UnicodeDecodeError) and duplicate names
         raise error(f"{what} is not valid JSON: {exc}") from exc
+    except RecursionError as exc:  # nesting deeper than the parser's stack
+        raise error(f"{what} is nested too deeply") from exc
     if not isinstance(doc, dict):
         raise error(f"{what} must be a JSON object")
+    return doc
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose names are unique: ``{"recipe": "a", "recipe": "b"}`` means two
+    things to two parsers, so it is refused rather than read as its last value."""
+    doc = dict(pairs)
+    if len(doc) != len(pairs):
+        seen: set[str] = set()
+        twice = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"the name {twice!r} appears twice in one object")
     return doc
 
 

@@ -21,7 +21,15 @@ from bucketbrush import metrics
 from bucketbrush.broker import build_broker, enqueue_job
 from bucketbrush.claims import Claims
 from bucketbrush.conversations import CHAT_RECIPE, Conversations
-from bucketbrush.errors import InputMissing, InvalidSpec, InvalidWebhook, JobError, OutsideTenant, QuotaExceeded
+from bucketbrush.errors import (
+    InputMissing,
+    InvalidKey,
+    InvalidSpec,
+    InvalidWebhook,
+    JobError,
+    OutsideTenant,
+    QuotaExceeded,
+)
 from bucketbrush.jobs import RECIPE_NAME, JobSpec, ObjectRef, TurnRef, WebhookTarget, is_job_id, job_id_for, json_object
 from bucketbrush.layout import InputKey, NotAnInput, unsafe_key
 from bucketbrush.manifest import ErrorInfo, Manifest, TurnInfo
@@ -121,9 +129,17 @@ class Handler:
         try:
             route = self.bucket.layout.parse_input(key)
         except NotAnInput as exc:
-            if exc.rejected:
-                log.warning("rejected key %r: %s", key, exc.reason)
-            return Outcome(key, "rejected" if exc.rejected else "ignored", reason=exc.reason)
+            if not exc.rejected:
+                return Outcome(key, "ignored", reason=exc.reason)
+            log.warning("rejected key %r: %s", key, exc.reason)
+            layout = self.bucket.layout.root
+            if key.startswith((layout.inbox, layout.jobs)):
+                # An upload the user waits for: leave a failed manifest where they look.
+                job_id = job_id_for(record.ref)
+                return self._failed(record.ref, job_id, None, InvalidKey(
+                    f"the key breaks a rule: {exc.reason}; this failure is recorded under the id {job_id}, "
+                    "derived from the upload's identity"))
+            return Outcome(key, "rejected", reason=exc.reason)
         tenant = route.tenant
         if route.kind == "turn":
             if tenant is not None:  # conversation state (numbers, manifest) is the default tenant's
@@ -234,6 +250,9 @@ class Handler:
             if not isinstance(input_key, str) or unsafe_key(input_key):
                 raise InvalidSpec('"input" must be a key in the bucket')
             layout = self.bucket.layout.for_tenant(tenant)
+            if layout.owns(input_key) and not input_key.startswith((layout.inbox, layout.outputs)):
+                raise InvalidSpec(f'"input" must be an upload ({layout.inbox}) or an output ({layout.outputs}), '
+                                  f"not {input_key!r}")
             if not layout.owns(input_key):
                 whose = f"tenant {tenant!r}" if tenant else "the default tenant"
                 where = f"under {layout.space}" if tenant else f"outside {layout.tenants}"

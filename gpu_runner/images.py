@@ -7,7 +7,7 @@ import warnings
 
 from PIL import Image, ImageOps, PngImagePlugin, UnidentifiedImageError
 
-from bucketbrush.errors import EmptyInput, ImageTooLarge, InvalidImage
+from bucketbrush.errors import EmptyInput, ImageTooLarge, InvalidImage, UnsupportedFormat
 
 FORMATS = {"png": ("PNG", "image/png"), "jpeg": ("JPEG", "image/jpeg"), "webp": ("WEBP", "image/webp")}
 
@@ -33,6 +33,9 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
             f"the image has more than {max_pixels:,} pixels (the configured limit)"
         ) from exc
     except UnidentifiedImageError as exc:
+        if brand := _iso_brand(data):
+            raise UnsupportedFormat(f"{brand} images are not supported: upload PNG, JPEG, WebP, AVIF, GIF or TIFF "
+                                    "(e.g. set the camera to 'Most Compatible', or convert it first)") from exc
         raise InvalidImage("the upload is not an image in a format Pillow can read") from exc
     except (OSError, SyntaxError, ValueError) as exc:
         # Truncated or corrupt data surfaces as OSError ("image file is truncated") et al.
@@ -44,6 +47,18 @@ def decode_image(data: bytes, *, max_pixels: int) -> Image.Image:
         has_alpha = image.mode in ("LA", "PA") or "transparency" in image.info
         image = image.convert("RGBA" if has_alpha else "RGB")
     return image
+
+
+# ISO-BMFF brands of still-image formats with no decoder here (Pillow reads AVIF itself).
+_UNSUPPORTED_BRANDS = {b"heic": "HEIC", b"heix": "HEIC", b"hevc": "HEIC", b"heim": "HEIC", b"heis": "HEIC",
+                       b"mif1": "HEIF", b"msf1": "HEIF", b"avif": "AVIF", b"avis": "AVIF"}
+
+
+def _iso_brand(data: bytes) -> str | None:
+    """The format an ISO-BMFF ``ftyp`` box names (HEIC from a phone), if it is a still image's."""
+    if len(data) >= 12 and data[4:8] == b"ftyp":
+        return _UNSUPPORTED_BRANDS.get(data[8:12])
+    return None
 
 
 def encode_image(image: Image.Image, fmt: str = "png", quality: int = 90, *,

@@ -46,14 +46,19 @@ FAULT_SETTINGS: dict[str, Any] = {
 @contextmanager
 def fault_stack(state_dir: Path, *, runners: int = 2, **overrides: Any) -> Iterator[LocalStack]:
     """A private stack (own Redis, SeaweedFS, event source, ``runners`` runners), versioned."""
-    # This process's commands keep finding the session's `stack` (tests/conftest.py sets
-    # BUCKETBRUSH_STATE_DIR for them): this stack is only ever reached through its own
-    # settings, so it leaves the variable alone. (A session fixture that pointed it here made
-    # test_newcomer's in-process commands read this stack whenever the fault tests came first
-    # in a shuffled run.)
+    # Only while it starts: the tests beside it use the session stack's state dir (its
+    # children get theirs explicitly; clients here take explicit settings).
     stack = LocalStack(Settings(state_dir=state_dir, **(FAULT_SETTINGS | overrides)))
+    before = os.environ.get("BUCKETBRUSH_STATE_DIR")
+    os.environ["BUCKETBRUSH_STATE_DIR"] = str(state_dir)
     try:
-        stack.up(runners=runners)
+        try:
+            stack.up(runners=runners)
+        finally:
+            if before is None:
+                os.environ.pop("BUCKETBRUSH_STATE_DIR", None)
+            else:
+                os.environ["BUCKETBRUSH_STATE_DIR"] = before
         enable_versioning(Bucket(stack.settings_for_clients()))
         yield stack
     finally:
@@ -79,6 +84,8 @@ class FaultReport:
         outcomes = ", ".join(f"{n} {s}" for s, n in sorted(self.statuses.items()))
         if self.codes:
             outcomes += " (" + ", ".join(f"{c}: {n}" for c, n in sorted(self.codes.items())) + ")"
+        if self.notes:
+            outcomes += f"; {self.notes}"
         return (f"| {self.scenario} | {self.submitted} | {self.final} | {self.lost} | {self.written_twice} "
                 f"| {self.recover_s:.1f} | {outcomes} |")
 
@@ -182,10 +189,12 @@ def restart_redis_empty(stack: LocalStack) -> str:
     old = kill(stack, "redis")
     (stack.state_dir / "redis" / "dump.rdb").unlink(missing_ok=True)  # left by a redis_outage
     port = int(state.redis_url.rsplit(":", 1)[1].split("/")[0])
+    # Clients reconnecting to the dead port may hold it for a moment (refused, closing).
+    wait_for(f"port {port} free", lambda: procs.port_free(port, reuse=True), 15)
     proc, url = procs.start_redis(stack.state_dir / "redis", stack.logs, port=port)
-    assert url == state.redis_url, f"redis came back on {url}, not {state.redis_url}"
-    state.processes[state.processes.index(old)] = proc
+    state.processes[state.processes.index(old)] = proc  # recorded first: `down` stops it whatever follows
     stack._write_state(state)
+    assert url == state.redis_url, f"redis came back on {url}, not {state.redis_url}"
     return url
 
 
@@ -291,3 +300,91 @@ def _answers(s3: Any, bucket: str) -> bool:
         return True
     except Exception:  # noqa: BLE001 - anything means "not yet"
         return False
+
+
+class FlakyProxy:
+    """A TCP proxy on loopback in front of a server: adds ``latency_s`` before forwarding each
+    chunk of a reply, and cuts the connection of every ``cut_every``-th request chunk (the
+    client sees its connection closed with no reply). Counts request chunks and cuts."""
+
+    def __init__(self, target_port: int, *, latency_s: float = 0.0, cut_every: int = 0) -> None:
+        import socket
+        import threading
+
+        self.target_port, self.latency_s, self.cut_every = target_port, latency_s, cut_every
+        self.requests = self.cuts = 0
+        self._lock = threading.Lock()
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        self._stop = threading.Event()
+        threading.Thread(target=self._accept, daemon=True, name="proxy").start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self._stop.set()
+        self._listener.close()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while not self._stop.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=10)
+            except OSError:
+                client.close()
+                continue
+            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+
+    def _pipe(self, src: Any, dst: Any, requests: bool) -> None:
+        try:
+            while data := src.recv(65536):
+                if requests:
+                    with self._lock:
+                        self.requests += 1
+                        cut = bool(self.cut_every) and self.requests % self.cut_every == 0
+                        self.cuts += cut
+                    if cut:  # drop both ends before the request reaches the server
+                        break
+                elif self.latency_s:
+                    time.sleep(self.latency_s)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+
+
+@contextmanager
+def proxied_runner(stack: LocalStack, s3_url: str) -> Iterator[procs.Proc]:
+    """The stack's runners stopped, and one runner whose store is ``s3_url`` (a proxy) instead."""
+    import sys
+
+    state = stack.read_state()
+    runners = [p.name for p in state.processes if p.name.startswith("runner-")]
+    for name in runners:
+        stack.stop_process(name)
+    ready = stack.state_dir / "runner-proxied.ready"
+    ready.unlink(missing_ok=True)
+    env = stack._child_env(state) | {"BUCKETBRUSH_S3_ENDPOINT_URL": s3_url}
+    popen, proc = procs.spawn("runner-proxied", [sys.executable, "-m", "bucketbrush.cli", "runner", "--ready-file",
+                                                 str(ready)], stack.logs, env)
+    try:
+        procs.wait_until("runner-proxied", ready.exists, 120, popen, Path(proc.log))
+        yield proc
+    finally:
+        procs.terminate(proc, 30)
+        for name in runners:
+            stack.restart_process(name)

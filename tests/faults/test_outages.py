@@ -34,3 +34,14 @@ def test_event_source_killed_mid_stream(chaos):
     assert result.lost == 0 and result.statuses == {"succeeded": result.submitted}, result
     assert result.written_twice == 0 and result.evidence["max_runs"] == 1
     assert result.evidence["attempts"] == {1}
+    # A job whose claim the killed source left is recovered by the sweep, not by a replay.
+
+
+def test_slow_cutting_store(chaos):
+    result = scenarios.slow_store(chaos, n=12, latency_s=0.05, cut_every=4)
+    assert result.evidence["cuts"] > 0  # the fault happened
+    assert result.lost == 0, result
+    assert set(result.statuses) <= {"succeeded", "failed"}, result
+    assert set(result.codes) <= {"transient_error"}, result  # storage errors surface as retryable
+    assert result.evidence["longest_s"] < result.evidence["limit_s"]
+    assert result.written_twice == 0 and result.evidence["max_runs"] == 1
