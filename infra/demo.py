@@ -1,8 +1,9 @@
 """``bucketbrush demo``: the main job end to end on the local stack.
 
-Starts the stack (unless one runs already), uploads generated sample images through
-presigned POSTs, waits for every manifest, prints them, has a two-turn conversation (recipes
-that need no diffusion weights), and stops what it started.
+Starts the stack (unless one runs already), uploads generated sample images and a short clip
+with sound through presigned POSTs, waits for every manifest, prints them, has a two-turn
+conversation (recipes that need no diffusion weights), checks every output's Content
+Credentials, and stops what it started.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from bucketbrush.samples import astronaut, landscape, portrait
 from bucketbrush.settings import Settings
 from bucketbrush.store import Bucket
 from gpu_runner.recipes.filter import STYLES
+from gpu_runner.video_samples import sample_clip
 from infra.local import LocalStack
 
 
@@ -39,6 +41,12 @@ def demo_jobs(sample_dir: Path) -> list[tuple[Path, str, dict]]:
     astronaut().save(photo, quality=92)
     jobs.append((photo, "annotate", {"kind": "pose", "output_keypoints": True}))
     jobs.append((photo, "remove-bg", {"method": "person", "output_mask": True}))
+    # Two seconds of video with an audio tone, uploaded through a presigned POST like the
+    # pictures: every frame cartoon-styled, blended with the previous one along the optical
+    # flow, the audio copied, an H.264 mp4 and a poster back.
+    clip = sample_dir / "clip.mp4"
+    clip.write_bytes(sample_clip(2.0, fps=12, size=(160, 120)))
+    jobs.append((clip, "video", {"style": "cartoon"}))
     return jobs
 
 
