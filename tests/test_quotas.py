@@ -93,7 +93,8 @@ def test_the_handler_enforces_a_tenants_limits(stack: Any, settings: Settings) -
 
 def run_limited_jobs(settings: Settings, tenant: str) -> None:
     tb = Bucket(settings.model_copy(update={"tenant": tenant}))
-    image = f"{tb.layout.space}private/in.png"
+    # A spec's input is an upload or an output; an output's folder starts no job of its own.
+    image = f"{tb.layout.space}outputs/fixtures/in.png"
     tb.s3.put_object(Bucket=tb.name, Key=image, Body=png_bytes())
 
     def spec(job_id: str, recipe: str, **params: object) -> None:

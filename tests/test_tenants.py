@@ -296,7 +296,7 @@ def test_watch_and_job_ids_are_per_tenant(two_tenants: dict[str, Any], settings:
         else:
             raise AssertionError(f"watch exited with {proc.wait()} before it was watching")
         for creds in (b, a):  # b's job first, and to the end
-            image = f"{creds['prefix']}private/w.png"
+            image = f"{creds['prefix']}outputs/fixtures/w.png"  # an output: no job of its own
             creds["s3"].put_object(Bucket=settings.bucket, Key=image, Body=png_bytes())
             creds["s3"].put_object(Bucket=settings.bucket, Key=f"{creds['prefix']}jobs/{job_id}.json", Body=json.dumps(
                 {"recipe": "filter", "input": image, "params": {"style": "noir"}}).encode())
