@@ -102,8 +102,11 @@ def wait_running(bucket, job_id: str, timeout: float = 30):
 
 def test_cancel_a_running_then_a_queued_job(bucket):
     busy = drop(bucket, "inbox/test-slow/cancel/busy.png", png_bytes(), Metadata={"seconds": "60"})
+    # The one runner (one worker thread) is busy for a minute before the victim is even uploaded:
+    # the victim must stay queued. (Dropped together, the two events are handled in parallel and
+    # go to different queues, so the victim could be taken first.)
+    wait_running(bucket, busy)
     victim = drop(bucket, "inbox/filter/cancel/victim.png", png_bytes(), Metadata={"style": "sepia"})
-    wait_running(bucket, busy)  # the one runner is busy for a minute: the victim must be queued
     deadline = time.monotonic() + 20
     while (m := bucket.read_manifest(victim)) is None and time.monotonic() < deadline:
         time.sleep(0.05)
