@@ -19,7 +19,6 @@ import argparse
 import os
 import platform
 import tempfile
-import time
 from pathlib import Path
 
 from PIL import Image
@@ -99,8 +98,7 @@ def pipeline(n: int) -> None:
     """PUT -> final manifest for ``n`` filter jobs, content credentials on vs off."""
     import io
 
-    from bench.stack import pct, private_stack
-    from bucketbrush.jobs import ObjectRef, job_id_for
+    from bench.stack import pct, private_stack, upload_and_wait
     from bucketbrush.store import Bucket
 
     buf = io.BytesIO()
@@ -111,14 +109,7 @@ def pipeline(n: int) -> None:
             bucket = Bucket(stack.settings_for_clients())
             rows[on] = []
             for i in range(n + 1):
-                key = f"inbox/filter/bench/{i}.png"
-                t0 = time.time()
-                etag = bucket.s3.put_object(Bucket=bucket.name, Key=key, Body=body,
-                                            Metadata={"style": "sepia"})["ETag"].strip('"')
-                job_id = job_id_for(ObjectRef(bucket=bucket.name, key=key, etag=etag))
-                while (m := bucket.read_manifest(job_id)) is None or not m.is_final:
-                    time.sleep(0.05)
-                assert m.status == "succeeded", m.error
+                t0, m = upload_and_wait(bucket, f"inbox/filter/bench/{i}.png", body, style="sepia")
                 assert (m.outputs[0].content_credentials is not None) == on
                 if i:  # the first is a warm-up
                     t = m.timings

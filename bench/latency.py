@@ -16,8 +16,7 @@ import platform
 import time
 from pathlib import Path
 
-from bench.stack import pct, private_stack
-from bucketbrush.jobs import ObjectRef, job_id_for
+from bench.stack import pct, private_stack, upload_and_wait
 from bucketbrush.samples import landscape
 from bucketbrush.store import Bucket
 
@@ -62,14 +61,7 @@ def measure(args: argparse.Namespace, poll_ms: int) -> tuple[list[dict[str, floa
         bucket = Bucket(stack.settings_for_clients())
         rows = []
         for i in range(args.n + 1):
-            key = f"inbox/filter/bench/{i}.png"
-            t0 = time.time()
-            etag = bucket.s3.put_object(Bucket=bucket.name, Key=key, Body=body,
-                                        Metadata={"style": "sepia"})["ETag"].strip('"')
-            job_id = job_id_for(ObjectRef(bucket=bucket.name, key=key, etag=etag))
-            while (m := bucket.read_manifest(job_id)) is None or not m.is_final:
-                time.sleep(0.05)  # the stamps are exact; polling hard would load the CPU under test
-            assert m.status == "succeeded", m.error
+            t0, m = upload_and_wait(bucket, f"inbox/filter/bench/{i}.png", body, style="sepia")
             if i == 0:
                 continue  # warm-up: first connections, first import of the recipe
             t = m.timings

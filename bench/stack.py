@@ -11,7 +11,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from bucketbrush.jobs import ObjectRef, job_id_for
+from bucketbrush.manifest import Manifest
 from bucketbrush.settings import Settings
+from bucketbrush.store import Bucket
 from infra.local import LocalStack
 
 
@@ -44,3 +47,15 @@ def timed(fn: Callable[[], object], repeat: int) -> tuple[float, float]:
         fn()
         times.append((time.perf_counter() - t0) * 1000)
     return statistics.median(times), statistics.quantiles(times, n=10)[-1]
+
+
+def upload_and_wait(bucket: Bucket, key: str, body: bytes, **metadata: str) -> tuple[float, Manifest]:
+    """PUT ``body`` at ``key`` (a drop-folder upload) and wait for its job's final manifest:
+    (the wall time just before the PUT, the manifest), which must say ``succeeded``."""
+    t0 = time.time()
+    etag = bucket.s3.put_object(Bucket=bucket.name, Key=key, Body=body, Metadata=metadata)["ETag"].strip('"')
+    job_id = job_id_for(ObjectRef(bucket=bucket.name, key=key, etag=etag))
+    while (m := bucket.read_manifest(job_id)) is None or not m.is_final:
+        time.sleep(0.05)  # the stamps are exact; polling hard would load the CPU under test
+    assert m.status == "succeeded", m.error
+    return t0, m
