@@ -109,3 +109,33 @@ def test_seaweedfs_versioned_bucket_events():
         ("inbox/filter/v.png", "6715ca45ae34d8e85f22e70fadecf411", "5d41402abc4b2a76b9719d911017c592"),
         ("inbox/filter/v.png", "6715ca45a0aaf42c82665650f5343f5d", "6e809cbda0732ac4845916a59016f954"),
     ]
+
+
+def _subscription(tmp_path, handled):
+    from functions.sources.seaweedfs import Cursor, FilerSubscription
+    return FilerSubscription(filer="unused:0", bucket="bench", cursor=Cursor(tmp_path / "cursor.txt"),
+                             handle=handled.extend)
+
+
+def test_seaweedfs_out_of_order_stamps_lose_no_event(tmp_path):
+    # Recorded from `weed filer.meta.tail` during 3,000 PUTs from 32 threads (3 inversions, up
+    # to 1.1 ms): the filer stamps tsNs before appending to its log, so k0539 (stamped earlier)
+    # arrives after k0522. A source that skipped "not newer than the last" dropped k0539.
+    text = (EVENTS / "seaweedfs/meta_tail_concurrent_out_of_order.txt").read_text()
+    events = list(iter_json_objects([text]))
+    stamps = [int(e["tsNs"]) for e in events]
+    assert stamps[2] < stamps[1]  # the recording really is out of order
+    handled = []
+    sub = _subscription(tmp_path, handled)
+    sub.consume(events, after=None)
+    assert [r.key for r in handled] == [f"inbox/race/{n}.png" for n in ("k0514", "k0522", "k0539", "k0534")]
+    assert sub.cursor.load() == stamps[-1]
+
+
+def test_seaweedfs_restart_skips_only_what_the_cursor_covers(tmp_path):
+    # After a restart the stream begins a replay margin before the cursor: events at or before
+    # it were handled already and are skipped; the ones after it are handed over.
+    events = list(iter_json_objects([(EVENTS / "seaweedfs/meta_tail_concurrent_out_of_order.txt").read_text()]))
+    handled = []
+    _subscription(tmp_path, handled).consume(events, after=int(events[1]["tsNs"]))
+    assert [r.key for r in handled] == ["inbox/race/k0534.png"]
