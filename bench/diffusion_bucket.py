@@ -1,13 +1,26 @@
-"""The whole bucket path vs the bare diffusers call, on the same warm tiny model.
+"""The whole bucket path vs the bare diffusers call, on the same warm model.
 
-For each dtype: a private local stack whose runner loads the tiny random SD1.5-style model
-(tests/tiny_models.py) through its models file; this process loads the same folder with
-plain diffusers. Runs alternate (bare, job, bare, job, ...) so both see the same machine
-load. A job is a ``jobs/<id>.json`` txt2img spec: PUT -> event -> handler -> Redis ->
-runner -> PNG + manifest; its time is PUT start -> final manifest (the manifest's own
-``finished_at`` stamp, same clock).
+For each model and dtype: a private local stack whose runner loads the model through its
+models file; this process loads the same folder through the runner's own ``ModelCache``.
+"bare" calls that cached diffusers pipeline directly (``pipe(prompt, ...)``); "recipe, same
+process" is the ``txt2img`` recipe called on the same cache (one copy of the weights in this
+process); "recipe in runner" is the runner's ``processing_s``; the total is the PUT of
+``jobs/<id>.json`` -> the final manifest's ``finished_at`` (same clock). Runs alternate
+(bare, recipe, job, bare, ...) so all three see the same machine load; the headline is
+total / bare.
 
-Usage: python -m bench.diffusion_bucket [--size 256] [--steps 10] [--repeat 7] [--dtypes float32,bfloat16]
+Models: ``tiny`` is tests/tiny_models.py's random SD1.5-style model; ``full`` is
+bench/full_size.py's random-weight pipeline with the real SD1.5 architecture (UNet 860M; built
+once into ~/.cache, 4.3 GB in float32).
+
+While each job runs, the CPU time of every thread of the runner and of the stack's other
+processes is read from /proc (utime + stime, 10 ms ticks), and printed as a second table:
+where the machine's cores went during the job.
+
+Usage:
+    python -m bench.diffusion_bucket                 # tiny: 10 and 4 steps, float32 and bfloat16
+    python -m bench.diffusion_bucket --full-size     # and the real SD1.5 architecture: 4 steps, float32
+    python -m bench.diffusion_bucket --models full --steps 4 --dtypes float32 --repeat 5
 """
 
 from __future__ import annotations
@@ -17,21 +30,91 @@ import json
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 
+PROMPT, SEED = "a lighthouse on a cliff at sunset", 7
+TICK = os.sysconf("SC_CLK_TCK")
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--size", type=int, default=256)
-    ap.add_argument("--steps", type=int, default=10)
-    ap.add_argument("--repeat", type=int, default=7)
-    ap.add_argument("--dtypes", default="float32,bfloat16")
-    args = ap.parse_args()
 
+def thread_cpu(pid: int | str) -> dict[int, float]:
+    """CPU seconds (user + system) of each thread of ``pid``, by thread id."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended
+            continue
+        out[int(task.name)] = (int(fields[11]) + int(fields[12])) / TICK
+    return out
+
+
+def process_cpu(pid: int | str) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+@dataclass
+class CpuMeter:
+    """CPU seconds spent during timed calls: every thread of the runner and of this process
+    (by id), and the stack's other processes; ``summary`` splits off the computing threads."""
+
+    runner_pid: int
+    others: dict[str, int]
+    threads: dict[tuple[str, int], float] = field(default_factory=dict)
+    processes: dict[str, float] = field(default_factory=dict)
+    wall: float = 0.0
+
+    def _threads(self) -> dict[tuple[str, int], float]:
+        return ({("runner", t): c for t, c in thread_cpu(self.runner_pid).items()}
+                | {("bench", t): c for t, c in thread_cpu(os.getpid()).items()})
+
+    @contextmanager
+    def measure(self) -> Iterator[None]:
+        t0, before = time.perf_counter(), self._threads()
+        before_p = {name: process_cpu(pid) for name, pid in self.others.items()}
+        yield
+        after = self._threads()
+        self.wall += time.perf_counter() - t0
+        for key, cpu in after.items():
+            self.threads[key] = self.threads.get(key, 0.0) + cpu - before.get(key, 0.0)
+        for name, pid in self.others.items():
+            self.processes[name] = self.processes.get(name, 0.0) + process_cpu(pid) - before_p[name]
+
+    def summary(self, compute_threads: int) -> dict[str, float]:
+        """Cores used on average (CPU seconds per wall second): the ``compute_threads``
+        busiest threads (the caller's and torch's OpenMP pool, in whichever process computed),
+        then the other threads of the runner and of this process, then each other process."""
+        ranked = sorted(self.threads.items(), key=lambda kv: kv[1], reverse=True)
+        out = {"compute threads": sum(c for _, c in ranked[:compute_threads]),
+               "runner, other threads": sum(c for (who, _), c in ranked[compute_threads:] if who == "runner"),
+               "bench, other threads": sum(c for (who, _), c in ranked[compute_threads:] if who == "bench")}
+        out |= self.processes
+        return {k: v / self.wall for k, v in out.items()}
+
+
+def stack_pids(stack) -> dict[str, int]:
+    state = stack.read_state()
+    return {p.name: p.pid for p in state.processes}
+
+
+def runner_torch_threads(runner_log: Path) -> str:
+    """The runner's own report of its torch threads (logged when its worker thread runs a job)."""
+    lines = [ln for ln in runner_log.read_text().splitlines() if "torch threads" in ln]
+    return lines[-1].split("torch threads", 1)[1].strip(" :") if lines else "not logged"
+
+
+def bench_model(model: str, dtype: str, steps_list: list[int], args, models_toml: Path, rows: list, cpu_rows: list,
+                notes: list) -> None:
     import torch
-    from diffusers import StableDiffusionPipeline
 
     from bench.stack import private_stack
     from bucketbrush.store import Bucket
@@ -41,69 +124,134 @@ def main() -> None:
     from gpu_runner.recipes import get_recipe
     from gpu_runner.recipes.base import JobContext
     from gpu_runner.runner import resolve_params
-    from tests.tiny_models import write_tiny_models
 
-    prompt, seed = "a lighthouse on a cliff at sunset", 7
-    params = {"prompt": prompt, "steps": args.steps, "seed": seed, "width": args.size, "height": args.size}
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        models_toml = write_tiny_models(Path(tmp) / "models")
-        for dtype in args.dtypes.split(","):
-            with private_stack(models_file=models_toml, diffusion_dtype=dtype,
-                               preload_models=["tiny"]) as stack:
-                bucket = Bucket(stack.settings_for_clients())
-                pipe = StableDiffusionPipeline.from_pretrained(models_toml.parent / "tiny-sd15",
-                                                               torch_dtype=getattr(torch, dtype))
+    registry = ModelRegistry.from_toml(models_toml)
+    model_id = registry.default
+    repeat = args.repeat or (5 if model == "full" else 7)
+    with private_stack(models_file=models_toml, diffusion_dtype=dtype, preload_models=[model_id]) as stack:
+        bucket = Bucket(stack.settings_for_clients())
+        pids = stack_pids(stack)
+        runner_pid = pids.pop("runner-0")
+        runner_log = next(p for p in stack.read_state().processes if p.name == "runner-0").log
+        cache = ModelCache(registry, RuntimeOptions(device="cpu", dtype=dtype))
+        recipe = get_recipe("txt2img")
+        for steps in steps_list:
+            params = {"prompt": PROMPT, "steps": steps, "seed": SEED, "width": args.size, "height": args.size}
+            resolved = resolve_params(recipe, params, {})
 
-                def bare(pipe=pipe) -> float:
+            def in_process(resolved=resolved) -> float:
+                t0 = time.perf_counter()
+                recipe.run(JobContext("bench", models=cache), None, resolved)
+                return time.perf_counter() - t0
+
+            bare_cpu, job_cpu = CpuMeter(runner_pid, pids), CpuMeter(runner_pid, pids)
+
+            def bare(steps=steps, meter=None) -> float:
+                # The pipeline object the recipe uses (its scheduler as the recipe set it).
+                pipe, _ = cache.pipeline(model_id, "txt2img")
+                with meter.measure() if meter else nullcontext():
                     t0 = time.perf_counter()
-                    pipe(prompt, num_inference_steps=args.steps, width=args.size, height=args.size,
-                         generator=torch.Generator("cpu").manual_seed(seed))
+                    pipe(PROMPT, num_inference_steps=steps, width=args.size, height=args.size,
+                         generator=torch.Generator("cpu").manual_seed(SEED))
                     return time.perf_counter() - t0
 
-                def job(i: int, bucket=bucket, dtype=dtype) -> tuple[float, float]:
-                    job_id = f"bench-{dtype}-{i}"
+            def job(i: int, expect_s: float, steps=steps, params=params, meter=None) -> tuple[float, float]:
+                job_id = f"bench-{model}-{dtype}-{steps}-{i}"
+                # Let this process's OpenMP threads stop spinning before the runner starts:
+                # measured, without a pause the job ran 1.5x slower on 2 cores.
+                time.sleep(0.5)
+                with meter.measure() if meter else nullcontext():
                     t0 = time.time()
                     bucket.s3.put_object(Bucket=bucket.name, Key=f"jobs/{job_id}.json",
                                          Body=json.dumps({"recipe": "txt2img", "params": params}))
+                    # The stamps are exact, so this process need not poll while the job runs
+                    # (each poll is a GET: CPU here and in SeaweedFS, taken from the job).
+                    time.sleep(expect_s * 0.9)
                     while (m := bucket.read_manifest(job_id)) is None or not m.is_final:
-                        time.sleep(0.1)  # the stamps are exact; polling hard would load the CPU under test
-                    assert m.status == "succeeded", m.error
-                    return m.timings["finished_at"] - t0, m.timings["processing_s"]
+                        time.sleep(args.poll)
+                assert m.status == "succeeded", m.error
+                return m.timings["finished_at"] - t0, m.timings["processing_s"]
 
-                # The same recipe called in this process, without the bucket or the runner process.
-                cache = ModelCache(ModelRegistry.from_toml(models_toml), RuntimeOptions(device="cpu", dtype=dtype))
-                recipe = get_recipe("txt2img")
-                resolved = resolve_params(recipe, params, {})
+            load0 = os.getloadavg()[0]
+            in_process()
+            warm = bare()  # warm all: first calls allocate and pick kernels
+            job(0, warm)
+            b, local, total, proc = [], [], [], []
+            for i in range(1, repeat + 1):
+                b.append(bare(meter=bare_cpu))
+                local.append(in_process())
+                t, p = job(i, min(b), meter=job_cpu)
+                total.append(t)
+                proc.append(p)
+            med = statistics.median
+            ratios = [t / x for t, x in zip(total, b, strict=True)]
+            rows.append((model, dtype, steps, repeat, med(b), med(local), med(proc), med(total),
+                         med(total) / med(b), med(proc) / med(b), min(ratios), max(ratios), load0,
+                         os.getloadavg()[0]))
+            compute = torch.get_num_threads()
+            cpu_rows.append((model, dtype, steps, "bare call", bare_cpu.summary(compute)))
+            cpu_rows.append((model, dtype, steps, "job (PUT -> final manifest)", job_cpu.summary(compute)))
+            print(f"  {model} {dtype} {steps} steps: total/bare {med(total) / med(b):.3f}", file=sys.stderr)
+        notes.append(f"{model} {dtype}: the runner's torch threads in its job thread: "
+                     f"{runner_torch_threads(Path(runner_log))}; "
+                     f"this process: {torch.get_num_threads()} intra-op, {torch.get_num_interop_threads()} inter-op")
+        cache.clear()
 
-                def in_process(cache=cache, recipe=recipe, resolved=resolved) -> float:
-                    t0 = time.perf_counter()
-                    recipe.run(JobContext("bench", models=cache), None, resolved)
-                    return time.perf_counter() - t0
 
-                bare(), in_process(), job(0)  # warm all: first calls allocate and pick kernels
-                b, local, total, proc = [], [], [], []
-                for i in range(1, args.repeat + 1):
-                    b.append(bare())
-                    local.append(in_process())
-                    # Let this process's OpenMP threads stop spinning before the runner starts:
-                    # measured, without the pause the job ran 1.5x slower on 2 cores.
-                    time.sleep(0.5)
-                    t, p = job(i)
-                    total.append(t)
-                    proc.append(p)
-                med = statistics.median
-                rows.append((dtype, med(b), med(local), med(proc), med(total)))
-                del cache
-    print(f"### Diffusion: bare diffusers call vs the same job through the bucket "
-          f"(tiny model, {args.size} px, {args.steps} steps, warm, median of {args.repeat})\n")
-    print(f"Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; command: "
-          f"`python -m bench.diffusion_bucket --size {args.size} --steps {args.steps} --repeat {args.repeat}`\n")
-    print("| dtype | bare call s | recipe, same process s | recipe in runner s | PUT -> final manifest s "
-          "| bucket path s (total - runner recipe) | total / bare |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for dtype, b, local, p, t in rows:
-        print(f"| {dtype} | {b:.3f} | {local:.3f} | {p:.3f} | {t:.3f} | {t - p:.3f} | {t / b:.2f} |")
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--models", default="tiny", help="comma list of tiny, full")
+    ap.add_argument("--full-size", action="store_true", help="add the full-size model (same as --models tiny,full)")
+    ap.add_argument("--size", type=int, default=256)
+    ap.add_argument("--steps", default=None, help="comma list (default: 10,4 for tiny, 4 for full)")
+    ap.add_argument("--repeat", type=int, default=0, help="alternating runs per row (default: 7 tiny, 5 full)")
+    ap.add_argument("--dtypes", default=None, help="comma list (default: float32,bfloat16 tiny, float32 full)")
+    ap.add_argument("--poll", type=float, default=0.05, help="manifest poll interval once the job is due, s")
+    args = ap.parse_args()
+    models = args.models.split(",") + (["full"] if args.full_size and "full" not in args.models else [])
+
+    import torch
+
+    rows: list = []
+    cpu_rows: list = []
+    notes: list = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for model in models:
+            steps_list = [int(s) for s in (args.steps or ("4" if model == "full" else "10,4")).split(",")]
+            dtypes = (args.dtypes or ("float32" if model == "full" else "float32,bfloat16")).split(",")
+            if model == "full":
+                from bench.full_size import write_full_size_models
+
+                models_toml = write_full_size_models()
+            else:
+                from tests.tiny_models import write_tiny_models
+
+                models_toml = write_tiny_models(Path(tmp) / "models")
+            for dtype in dtypes:
+                bench_model(model, dtype, steps_list, args, models_toml, rows, cpu_rows, notes)
+
+    cmd = " ".join(["python -m bench.diffusion_bucket", *sys.argv[1:]])
+    print(f"### Diffusion through the bucket vs the bare call ({args.size} px, warm)\n")
+    print(f"Command: `{cmd}`. Machine: {platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; "
+          f"median of alternating runs (bare, recipe, job); load average (1 min) at the start / end of each row.\n")
+    print("| model | dtype | steps | runs | **total / bare** | runner recipe / bare | bare call s "
+          "| recipe, same process s | recipe in runner s | PUT -> final manifest s | bucket path s (total - runner) "
+          "| total / bare, min-max of pairs | load avg |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for model_, dtype, steps, n, b, local, p, t, r, rp, lo, hi, l0, l1 in rows:
+        print(f"| {model_} | {dtype} | {steps} | {n} | **{r:.3f}** | {rp:.3f} | {b:.3f} | {local:.3f} | {p:.3f} "
+              f"| {t:.3f} | {t - p:.3f} | {lo:.2f}-{hi:.2f} | {l0:.1f} / {l1:.1f} |")
+    print("\nCPU during the jobs, in cores (CPU seconds per wall second, summed over the row's jobs; "
+          "/proc utime + stime):\n")
+    names = list(dict.fromkeys(k for *_, s in cpu_rows for k in s))
+    print("| model | dtype | steps | during | " + " | ".join(names) + " |")
+    print("|---|---|---:|---|" + "---:|" * len(names))
+    for model_, dtype, steps, during, s in cpu_rows:
+        print(f"| {model_} | {dtype} | {steps} | {during} | "
+              + " | ".join(f"{s.get(k, 0):.3f}" for k in names) + " |")
+    print()
+    for note in notes:
+        print(f"- {note}")
 
 
 if __name__ == "__main__":

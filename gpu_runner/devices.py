@@ -7,13 +7,19 @@ emulated bf16 is slower than float32. ``dtype`` overrides the policy.
 
 from __future__ import annotations
 
+import logging
+import os
 import platform
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     import torch
+
+log = logging.getLogger(__name__)
+_threads_reported: set[int] = set()
 
 DTypeChoice = Literal["auto", "float32", "bfloat16", "float16"]
 _BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16", "bf16"})
@@ -116,3 +122,20 @@ def resolve_dtype(device: str, choice: DTypeChoice = "auto") -> torch.dtype:
     if device.startswith(("cuda", "mps")):
         return torch.float16
     return torch.bfloat16 if cpu_has_native_bf16() else torch.float32
+
+
+def torch_threads() -> dict[str, int | str | None]:
+    """Torch's thread counts as seen from the calling thread (a runner's job runs in a
+    Dramatiq worker thread, not the main thread), and the OpenMP/MKL variables that set them."""
+    import torch
+
+    return {"intra_op": torch.get_num_threads(), "inter_op": torch.get_num_interop_threads(),
+            "cpus": len(os.sched_getaffinity(0)),
+            **{name: os.environ.get(name) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}}
+
+
+def report_torch_threads() -> None:
+    """Log :func:`torch_threads` once per thread that runs a diffusion job."""
+    if threading.get_ident() not in _threads_reported:
+        _threads_reported.add(threading.get_ident())
+        log.info("torch threads in thread %r: %s", threading.current_thread().name, torch_threads())

@@ -119,8 +119,10 @@ def generate(ctx: JobContext, params: DiffusionParams, spec: ModelSpec, size: tu
     import torch
 
     from bucketbrush.errors import JobCancelled
+    from gpu_runner.devices import report_torch_threads
     from gpu_runner.prompts import encode_prompt
 
+    report_torch_threads()
     cache = model_cache(ctx)
     if gen.control:
         spec.controlnet(gen.control)  # fail before loading anything
