@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import platform
+import signal
 import statistics
 import sys
 import tempfile
@@ -208,6 +209,8 @@ def main() -> None:
     ap.add_argument("--dtypes", default=None, help="comma list (default: float32,bfloat16 tiny, float32 full)")
     ap.add_argument("--poll", type=float, default=0.05, help="manifest poll interval once the job is due, s")
     args = ap.parse_args()
+    # Stopped with SIGTERM, the private stacks still go down (their `finally`).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     models = args.models.split(",") + (["full"] if args.full_size and "full" not in args.models else [])
 
     import torch

@@ -4,6 +4,7 @@ thin functions never import the runner (or torch)."""
 from __future__ import annotations
 
 import json
+import threading
 import time
 from typing import Any
 
@@ -28,8 +29,6 @@ __all__ = ["RUN_JOB_ACTOR", "build_broker", "enqueue_job"]
 # Wake-up tokens kept per queue: enough to wake every idle runner of a burst, few enough that
 # stale ones (pushed while every runner was busy) cost idle consumers nothing worth counting.
 WAKE_TOKENS = 16
-# How often a consumer whose worker is busy looks whether it is free again (no Redis call).
-BUSY_CHECK_S = 0.005
 
 
 def wake_key(namespace: str, queue_name: str) -> str:
@@ -56,20 +55,39 @@ class _WakeConsumer(_RedisConsumer):
     spell waited half of it on average); here that sleep is cut to 1 ms and the consumer blocks
     on BLPOP for up to the worker timeout instead (its poll, and its heartbeat, still come at
     least that often). A consumer whose worker is busy does not take wake-ups (an idle runner
-    gets the token): it waits, without Redis calls, until its worker is free, then polls."""
+    gets the token): it blocks, without Redis calls or wake-ups, until its worker acks or nacks
+    (or the worker timeout passes: the poll that carries its heartbeat), then polls.
+
+    The blocking wait matters where the job computes: the consumer threads share the GIL and
+    the cores with the job's thread, so a consumer that woke every few milliseconds while a job
+    ran (200 wake-ups/s) took them from the job (BENCHMARKS.md, "Diffusion")."""
 
     def __init__(self, broker: RedisBroker, queue_name: str, prefetch: int, timeout: int) -> None:
         super().__init__(broker, queue_name, prefetch, 1)
         self.idle_s = timeout / 1000
         self.wake_key = wake_key(broker.namespace, queue_name)
+        # Set by the worker thread when it acks or nacks a message of this consumer.
+        self.freed = threading.Event()
+
+    def ack(self, message: Any) -> None:
+        try:
+            super().ack(message)
+        finally:
+            self.freed.set()
+
+    def nack(self, message: Any) -> None:
+        try:
+            super().nack(message)
+        finally:
+            self.freed.set()
 
     def __next__(self) -> Any:
         message = super().__next__()
         if message is None:
             if self.outstanding_message_count:
-                deadline = time.monotonic() + self.idle_s
-                while self.outstanding_message_count and time.monotonic() < deadline:
-                    time.sleep(BUSY_CHECK_S)
+                self.freed.clear()
+                if self.outstanding_message_count:  # not acked between the fetch and the clear
+                    self.freed.wait(self.idle_s)
             else:
                 self.broker.client.blpop([self.wake_key], timeout=self.idle_s)
         return message
