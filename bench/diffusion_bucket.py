@@ -55,6 +55,18 @@ def thread_cpu(pid: int | str) -> dict[int, float]:
     return out
 
 
+def thread_wakeups(pid: int | str) -> dict[int, int]:
+    """Voluntary context switches (sleeps that ended: wake-ups) of each thread of ``pid``."""
+    out = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            status = (task / "status").read_text()
+        except OSError:
+            continue
+        out[int(task.name)] = int(status.split("voluntary_ctxt_switches:", 1)[1].split()[0])
+    return out
+
+
 def process_cpu(pid: int | str) -> float:
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -72,7 +84,12 @@ class CpuMeter:
     others: dict[str, int]
     threads: dict[tuple[str, int], float] = field(default_factory=dict)
     processes: dict[str, float] = field(default_factory=dict)
+    wakeups: dict[tuple[str, int], int] = field(default_factory=dict)
     wall: float = 0.0
+
+    def _wakeups(self) -> dict[tuple[str, int], int]:
+        return ({("runner", t): n for t, n in thread_wakeups(self.runner_pid).items()}
+                | {("bench", t): n for t, n in thread_wakeups(os.getpid()).items()})
 
     def _threads(self) -> dict[tuple[str, int], float]:
         return ({("runner", t): c for t, c in thread_cpu(self.runner_pid).items()}
@@ -80,10 +97,12 @@ class CpuMeter:
 
     @contextmanager
     def measure(self) -> Iterator[None]:
-        t0, before = time.perf_counter(), self._threads()
+        t0, before, wakes = time.perf_counter(), self._threads(), self._wakeups()
         before_p = {name: process_cpu(pid) for name, pid in self.others.items()}
         yield
         after = self._threads()
+        for key, n in self._wakeups().items():
+            self.wakeups[key] = self.wakeups.get(key, 0) + n - wakes.get(key, 0)
         self.wall += time.perf_counter() - t0
         for key, cpu in after.items():
             self.threads[key] = self.threads.get(key, 0.0) + cpu - before.get(key, 0.0)
@@ -99,6 +118,10 @@ class CpuMeter:
                "runner, other threads": sum(c for (who, _), c in ranked[compute_threads:] if who == "runner"),
                "bench, other threads": sum(c for (who, _), c in ranked[compute_threads:] if who == "bench")}
         out |= self.processes
+        computing = {key for key, _ in ranked[:compute_threads]}
+        out["compute threads: sleeps/s"] = sum(self.wakeups.get(key, 0) for key in computing)
+        out["runner, other threads: wake-ups/s"] = sum(n for key, n in self.wakeups.items()
+                                                       if key[0] == "runner" and key not in computing)
         return {k: v / self.wall for k, v in out.items()}
 
 
@@ -244,14 +267,16 @@ def main() -> None:
     for model_, dtype, steps, n, b, local, p, t, r, rp, lo, hi, l0, l1 in rows:
         print(f"| {model_} | {dtype} | {steps} | {n} | **{r:.3f}** | {rp:.3f} | {b:.3f} | {local:.3f} | {p:.3f} "
               f"| {t:.3f} | {t - p:.3f} | {lo:.2f}-{hi:.2f} | {l0:.1f} / {l1:.1f} |")
-    print("\nCPU during the jobs, in cores (CPU seconds per wall second, summed over the row's jobs; "
-          "/proc utime + stime):\n")
+    print("\nWhere the cores went during the timed calls, in cores (CPU seconds per wall second over the "
+          "row's calls; /proc utime + stime, 10 ms ticks); the last two columns count voluntary context "
+          "switches per second: the computing threads' waits (for the GIL, a lock, OpenMP's barrier) and the runner's "
+          "other threads' wake-ups:\n")
     names = list(dict.fromkeys(k for *_, s in cpu_rows for k in s))
     print("| model | dtype | steps | during | " + " | ".join(names) + " |")
     print("|---|---|---:|---|" + "---:|" * len(names))
     for model_, dtype, steps, during, s in cpu_rows:
         print(f"| {model_} | {dtype} | {steps} | {during} | "
-              + " | ".join(f"{s.get(k, 0):.3f}" for k in names) + " |")
+              + " | ".join(f"{s.get(k, 0):.3f}" if "/s" not in k else f"{s.get(k, 0):.0f}" for k in names) + " |")
     print()
     for note in notes:
         print(f"- {note}")
