@@ -13,7 +13,7 @@ EDITABLE := -m pip install -q --no-deps --no-build-isolation -e .
 TORCH_SPEC ?=
 TORCH_LOCK := $(if $(TORCH_SPEC),,-r requirements/torch-cpu.txt)
 
-.PHONY: demo test browser test-fast test-latest install lint lock bench clean localstack localstack-stop
+.PHONY: demo test browser test-fast test-latest install lint lock bench bench-full clean localstack localstack-stop
 
 $(BIN)/python:
 	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || \
@@ -92,6 +92,13 @@ bench: install browser
 	$(BIN)/python -m bench.head_of_line
 	$(BIN)/python -m bench.store_requests
 	$(BIN)/python -m bench.recovery
+
+# The full-size SD1.5 architecture with random weights (bench/full_size.py builds it once into
+# ~/.cache/bucketbrush, 4.3 GB): through the bucket vs the bare call at 256 px, 4 steps. About
+# 15 s a call on 2 idle cores, 3 calls a pair, and two copies of the weights in memory (this
+# process and the runner): not part of `bench`.
+bench-full: install
+	$(BIN)/python -m bench.diffusion_bucket --models full
 
 # The AWS flavour on LocalStack (host mode, its own Python 3.13 venv in .venv-localstack/).
 localstack: install
