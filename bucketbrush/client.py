@@ -111,7 +111,7 @@ class Job:
 
     def __repr__(self) -> str:
         status = self.manifest.status if self.manifest else "?"
-        return f"Job({self.job_id!r}, {status})"
+        return f"{type(self).__name__}({self.job_id!r}, {status})"
 
     def refresh(self) -> Manifest | None:
         """Read the manifest now; None while the upload's event has not been handled yet."""
@@ -179,10 +179,6 @@ class Turn(Job):
         self.chat = chat
         self.key = key
         self.conversation: Conversation | None = None
-
-    def __repr__(self) -> str:
-        status = self.manifest.status if self.manifest else "?"
-        return f"Turn({self.chat.conversation_id!r}, {self.job_id!r}, {status})"
 
     def wait(self, timeout: float = 600, on_progress: ProgressCallback | None = None,
              interval: float = 0.2) -> Manifest:
