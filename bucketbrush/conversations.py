@@ -170,7 +170,9 @@ class Conversation(BaseModel):
 
 
 class Conversations:
-    """A bucket's conversation manifests and their Redis state (turn numbers, the lock)."""
+    """A bucket's conversation manifests and their Redis state (turn numbers, the lock), as the
+    bucket view's tenant sees them: a tenant's manifests are under ``tenants/<tenant>/`` and its
+    Redis keys carry its name, so two tenants' conversations with the same id are two."""
 
     def __init__(self, bucket: Bucket, redis: Any) -> None:
         self.bucket = bucket
@@ -181,8 +183,14 @@ class Conversations:
         # last write (a continued conversation must not start again at 1).
         self.ttl_s = max(settings.dedupe_ttl_s, settings.manifests_retention_days * 86400)
 
+    def for_tenant(self, tenant: str | None) -> Conversations:
+        """The conversations of ``tenant`` (None: the default tenant's)."""
+        return self if tenant == self.bucket.tenant else Conversations(self.bucket.for_tenant(tenant), self.redis)
+
     def _redis_key(self, conversation: str, what: str) -> str:
-        return f"{self.namespace}:conversation:{conversation}:{what}"
+        # Neither a tenant name nor a conversation id has a '/': no tenant's key is another's.
+        scope = f"{self.bucket.tenant}/" if self.bucket.tenant else ""
+        return f"{self.namespace}:conversation:{scope}{conversation}:{what}"
 
     def read(self, conversation: str) -> tuple[Conversation | None, str | None]:
         """The manifest and its ETag; (None, None) when there is none."""
