@@ -369,6 +369,38 @@ def test_dtype_policy(tmp_path: Path) -> None:
     assert resolve_dtype("cpu", "bfloat16") == torch.bfloat16
 
 
+def test_torch_threads_in_a_job_thread_are_the_process_s() -> None:
+    """A runner's job runs in a Dramatiq worker thread: torch's intra-op threads there are the
+    ones the process has (the runner-vs-in-process gap is not a thread-count difference), and
+    the runner logs them once per job thread (read by bench.diffusion_bucket)."""
+    import logging
+    import threading
+
+    from gpu_runner import devices
+
+    main = devices.torch_threads()
+    seen: list[dict[str, object]] = []
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    devices.log.addHandler(handler)
+    devices.log.setLevel(logging.INFO)
+
+    def job() -> None:
+        seen.append(devices.torch_threads())
+        devices.report_torch_threads()
+        devices.report_torch_threads()
+
+    try:
+        thread = threading.Thread(target=job, name="job-thread")
+        thread.start()
+        thread.join()
+    finally:
+        devices.log.removeHandler(handler)
+    assert seen == [main] and main["intra_op"] >= 1
+    assert [r.getMessage() for r in records] == [f"torch threads in thread 'job-thread': {main}"]
+
+
 def test_recipe_registry_imports_without_torch() -> None:
     code = ("import sys; sys.modules['torch'] = None; sys.modules['diffusers'] = None; "
             "import gpu_runner.recipes as r; print(sorted(r.RECIPES))")
