@@ -21,6 +21,21 @@ from bucketbrush.settings import Settings
 from bucketbrush.store import Bucket
 
 EVENTS = Path(__file__).parent / "events"
+DOCS = Path(__file__).parent.parent / "docs"
+
+
+def documented_intent_recipes() -> dict[str, str | None]:
+    """The intent -> recipe table of docs/recipes.md, read from the page itself: what a user
+    is told, independent of the refiner's own table."""
+    lines = (DOCS / "recipes.md").read_text().splitlines()
+    start = lines.index("| intent | recipe | params it fills |") + 2  # past the header and |---|
+    table: dict[str, str | None] = {}
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        intent, recipe = (c.strip().strip("`") for c in line.strip("|").split("|")[:2])
+        table[intent] = None if recipe == "none" else recipe
+    return table
 
 
 def png_bytes(image: Image.Image | None = None, fmt: str = "PNG") -> bytes:

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from bucketbrush.jobs import job_id_for
+from bucketbrush.jobs import ObjectRef, job_id_for
 from functions.events import InvalidEvent, parse_records
 from functions.sources.seaweedfs import iter_json_objects, record_from_event
 from tests.helpers import EVENTS
@@ -62,6 +62,19 @@ def test_same_key_everywhere_gives_same_identity():
     assert same_bytes.identity == minio.ref.identity
     assert job_id_for(same_bytes) == job_id_for(minio.ref)
     assert job_id_for(local.ref) != job_id_for(minio.ref)  # other bytes: another job
+
+
+def test_job_ids_are_stable_recorded_values():
+    """Job ids are data: jobs/<id>.json, claims and users' own ``job_id_for`` calls outlive a
+    release. These ids were recorded once; a change to the derivation fails here."""
+    ref = ObjectRef(bucket="bucketbrush", key="inbox/filter/a.png", etag="5d41402abc4b2a76b9719d911017c592")
+    recorded = "ec00eed0551f72b7c9f673d9"
+    assert job_id_for(ref) == recorded
+    # The version id is no part of it, a quoted ETag is the same ETag ...
+    assert job_id_for(ref.model_copy(update={"version_id": "v1"})) == recorded
+    assert job_id_for(ref.model_copy(update={"etag": '"5d41402abc4b2a76b9719d911017c592"'})) == recorded
+    # ... and only a ref without an ETag falls back to the version id.
+    assert job_id_for(ref.model_copy(update={"etag": None, "version_id": "v1"})) == "fd633eb6fc73772530f3c71a"
 
 
 def test_s3_test_event_has_no_records():
