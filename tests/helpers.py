@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import socket
 import time
 import uuid
 from pathlib import Path
@@ -22,6 +23,20 @@ from bucketbrush.store import Bucket
 
 EVENTS = Path(__file__).parent / "events"
 DOCS = Path(__file__).parent.parent / "docs"
+
+
+_HELD: list[socket.socket] = []
+
+
+def refused_port() -> int:
+    """A loopback port where every connection is refused, for as long as the tests run: a
+    socket bound there and never listening. (A port only bound and closed again can be taken
+    by any server started meanwhile.)"""
+    if not _HELD:
+        held = socket.socket()
+        held.bind(("127.0.0.1", 0))
+        _HELD.append(held)
+    return _HELD[0].getsockname()[1]
 
 
 def documented_intent_recipes() -> dict[str, str | None]:

@@ -166,6 +166,7 @@ def test_gallery_soft_delete_restore_purge(bucket):
 
 
 def test_status_shows_runner_heartbeat_and_queue(bucket, broker):
+    flush_pipeline(bucket)  # an earlier test's failed message is dead-lettered before counting
     before = status_report(bucket, broker)["queue"]["dead_lettered"]
     bad = drop(bucket, "inbox/filter/status/bad.png", b"not an image")
     assert wait_final(bucket, bad).error.code == "invalid_image"

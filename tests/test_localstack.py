@@ -33,9 +33,9 @@ from functions.handler import Handler
 from functions.sources.sqs import SqsPoller, records_from_body, sqs_client
 from infra.aws import setup_event_route, sns_client, subscribe_queue
 from infra.bucket import apply_bucket
-from infra.procs import free_port, start_redis, start_with_retries, terminate, wait_until
+from infra.procs import start_redis, start_with_retries, terminate, wait_until
 from localstack.server import LocalStackServer, ensure_venv
-from tests.helpers import EVENTS, png_bytes, wait_final
+from tests.helpers import EVENTS, png_bytes, refused_port, wait_final
 
 RECORDED = EVENTS / "localstack"
 
@@ -108,7 +108,7 @@ def env(localstack_endpoint, private_redis, tmp_path):
 
 
 def dead_redis_url() -> str:
-    return f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there
+    return f"redis://127.0.0.1:{refused_port()}/0"  # every connection refused
 
 
 def s3_event(settings: Settings, s3, key: str, body: bytes = b"\x89PNG fake") -> str:

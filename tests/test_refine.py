@@ -18,7 +18,7 @@ from gpu_runner.refine import INTENTS, RECIPE_FOR, ModelAnswer, get_refiner, ref
 from gpu_runner.refine.local import LocalRefiner, clean_rewrite, rewrite_problem
 from gpu_runner.refine.openai import OpenAIRefiner
 from gpu_runner.refine.rules import RulesRefiner, correct_typos, normalise
-from tests.helpers import documented_intent_recipes
+from tests.helpers import documented_intent_recipes, refused_port
 
 DATA = Path(__file__).parent / "data"
 
@@ -155,12 +155,7 @@ def test_openai_without_an_endpoint_falls_back():
 
 
 def test_openai_unreachable_endpoint_falls_back():
-    import socket
-
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    result = OpenAIRefiner(f"http://127.0.0.1:{port}/v1", timeout_s=2).refine("undo")
+    result = OpenAIRefiner(f"http://127.0.0.1:{refused_port()}/v1", timeout_s=2).refine("undo")
     assert result.intent == "undo" and "unreachable" in result.warnings[0]
 
 
