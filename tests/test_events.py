@@ -152,3 +152,38 @@ def test_seaweedfs_restart_skips_only_what_the_cursor_covers(tmp_path):
     handled = []
     _subscription(tmp_path, handled).consume(events, after=int(events[1]["tsNs"]))
     assert [r.key for r in handled] == ["inbox/race/k0534.png"]
+
+
+def test_seaweedfs_cursor_stays_before_a_failed_event_and_everything_after_is_replayed(tmp_path):
+    # Records handed over without waiting (the handler's pool); the second one fails (the
+    # broker was down). The cursor stays past the first only, and the stream started again
+    # from it hands the failed one over again with everything after it (the handler's claims
+    # de-duplicate any that had gone through).
+    from concurrent.futures import Future
+
+    from functions.sources.seaweedfs import Cursor, FilerSubscription
+
+    events = list(iter_json_objects([(EVENTS / "seaweedfs/meta_tail_concurrent_out_of_order.txt").read_text()]))
+    stamps = [int(e["tsNs"]) for e in events]
+    submitted: list[str] = []
+
+    def submit(record, fail_on: str | None = None):
+        submitted.append(record.key)
+        future: Future = Future()
+        if record.key == fail_on:
+            future.set_exception(ConnectionError("broker down"))
+        else:
+            future.set_result(None)
+        return future
+
+    cursor = Cursor(tmp_path / "cursor.txt")
+    first = FilerSubscription(filer="unused:0", bucket="bench", cursor=cursor, handle=submitted.extend,
+                              submit=lambda r: submit(r, fail_on="inbox/race/k0522.png"))
+    with pytest.raises(ConnectionError):
+        first.consume(events, after=None)
+    assert cursor.load() == stamps[0]
+    submitted.clear()
+    again = FilerSubscription(filer="unused:0", bucket="bench", cursor=cursor, handle=submitted.extend, submit=submit)
+    again.consume(events, after=cursor.load())
+    assert submitted == [f"inbox/race/{n}.png" for n in ("k0522", "k0539", "k0534")]
+    assert cursor.load() == stamps[-1]

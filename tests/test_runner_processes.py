@@ -372,3 +372,22 @@ def test_seaweedfs_honours_if_match_so_the_reaper_never_overwrites_a_result(corn
     _, current = corner.bucket.read_manifest_with_etag(job_id)
     assert reaper_view.write_manifest(seen.model_copy(update={"status": "failed"}), if_match=current) is True
     assert corner.bucket.read_manifest(job_id).status == "failed"
+
+
+def test_a_store_without_conditional_puts_gets_a_plain_write(corner, proxy):
+    """Where a store answers NotImplemented to a conditional PUT, the write is sent again
+    plain (docs/architecture.md): last writer wins there, so the reaper's write replaces a
+    result written meanwhile; the race is only narrowed (the margin, the heartbeat check)."""
+    job_id = "noifmatch" + uuid.uuid4().hex[:15]
+    corner.bucket.write_manifest(Manifest(job_id=job_id, status="running", recipe="test-slow"))
+    seen, etag = corner.bucket.read_manifest_with_etag(job_id)
+    corner.bucket.write_manifest(seen.model_copy(update={"status": "succeeded"}))
+    reaper_view = Bucket(corner.settings.model_copy(update={"s3_endpoint_url": proxy.url}))
+    proxy.conditional_puts = False
+    try:
+        assert reaper_view.write_manifest(seen.model_copy(update={"status": "failed"}), if_match=etag) is True
+    finally:
+        proxy.conditional_puts = True
+    puts = proxy.seen("PUT", f"/{corner.bucket.name}/{corner.bucket.manifest_key(job_id)}")
+    assert [p.status for p in puts] == [501, 200]  # refused as conditional, then written plain
+    assert corner.bucket.read_manifest(job_id).status == "failed"
