@@ -19,8 +19,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import dramatiq
 import pytest
 import redis
+from dramatiq import Middleware
 
 from bucketbrush.broker import build_broker, enqueue_job
 from bucketbrush.credentials import ensure_dev_credentials
@@ -30,6 +32,8 @@ from bucketbrush.manifest import Manifest, RunnerStatus
 from bucketbrush.routing import queue_for
 from bucketbrush.settings import Settings
 from bucketbrush.store import Bucket, s3_client
+from functions.events import S3Record
+from functions.handler import Handler
 from functions.reaper import fail_dead_running
 from functions.sweep import manifest_times
 from infra import procs
@@ -247,6 +251,36 @@ def test_a_delivery_whose_manifest_is_final_is_skipped(corner, proxy, proxied_ru
     assert log.count(f"job {spec.job_id} succeeded") == 1
     assert len(proxy.seen("PUT", f"/{corner.bucket.name}/outputs/{spec.job_id}/")) == 1
     assert corner.bucket.read_manifest(spec.job_id) == manifest  # not written again
+
+
+def test_a_redelivered_handler_message_is_skipped_by_its_done_marker(corner, proxy, proxied_runner):
+    """The handler's message carries the queued manifest's stamp, so its first delivery reads
+    no manifest. Dramatiq delivering that same message again (a runner died before its ack)
+    is told apart by the done marker in Redis: the runner reads the manifest and skips it."""
+    sent: list[dramatiq.Message] = []
+
+    class Sent(Middleware):
+        def after_enqueue(self, broker, message, delay):  # noqa: ANN001, ANN201 - Dramatiq's hook
+            sent.append(message)
+
+    broker = build_broker(corner.settings)
+    broker.add_middleware(Sent())
+    handler = Handler(corner.settings, corner.bucket, broker, redis.Redis.from_url(corner.settings.redis_url))
+    key = "inbox/test-slow/redelivered.png"
+    put = corner.bucket.s3.put_object(Bucket=corner.bucket.name, Key=key, Body=png_bytes(), ContentType="image/png",
+                                      Metadata={"seconds": "0", "steps": "1"})
+    ref = ObjectRef(bucket=corner.bucket.name, key=key, etag=put["ETag"].strip('"'))
+    outcome = handler.handle_record(S3Record.created("test", ref))
+    assert outcome.action == "enqueued"
+    [message] = sent
+    assert message.args[0]["queued_at"] is not None  # the stamp: no manifest read on first delivery
+    manifest = wait_final(corner.bucket, outcome.job_id)
+    assert manifest.status == "succeeded"
+    broker.enqueue(message)  # the very same message (same id) once more
+    log = proxied_runner.wait_log(f"job {outcome.job_id} already succeeded; skipping duplicate delivery")
+    assert log.count(f"job {outcome.job_id} succeeded") == 1
+    assert len(proxy.seen("PUT", f"/{corner.bucket.name}/outputs/{outcome.job_id}/")) == 1
+    assert corner.bucket.read_manifest(outcome.job_id) == manifest  # not written again
 
 
 # -- stopping -------------------------------------------------------------------------------
