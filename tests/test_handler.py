@@ -23,7 +23,8 @@ from tests.helpers import png_bytes
 
 @pytest.fixture(scope="module")
 def unit_settings(settings: Settings) -> Settings:
-    unit = settings.model_copy(update={"bucket": "handler-unit"})
+    # A bucket per fixture instance: a shuffled run sets a module fixture up more than once.
+    unit = settings.model_copy(update={"bucket": f"handler-unit-{uuid.uuid4().hex[:8]}"})
     Bucket(unit).s3.create_bucket(Bucket=unit.bucket)
     return unit
 
