@@ -336,6 +336,10 @@ def test_reaper_spares_jobs_on_live_runners_and_fails_those_of_dead_ones(corner)
 
         # Each runner has said, in its heartbeat, which job it is on.
         wait_for(lambda: all(b.current_job == pids[pid] for pid, b in beats().items()) and len(beats()) == 2)
+        # And each job's running manifest is written (the monitor's first write, one progress
+        # interval in: a shuffled run under load killed the runner before it).
+        for job in (live_job, dead_job):
+            wait_status(corner.bucket, job.job_id, "running")
         dead.popen.send_signal(signal.SIGKILL)  # dies mid-job: no final manifest, no more beats
         dead.popen.wait(10)
         wait_for(lambda: not beats()[dead.popen.pid].is_fresh() and beats()[live.popen.pid].is_fresh())
