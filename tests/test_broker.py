@@ -1,11 +1,21 @@
-"""The broker is built from settings: the recovery settings reach Dramatiq's RedisBroker."""
+"""The broker is built from settings: the recovery settings reach Dramatiq's RedisBroker, and
+idle consumers wake on enqueue."""
 
 from __future__ import annotations
 
+import threading
+import time
+
+import dramatiq
+import pytest
+from dramatiq import Worker
 from dramatiq.brokers.redis import DEFAULT_HEARTBEAT_TIMEOUT
 
-from bucketbrush.broker import build_broker
+from bucketbrush.broker import build_broker, enqueue_job, wake_key
+from bucketbrush.jobs import JobSpec, ObjectRef
+from bucketbrush.routing import RUN_JOB_ACTOR, queue_for
 from bucketbrush.settings import Settings
+from infra.procs import start_redis, terminate
 
 
 def test_heartbeat_timeout_and_maintenance_come_from_settings() -> None:
@@ -19,3 +29,41 @@ def test_defaults_recover_faster_than_dramatiq() -> None:
     broker = build_broker(Settings())
     assert broker.heartbeat_timeout == 10_000 < DEFAULT_HEARTBEAT_TIMEOUT
     assert broker.maintenance_chance == 200_000
+
+
+@pytest.mark.e2e
+def test_an_enqueue_wakes_the_consumer_blocked_on_the_wake_list(tmp_path) -> None:
+    """docs/architecture.md: idle runners block on the queue's wake list, which every enqueue
+    pushes a token onto, instead of sleeping between polls. On a Redis of its own, so that
+    every client in its CLIENT LIST is this test's."""
+    proc, url = start_redis(tmp_path, tmp_path, name="wake-redis")
+    own = Settings(redis_url=url, queue_name="wake")
+    queue = queue_for(own, "filter")
+    wake = wake_key(own.broker_namespace, queue)
+    broker = build_broker(own)
+    ran = threading.Event()
+    dramatiq.actor(lambda spec: ran.set(), broker=broker, actor_name=RUN_JOB_ACTOR, queue_name=queue)
+    ref = ObjectRef(bucket="b", key="inbox/filter/a.png", etag="e")
+    try:
+        # No consumer yet: the enqueue leaves its token on the queue's wake list.
+        enqueue_job(broker, own, JobSpec(job_id="before", recipe="filter", source=ref, input=ref))
+        assert broker.client.llen(wake) == 1
+        broker.client.delete(wake, f"{own.broker_namespace}:{queue}", f"{own.broker_namespace}:{queue}.msgs")
+        worker = Worker(broker, queues={queue}, worker_threads=1, worker_timeout=1_000)
+        worker.start()
+        try:
+            # Idle: both its consumers (the queue's and its delay queue's) are seen blocked in
+            # BLPOP; a plain Dramatiq consumer sleeps between polls instead.
+            deadline = time.monotonic() + 30
+            while sum(c["cmd"] == "blpop" for c in broker.client.client_list()) < 2:
+                assert time.monotonic() < deadline, f"no consumer blocked: {broker.client.client_list()}"
+                time.sleep(0.05)
+            enqueue_job(broker, own, JobSpec(job_id="woken", recipe="filter", source=ref, input=ref))
+            assert ran.wait(30), "the job never ran"
+            # Its token was taken at once: a blocked consumer's BLPOP is what pops the wake list.
+            assert broker.client.llen(wake) == 0
+        finally:
+            worker.stop()
+    finally:
+        broker.close()
+        terminate(proc, 10)
