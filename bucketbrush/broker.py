@@ -61,6 +61,10 @@ class _WakeConsumer(_RedisConsumer):
     def __init__(self, broker: RedisBroker, queue_name: str, prefetch: int, timeout: int) -> None:
         super().__init__(broker, queue_name, prefetch, 1)
         self.idle_s = timeout / 1000
+        # A BLPOP must return before the client's socket timeout (redis-py's default is 5 s), or
+        # an idle consumer raises TimeoutError and Dramatiq restarts it seconds later.
+        socket_timeout = broker.client.connection_pool.connection_kwargs.get("socket_timeout")
+        self.block_s = min(self.idle_s, max(socket_timeout * 0.5, 0.01)) if socket_timeout else self.idle_s
         self.wake_key = wake_key(broker.namespace, queue_name)
 
     def __next__(self) -> Any:
@@ -71,7 +75,7 @@ class _WakeConsumer(_RedisConsumer):
                 while self.outstanding_message_count and time.monotonic() < deadline:
                     time.sleep(BUSY_CHECK_S)
             else:
-                self.broker.client.blpop([self.wake_key], timeout=self.idle_s)
+                self.broker.client.blpop([self.wake_key], timeout=self.block_s)
         return message
 
 

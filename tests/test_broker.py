@@ -67,3 +67,23 @@ def test_an_enqueue_wakes_the_consumer_blocked_on_the_wake_list(tmp_path) -> Non
     finally:
         broker.close()
         terminate(proc, 10)
+
+
+@pytest.mark.e2e
+def test_an_idle_wait_longer_than_the_socket_timeout_does_not_break_the_consumer(tmp_path) -> None:
+    """An idle consumer's BLPOP returns before the Redis client's socket timeout, whatever
+    ``runner_poll_ms`` says (with a 5 s redis-py default, a poll above it raised TimeoutError in
+    every idle consumer and Dramatiq restarted them)."""
+    from bucketbrush.broker import _WakeConsumer
+
+    proc, url = start_redis(tmp_path, tmp_path, name="timeout-redis")
+    own = Settings(redis_url=f"{url}?socket_timeout=0.5", queue_name="idle")
+    broker = build_broker(own)
+    try:
+        consumer = _WakeConsumer(broker, queue_for(own, "filter"), prefetch=1, timeout=3_000)
+        assert consumer.block_s < 0.5
+        # Nothing queued: each step is an idle wait that must end with no message and no error.
+        assert [next(consumer) for _ in range(3)] == [None, None, None]
+    finally:
+        broker.close()
+        terminate(proc, 10)
