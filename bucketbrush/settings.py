@@ -228,6 +228,11 @@ class EventsSettings(SettingsGroup):
         default=8, ge=1, le=256,
         description="records the handler works on at once (in order for one key): event sources and the HTTP "
                     "host wait on the store's round trips in parallel")
+    handler_max_pending: int | None = Field(
+        default=None, ge=1, le=100_000,
+        description="records the handler holds at once, waiting or being handled; past it event sources wait "
+                    "and the HTTP host answers 503 with Retry-After (its senders retry); unset: 4 x "
+                    "handler_concurrency")
 
 
 class FunctionsSettings(SettingsGroup):
