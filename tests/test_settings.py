@@ -42,6 +42,7 @@ handler_concurrency
 tenant_queues
 conversations_prefix conversation_wait_s
 handler_max_pending
+png_compress_level upscale_threads
 """.split()
 
 
