@@ -19,10 +19,14 @@ runner's own time per job outside the recipe (``finished_at - started_at - proce
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import os
 import platform
 import re
 import statistics
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -115,7 +119,19 @@ def inputs(n: int, side: int) -> list[bytes]:
     return out
 
 
-def bare(bodies: list[bytes]) -> Phase:
+def bare(n: int, size: int) -> Phase:
+    """The bare loop in a child process in a session of its own, as each runner is (the stack
+    starts its processes with setsid): with the kernel's autogroup scheduling on, each
+    session gets an equal share of a busy machine, so both must be in the same position."""
+    out = subprocess.run([sys.executable, "-m", "bench.burst_upscale", "--bare-only", "--n", str(n),
+                          "--size", str(size)], check=True, stdout=subprocess.PIPE, text=True,
+                         start_new_session=True).stdout
+    phase = Phase(**json.loads(out.splitlines()[-1]))
+    progress(phase)
+    return phase
+
+
+def bare_loop(bodies: list[bytes]) -> Phase:
     """The recipe called directly, as the runner calls it, on every decoded input."""
     from gpu_runner.images import decode_image
     from gpu_runner.recipes import get_recipe
@@ -136,8 +152,6 @@ def bare(bodies: list[bytes]) -> Phase:
         times.append(time.perf_counter() - t0)
     phase = meter.stop("bare", len(images), time.perf_counter() - started)
     phase.recipe_s = times
-    progress(phase)
-    time.sleep(1)
     return phase
 
 
@@ -220,11 +234,15 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=200)
     parser.add_argument("--size", type=int, default=256, help="input side, px")
     parser.add_argument("--warm", type=int, default=4, help="warm-up jobs before each bucket phase")
+    parser.add_argument("--bare-only", action="store_true", help=argparse.SUPPRESS)  # bare()'s child
     parser.add_argument("--threads-per-runner", type=int, default=1,
                         help="a last phase: 2 runners with this many ncnn threads each (upscale_threads); 0: skip")
     args = parser.parse_args()
     bodies = inputs(args.n, args.size)
-    phases = [bare(bodies)]
+    if args.bare_only:
+        print(json.dumps(dataclasses.asdict(bare_loop(bodies))))
+        return
+    phases = [bare(args.n, args.size)]
     with private_stack(runners=1) as stack:
         bucket = Bucket(stack.settings_for_clients())
         spare = inputs(args.n + 3 * args.warm, args.size)[args.n:]  # other pixels: other jobs
@@ -235,7 +253,7 @@ def main() -> None:
         # The same inputs again: other keys, so other jobs.
         phases.append(through_bucket(stack, bucket, bodies, "2 runners", timeout=120 + 10 * args.n))
         # The bare loop again, with the stack idle (no job queued): the load's drift meanwhile.
-        phases.append(bare(bodies))
+        phases.append(bare(args.n, args.size))
         if args.threads_per_runner:
             # Two runners again, each with ncnn threads = cores / runners.
             for name in ("runner-0", "runner-1"):
