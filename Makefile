@@ -92,6 +92,7 @@ bench: install browser
 	$(BIN)/python -m bench.head_of_line
 	$(BIN)/python -m bench.store_requests
 	$(BIN)/python -m bench.recovery
+	$(BIN)/python -m bench.burst_upscale --n 200
 
 # The AWS flavour on LocalStack (host mode, its own Python 3.13 venv in .venv-localstack/).
 localstack: install
