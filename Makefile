@@ -92,6 +92,7 @@ bench: install browser
 	$(BIN)/python -m bench.head_of_line
 	$(BIN)/python -m bench.store_requests
 	$(BIN)/python -m bench.recovery
+	$(BIN)/python -m bench.burst_upscale --n 200
 
 # The full-size SD1.5 architecture with random weights (bench/full_size.py builds it once into
 # ~/.cache/bucketbrush, 4.3 GB): through the bucket vs the bare call at 256 px, 4 steps. About

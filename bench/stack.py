@@ -19,14 +19,14 @@ from infra.local import LocalStack
 
 
 @contextmanager
-def private_stack(state_dir: Path | None = None, **settings: Any) -> Iterator[LocalStack]:
-    """SeaweedFS, a private Redis, the event source and a runner in a temporary state dir."""
+def private_stack(state_dir: Path | None = None, runners: int = 1, **settings: Any) -> Iterator[LocalStack]:
+    """SeaweedFS, a private Redis, the event source and ``runners`` runners in a temporary state dir."""
     with tempfile.TemporaryDirectory() as tmp:
         state = state_dir or Path(tmp)
         # Commands in this process must find this stack, not a developer's own.
         os.environ["BUCKETBRUSH_STATE_DIR"] = str(state)
         stack = LocalStack(Settings(state_dir=state, local_redis="always", bucket="bench", **settings))
-        stack.up()
+        stack.up(runners=runners)
         try:
             yield stack
         finally:

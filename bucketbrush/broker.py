@@ -65,6 +65,10 @@ class _WakeConsumer(_RedisConsumer):
     def __init__(self, broker: RedisBroker, queue_name: str, prefetch: int, timeout: int) -> None:
         super().__init__(broker, queue_name, prefetch, 1)
         self.idle_s = timeout / 1000
+        # A BLPOP must return before the client's socket timeout (redis-py's default is 5 s), or
+        # an idle consumer raises TimeoutError and Dramatiq restarts it seconds later.
+        socket_timeout = broker.client.connection_pool.connection_kwargs.get("socket_timeout")
+        self.block_s = min(self.idle_s, max(socket_timeout * 0.5, 0.01)) if socket_timeout else self.idle_s
         self.wake_key = wake_key(broker.namespace, queue_name)
         # Set by the worker thread when it acks or nacks a message of this consumer.
         self.freed = threading.Event()
@@ -89,7 +93,7 @@ class _WakeConsumer(_RedisConsumer):
                 if self.outstanding_message_count:  # not acked between the fetch and the clear
                     self.freed.wait(self.idle_s)
             else:
-                self.broker.client.blpop([self.wake_key], timeout=self.idle_s)
+                self.broker.client.blpop([self.wake_key], timeout=self.block_s)
         return message
 
 

@@ -11,11 +11,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest, start_http_server
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest, start_http_server
 
 __all__ = ["CONTENT_TYPE_LATEST", "JOBS", "PROCESSING", "QUEUE_WAIT", "STORE_REQUESTS", "STORE_REQUESTS_PER_JOB",
-           "HANDLER_EVENTS", "WEBHOOK_DELIVERIES", "count_outcomes", "count_request", "exposition",
-           "observe_job", "serve"]
+           "HANDLER_EVENTS", "HANDLER_PENDING", "HANDLER_RUNNING", "WEBHOOK_DELIVERIES", "count_outcomes",
+           "count_request", "exposition", "observe_job", "serve"]
 
 JOBS = Counter("bucketbrush_jobs", "Jobs a runner ended, by recipe and status (queued: a transient failure left "
                "for a retry; skipped: a repeated delivery of a finished job)", ["recipe", "status"])
@@ -34,6 +34,11 @@ STORE_REQUESTS = Counter(
 HANDLER_EVENTS = Counter(
     "bucketbrush_handler_events", "Event records the handler took, by outcome (enqueued, duplicate, ignored, "
     "rejected, error)", ["outcome"])
+HANDLER_PENDING = Gauge(
+    "bucketbrush_handler_records_pending", "Event records the handler accepted and has not finished (waiting for "
+    "their key's earlier records or a thread, or being handled); bounded by handler_max_pending")
+HANDLER_RUNNING = Gauge(
+    "bucketbrush_handler_records_running", "Event records being handled now (at most handler_concurrency)")
 WEBHOOK_DELIVERIES = Counter(
     "bucketbrush_webhook_deliveries", "Webhook delivery attempts, by event type and outcome (delivered, retrying, "
     "failed, refused, skipped, disabled)", ["type", "outcome"])

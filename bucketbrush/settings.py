@@ -228,6 +228,11 @@ class EventsSettings(SettingsGroup):
         default=8, ge=1, le=256,
         description="records the handler works on at once (in order for one key): event sources and the HTTP "
                     "host wait on the store's round trips in parallel")
+    handler_max_pending: int | None = Field(
+        default=None, ge=1, le=100_000,
+        description="records the handler holds at once, waiting or being handled; past it event sources wait "
+                    "and the HTTP host answers 503 with Retry-After (its senders retry); unset: 4 x "
+                    "handler_concurrency")
 
 
 class FunctionsSettings(SettingsGroup):
@@ -249,6 +254,10 @@ class LimitsSettings(SettingsGroup):
 
     max_upload_bytes: int = Field(default=50 * MB, description="upload size limit (presign policy and runner)")
     max_image_pixels: int = Field(default=40_000_000, description="decompression-bomb limit")
+    png_compress_level: int = Field(
+        default=1, ge=0, le=9,
+        description="zlib level of PNG outputs (lossless at every level): 1 encodes a 512x512 output in about a "
+                    "fifth of the CPU time of Pillow's default 6, for about 15% more bytes (BENCHMARKS.md, burst)")
     presign_expires_s: int = Field(default=3600, description="presigned URL lifetime")
     job_time_limit_s: int = Field(default=600, ge=1, description="time limit per job")
     recipe_time_limits_s: dict[str, int] = Field(
@@ -304,6 +313,10 @@ class DiffusionSettings(SettingsGroup):
     diffusion_cpu_offload: bool = Field(default=False, description="memory saver: model CPU offload")
     diffusion_max_side: int = Field(
         default=1024, ge=64, multiple_of=8, description="largest width/height a job may ask for")
+    upscale_threads: int = Field(
+        default=0, ge=0, le=256,
+        description="ncnn threads of one upscale job; 0: ncnn's default (one per core). Several runners on one "
+                    "machine: cores / runners, so their threads do not fight over the cores (BENCHMARKS.md, burst)")
     depth_model: str | None = Field(default=None, description="depth estimation model for `layers`")
     segmentation_model: str | None = Field(
         default=None, description="semantic segmentation model for `remove-bg`; unset: GrabCut fallback")

@@ -39,7 +39,7 @@ from bucketbrush.settings import Settings
 from bucketbrush.store import Bucket, is_not_found
 from bucketbrush.tenants import TenantsFile
 from functions.events import S3Record
-from functions.pool import KeyedPool
+from functions.pool import KeyedPool, PoolFull
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class Handler:
         # Index writes beside manifest writes, one per record being handled.
         self._io = ThreadPoolExecutor(max_workers=settings.handler_concurrency, thread_name_prefix="handler-io")
         # Records are handled here, in parallel across keys, in order for one key.
-        self.pool = KeyedPool(settings.handler_concurrency, name="handler")
+        self.pool = KeyedPool(settings.handler_concurrency, bound=settings.handler_max_pending, name="handler")
         self.stats: dict[str, Any] = {"records": 0, "enqueued": 0, "last_event_at": None}
         self._stats_lock = threading.Lock()
 
@@ -93,13 +93,23 @@ class Handler:
         wait(futures)
         return [f.result() for f in futures]
 
-    def submit(self, record: S3Record) -> Future[Outcome]:
+    def submit(self, record: S3Record, *, block: bool = True) -> Future[Outcome]:
         """Handle ``record`` on the pool, after any earlier record for the same key (for a chat
         turn: for the same conversation, since turns are numbered in the order their events
-        came); blocks while the pool is full (``handler_concurrency`` x 4 records in flight)."""
-        future = self.pool.submit(self._order_key(record.key), self.handle_record, record)
+        came); blocks while the pool is full (``handler_max_pending`` records in flight), or
+        with ``block=False`` raises ``PoolFull`` (functions/pool.py)."""
+        metrics.HANDLER_PENDING.inc()
+        try:
+            future = self.pool.submit(self._order_key(record.key), self._running, record, block=block)
+        except PoolFull:
+            metrics.HANDLER_PENDING.dec()
+            raise
         future.add_done_callback(self._count)
         return future
+
+    def _running(self, record: S3Record) -> Outcome:
+        with metrics.HANDLER_RUNNING.track_inprogress():
+            return self.handle_record(record)
 
     def _order_key(self, key: str) -> str:
         try:
@@ -110,6 +120,7 @@ class Handler:
 
     def _count(self, future: Future[Outcome]) -> None:
         """Counters for the metrics and the event source's heartbeat (`bucketbrush status`)."""
+        metrics.HANDLER_PENDING.dec()
         if future.exception() is not None:
             metrics.count_outcomes(["error"])
             return

@@ -18,8 +18,12 @@ Routes (``bucketbrush serve-functions``, port 8080 in the compose file):
 
 A 2xx means every record was handled (enqueued, or a duplicate/ignored/rejected outcome) and
 the body lists the outcomes. The broker or the store failing answers 503, so the sender
-retries; the handler de-duplicates the retry. Input that can never succeed (not JSON, not an
-S3 event, a key with control characters or ``..`` segments) answers 400 and enqueues nothing.
+retries; the handler de-duplicates the retry. Records are handled on the handler's bounded
+pool (functions/pool.py): up to ``handler_concurrency`` at once, in arrival order for one key;
+when ``handler_max_pending`` records are already waiting or being handled, the request gets
+503 with ``Retry-After`` at once instead of a thread or a place in an unbounded queue. Input
+that can never succeed (not JSON, not an S3 event, a key with control characters or ``..``
+segments) answers 400 and enqueues nothing.
 """
 
 from __future__ import annotations
@@ -48,27 +52,32 @@ from bucketbrush.store import Bucket
 from bucketbrush.tenants import TenantsFile
 from functions.events import InvalidEvent, S3Record, parse_records
 from functions.handler import Handler
+from functions.pool import PoolFull
 from functions.sns import MESSAGE_TYPES, Fetch, SnsMalformed, SnsRejected, SnsUnavailable, SnsVerifier, fetch_url
 
 log = logging.getLogger(__name__)
 
 HEALTH_PROBE_TIMEOUT_S = 5.0
+# The Retry-After of a 503 when the handler holds handler_max_pending records.
+RETRY_AFTER_S = 1
 
 
 class HttpError(Exception):
     """Answer ``status`` with ``{"error": message}``; logged as a warning."""
 
-    def __init__(self, status: int, message: str, code: str | None = None) -> None:
+    def __init__(self, status: int, message: str, code: str | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
         self.code = code
+        self.headers = headers or {}
 
 
 def _error(request: Request, exc: HttpError) -> JSONResponse:
     client = request.client.host if request.client else "?"
     log.warning("%s %s from %s: %d %s", request.method, request.url.path, client, exc.status, exc.message)
-    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else exc.headers
     body = {"error": exc.message} | ({"code": exc.code} if exc.code else {})
     return JSONResponse(body, status_code=exc.status, headers=headers)
 
@@ -139,11 +148,25 @@ class FunctionsApp:
         for record in records:
             if problem := unsafe_key(record.key):
                 raise HttpError(400, f"unsafe key {record.key!r}: {problem}")
+        # Handed to the handler's pool from the event loop, in the order the requests came, so
+        # two events for one key are handled in that order; never waiting for a slot here.
+        futures = []
         try:
-            outcomes = await run_in_threadpool(self.handler.handle, records)
+            for record in records:
+                futures.append(self.handler.submit(record, block=False))
+        except PoolFull as exc:
+            # The records already taken are handled; the retry finds them duplicates.
+            if futures:
+                await asyncio.wait([asyncio.wrap_future(f) for f in futures])
+            log.warning("handler full (%s); answering 503", exc)
+            raise HttpError(503, f"busy: {exc}; retry later", headers={"Retry-After": str(RETRY_AFTER_S)}) from exc
+        if futures:
+            await asyncio.wait([asyncio.wrap_future(f) for f in futures])
+        try:
+            outcomes = [f.result() for f in futures]
         except Exception as exc:
             # Broker or store down: nothing is lost if the sender retries.
-            log.exception("could not enqueue %d record(s); answering 503", len(records))
+            log.error("could not enqueue %d record(s); answering 503", len(records), exc_info=exc)
             raise HttpError(503, f"could not enqueue: {type(exc).__name__}") from exc
         return JSONResponse({"outcomes": [dataclasses.asdict(o) for o in outcomes]})
 

@@ -3,7 +3,8 @@
 Tasks with different keys run in parallel on up to ``workers`` threads; tasks with the same
 key run one after another, in the order they were submitted (two events for one object are
 handled as they came). ``submit`` blocks while ``bound`` tasks are queued or running, so a
-fast event stream cannot outrun the store without limit (back-pressure).
+fast event stream cannot outrun the store without limit (back-pressure); with ``block=False``
+it raises ``PoolFull`` instead (the HTTP host answers 503 then, and the sender retries).
 """
 
 from __future__ import annotations
@@ -16,16 +17,23 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+class PoolFull(Exception):
+    """``bound`` tasks are already queued or running."""
+
+
 class KeyedPool:
     def __init__(self, workers: int, *, bound: int | None = None, name: str = "keyed") -> None:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
-        self._slots = threading.BoundedSemaphore(bound or workers * 4)
+        self.bound = bound or workers * 4
+        self._slots = threading.BoundedSemaphore(self.bound)
         self._lock = threading.Lock()
         self._tails: dict[str, Future[Any]] = {}
 
-    def submit(self, key: str, fn: Callable[..., T], *args: Any) -> Future[T]:
-        """Run ``fn(*args)`` after every task submitted earlier with ``key``; its future."""
-        self._slots.acquire()
+    def submit(self, key: str, fn: Callable[..., T], *args: Any, block: bool = True) -> Future[T]:
+        """Run ``fn(*args)`` after every task submitted earlier with ``key``; its future.
+        Waits for a free slot, or (``block=False``) raises PoolFull when there is none."""
+        if not self._slots.acquire(blocking=block):
+            raise PoolFull(f"{self.bound} tasks are queued or running")
         result: Future[T] = Future()
         with self._lock:
             before = self._tails.get(key)

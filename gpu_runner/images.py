@@ -62,14 +62,15 @@ def _iso_brand(data: bytes) -> str | None:
 
 
 def encode_image(image: Image.Image, fmt: str = "png", quality: int = 90, *,
-                 xmp: str | None = None) -> tuple[bytes, str]:
+                 xmp: str | None = None, png_level: int = 6) -> tuple[bytes, str]:
     """Bytes and content type of ``image`` in ``fmt`` (png, jpeg or webp), with the XMP packet
-    ``xmp`` embedded when given (PNG: an ``XML:com.adobe.xmp`` iTXt chunk)."""
+    ``xmp`` embedded when given (PNG: an ``XML:com.adobe.xmp`` iTXt chunk). ``png_level``: the
+    PNG's zlib level (6: Pillow's default)."""
     pil_format, content_type = FORMATS[fmt]
     if pil_format == "JPEG" and image.mode != "RGB":
         image = image.convert("RGB")
     buf = io.BytesIO()
-    options: dict[str, object] = {} if pil_format == "PNG" else {"quality": quality}
+    options: dict[str, object] = {"compress_level": png_level} if pil_format == "PNG" else {"quality": quality}
     if xmp and pil_format == "PNG":
         info = PngImagePlugin.PngInfo()
         info.add_itxt("XML:com.adobe.xmp", xmp)

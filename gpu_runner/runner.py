@@ -355,7 +355,8 @@ class JobRunner:
         outputs = []
         for artifact in result.artifacts:
             if artifact.image is not None:
-                data, content_type = encode_image(artifact.image, params.format, params.quality, xmp=xmp)
+                data, content_type = encode_image(artifact.image, params.format, params.quality, xmp=xmp,
+                                                  png_level=self.settings.png_compress_level)
                 extension, width, height = params.format, artifact.image.width, artifact.image.height
             else:  # already encoded (e.g. a video): written as it is
                 data, content_type, extension = artifact.data, artifact.content_type, artifact.extension

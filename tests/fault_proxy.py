@@ -4,7 +4,8 @@ It forwards every request unchanged (SigV4 signs the Host header, which is passe
 records each one (method, path, status, when it started and ended, and the body of JSON
 PUTs) so tests can check the order of a runner's writes, and answers the requests a rule
 picks with an S3 error instead of forwarding them: a store that fails transiently, by
-construction, only where the test says.
+construction, only where the test says; or, with ``conditional_puts`` off, answers a
+conditional PUT (If-Match, If-None-Match) as a store that has none does.
 """
 
 from __future__ import annotations
@@ -23,6 +24,10 @@ _HOP = {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "te
 
 SLOW_DOWN = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
              b"<Message>Please reduce your request rate. (fault proxy)</Message></Error>")
+# S3's documented NotImplemented error (501), as stores without conditional writes answer them.
+NOT_IMPLEMENTED = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>NotImplemented</Code>'
+                   b"<Message>A header you provided implies functionality that is not implemented</Message>"
+                   b"</Error>")
 
 
 @dataclass
@@ -43,6 +48,7 @@ class FaultProxy:
         parts = urlsplit(upstream)
         self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
         self.fail: Callable[[str, str, bytes], bool] = lambda method, path, body: False
+        self.conditional_puts = True
         self.requests: list[Request] = []
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -109,6 +115,11 @@ class FaultProxy:
                 if proxy.fail(self.command, path, body):
                     proxy._record(Request(self.command, path, 503, started, time.monotonic(), keep, faulted=True))
                     self._reply(503, [("Content-Type", "application/xml")], SLOW_DOWN)
+                    return
+                if (self.command == "PUT" and not proxy.conditional_puts
+                        and ("If-Match" in self.headers or "If-None-Match" in self.headers)):
+                    proxy._record(Request(self.command, path, 501, started, time.monotonic(), keep, faulted=True))
+                    self._reply(501, [("Content-Type", "application/xml")], NOT_IMPLEMENTED)
                     return
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
                 conn = http.client.HTTPConnection(*proxy.upstream, timeout=60)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import socket
 import time
 import uuid
 from pathlib import Path
@@ -21,6 +22,35 @@ from bucketbrush.settings import Settings
 from bucketbrush.store import Bucket
 
 EVENTS = Path(__file__).parent / "events"
+DOCS = Path(__file__).parent.parent / "docs"
+
+
+_HELD: list[socket.socket] = []
+
+
+def refused_port() -> int:
+    """A loopback port where every connection is refused, for as long as the tests run: a
+    socket bound there and never listening. (A port only bound and closed again can be taken
+    by any server started meanwhile.)"""
+    if not _HELD:
+        held = socket.socket()
+        held.bind(("127.0.0.1", 0))
+        _HELD.append(held)
+    return _HELD[0].getsockname()[1]
+
+
+def documented_intent_recipes() -> dict[str, str | None]:
+    """The intent -> recipe table of docs/recipes.md, read from the page itself: what a user
+    is told, independent of the refiner's own table."""
+    lines = (DOCS / "recipes.md").read_text().splitlines()
+    start = lines.index("| intent | recipe | params it fills |") + 2  # past the header and |---|
+    table: dict[str, str | None] = {}
+    for line in lines[start:]:
+        if not line.startswith("|"):
+            break
+        intent, recipe = (c.strip().strip("`") for c in line.strip("|").split("|")[:2])
+        table[intent] = None if recipe == "none" else recipe
+    return table
 
 
 def png_bytes(image: Image.Image | None = None, fmt: str = "PNG") -> bytes:

@@ -12,6 +12,7 @@ a dependency that way).
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -60,3 +61,25 @@ def test_the_check_sees_a_violation(tmp_path: Path) -> None:
     bad = tmp_path / "bad.py"
     bad.write_text("def f():\n    from gpu_runner.runner import JobRunner\n    import infra.local\n")
     assert imported_packages(bad) == {("gpu_runner", 2), ("infra", 3)}
+
+
+def test_every_test_the_promise_table_names_exists() -> None:
+    """docs/architecture.md's "Which test proves which promise": each row names tests, and
+    each named test is defined where the row says (``file::name``, ``::name`` for the row's
+    last file, or a whole file)."""
+    text = (ROOT / "docs" / "architecture.md").read_text()
+    table = text[text.index("### Which test proves which promise"):text.index("## Layout")]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| promise")]
+    assert len(rows) >= 20
+    missing = []
+    for row in rows:
+        named = re.findall(r"`((?:tests/[\w/]+|test_\w+)\.py)?(?:::(\w+))?`", row.rsplit("|", 2)[1])
+        assert named, f"a promise without a test: {row}"
+        path = None
+        for file, test in named:
+            if file:
+                path = ROOT / (file if file.startswith("tests/") else f"tests/{file}")
+            assert path is not None and path.exists(), f"no such test file in: {row}"
+            if test and not re.search(rf"^def {test}\(", path.read_text(), re.M):
+                missing.append(f"{path.relative_to(ROOT)}::{test}")
+    assert not missing, missing

@@ -1,5 +1,5 @@
-"""The broker is built from settings: the recovery settings reach Dramatiq's RedisBroker; a
-consumer whose worker is busy waits without waking."""
+"""The broker is built from settings: the recovery settings reach Dramatiq's RedisBroker, idle
+consumers wake on enqueue, and a consumer whose worker is busy waits without waking."""
 
 from __future__ import annotations
 
@@ -10,9 +10,12 @@ from pathlib import Path
 
 import dramatiq
 import pytest
+from dramatiq import Worker
 from dramatiq.brokers.redis import DEFAULT_HEARTBEAT_TIMEOUT
 
-from bucketbrush.broker import build_broker
+from bucketbrush.broker import build_broker, enqueue_job, wake_key
+from bucketbrush.jobs import JobSpec, ObjectRef
+from bucketbrush.routing import RUN_JOB_ACTOR, queue_for
 from bucketbrush.settings import Settings
 from infra.procs import start_redis, terminate
 
@@ -78,3 +81,61 @@ def test_a_busy_consumer_sleeps_until_its_worker_acks(private_redis: str) -> Non
     assert not thread.is_alive() and seen["next"] is None
     consumer.close()
     broker.close()
+
+
+@pytest.mark.e2e
+def test_an_enqueue_wakes_the_consumer_blocked_on_the_wake_list(tmp_path) -> None:
+    """docs/architecture.md: idle runners block on the queue's wake list, which every enqueue
+    pushes a token onto, instead of sleeping between polls. On a Redis of its own, so that
+    every client in its CLIENT LIST is this test's."""
+    proc, url = start_redis(tmp_path, tmp_path, name="wake-redis")
+    own = Settings(redis_url=url, queue_name="wake")
+    queue = queue_for(own, "filter")
+    wake = wake_key(own.broker_namespace, queue)
+    broker = build_broker(own)
+    ran = threading.Event()
+    dramatiq.actor(lambda spec: ran.set(), broker=broker, actor_name=RUN_JOB_ACTOR, queue_name=queue)
+    ref = ObjectRef(bucket="b", key="inbox/filter/a.png", etag="e")
+    try:
+        # No consumer yet: the enqueue leaves its token on the queue's wake list.
+        enqueue_job(broker, own, JobSpec(job_id="before", recipe="filter", source=ref, input=ref))
+        assert broker.client.llen(wake) == 1
+        broker.client.delete(wake, f"{own.broker_namespace}:{queue}", f"{own.broker_namespace}:{queue}.msgs")
+        worker = Worker(broker, queues={queue}, worker_threads=1, worker_timeout=1_000)
+        worker.start()
+        try:
+            # Idle: both its consumers (the queue's and its delay queue's) are seen blocked in
+            # BLPOP; a plain Dramatiq consumer sleeps between polls instead.
+            deadline = time.monotonic() + 30
+            while sum(c["cmd"] == "blpop" for c in broker.client.client_list()) < 2:
+                assert time.monotonic() < deadline, f"no consumer blocked: {broker.client.client_list()}"
+                time.sleep(0.05)
+            enqueue_job(broker, own, JobSpec(job_id="woken", recipe="filter", source=ref, input=ref))
+            assert ran.wait(30), "the job never ran"
+            # Its token was taken at once: a blocked consumer's BLPOP is what pops the wake list.
+            assert broker.client.llen(wake) == 0
+        finally:
+            worker.stop()
+    finally:
+        broker.close()
+        terminate(proc, 10)
+
+
+@pytest.mark.e2e
+def test_an_idle_wait_longer_than_the_socket_timeout_does_not_break_the_consumer(tmp_path) -> None:
+    """An idle consumer's BLPOP returns before the Redis client's socket timeout, whatever
+    ``runner_poll_ms`` says (with a 5 s redis-py default, a poll above it raised TimeoutError in
+    every idle consumer and Dramatiq restarted them)."""
+    from bucketbrush.broker import _WakeConsumer
+
+    proc, url = start_redis(tmp_path, tmp_path, name="timeout-redis")
+    own = Settings(redis_url=f"{url}?socket_timeout=0.5", queue_name="idle")
+    broker = build_broker(own)
+    try:
+        consumer = _WakeConsumer(broker, queue_for(own, "filter"), prefetch=1, timeout=3_000)
+        assert consumer.block_s < 0.5
+        # Nothing queued: each step is an idle wait that must end with no message and no error.
+        assert [next(consumer) for _ in range(3)] == [None, None, None]
+    finally:
+        broker.close()
+        terminate(proc, 10)

@@ -6,18 +6,12 @@ point at loopback ports where nothing listens.
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
 
 from bucketbrush.cli import main
-
-
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.helpers import refused_port
 
 
 @pytest.fixture
@@ -25,10 +19,10 @@ def down(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """No stack: an empty state dir, and store and Redis URLs where nothing answers."""
     monkeypatch.chdir(tmp_path)  # no .env, no .bucketbrush/ of a developer's own
     monkeypatch.setenv("BUCKETBRUSH_STATE_DIR", str(tmp_path / "state"))
-    monkeypatch.setenv("BUCKETBRUSH_S3_ENDPOINT_URL", f"http://127.0.0.1:{closed_port()}")
+    monkeypatch.setenv("BUCKETBRUSH_S3_ENDPOINT_URL", f"http://127.0.0.1:{refused_port()}")
     monkeypatch.setenv("BUCKETBRUSH_S3_ACCESS_KEY", "ak")
     monkeypatch.setenv("BUCKETBRUSH_S3_SECRET_KEY", "sk")
-    monkeypatch.setenv("BUCKETBRUSH_REDIS_URL", f"redis://127.0.0.1:{closed_port()}/0")
+    monkeypatch.setenv("BUCKETBRUSH_REDIS_URL", f"redis://127.0.0.1:{refused_port()}/0")
     monkeypatch.delenv("BUCKETBRUSH_MODELS_FILE", raising=False)
     (tmp_path / "empty.png").write_bytes(b"")
     (tmp_path / "one.png").write_bytes(b"\x89PNG")

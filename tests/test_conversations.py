@@ -14,8 +14,8 @@ from bucketbrush.layout import Layout, NotAnInput
 from bucketbrush.manifest import ErrorInfo, Manifest, Output, TurnInfo
 from bucketbrush.settings import Settings
 from gpu_runner.conversation import TurnRequest, choose
-from gpu_runner.refine import RECIPE_FOR
 from gpu_runner.refine.rules import RulesRefiner
+from tests.helpers import documented_intent_recipes
 
 LAYOUT = Layout(Settings(_env_file=None))
 
@@ -152,7 +152,7 @@ def test_edits_run_the_intents_recipe_on_the_current_picture(text: str, intent: 
     refinement = RULES.refine(text, has_image=True)
     assert refinement.intent == intent
     choice = choose(refinement, STACK, diffusion=True)
-    assert choice.recipe == RECIPE_FOR[intent] and choice.input == STACK[-1]
+    assert choice.recipe == documented_intent_recipes()[intent] and choice.input == STACK[-1]
 
 
 def test_generate_starts_fresh_and_chat_renders_nothing() -> None:

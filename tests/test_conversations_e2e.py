@@ -190,7 +190,8 @@ def test_retry_soft_delete_restore_and_delete_a_conversation(bucket: Bucket, set
 @pytest.fixture(scope="module")
 def unit_settings(settings: Settings) -> Settings:
     """The stack's Redis and SeaweedFS, on a bucket of its own that no event source follows."""
-    unit = settings.model_copy(update={"bucket": "conversations-unit"})
+    # A bucket per fixture instance: a shuffled run sets a module fixture up more than once.
+    unit = settings.model_copy(update={"bucket": f"conversations-unit-{uuid.uuid4().hex[:8]}"})
     Bucket(unit).s3.create_bucket(Bucket=unit.bucket)
     return unit
 

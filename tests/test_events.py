@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from bucketbrush.jobs import job_id_for
+from bucketbrush.jobs import ObjectRef, job_id_for
 from functions.events import InvalidEvent, parse_records
 from functions.sources.seaweedfs import iter_json_objects, record_from_event
 from tests.helpers import EVENTS
@@ -62,6 +62,19 @@ def test_same_key_everywhere_gives_same_identity():
     assert same_bytes.identity == minio.ref.identity
     assert job_id_for(same_bytes) == job_id_for(minio.ref)
     assert job_id_for(local.ref) != job_id_for(minio.ref)  # other bytes: another job
+
+
+def test_job_ids_are_stable_recorded_values():
+    """Job ids are data: jobs/<id>.json, claims and users' own ``job_id_for`` calls outlive a
+    release. These ids were recorded once; a change to the derivation fails here."""
+    ref = ObjectRef(bucket="bucketbrush", key="inbox/filter/a.png", etag="5d41402abc4b2a76b9719d911017c592")
+    recorded = "ec00eed0551f72b7c9f673d9"
+    assert job_id_for(ref) == recorded
+    # The version id is no part of it, a quoted ETag is the same ETag ...
+    assert job_id_for(ref.model_copy(update={"version_id": "v1"})) == recorded
+    assert job_id_for(ref.model_copy(update={"etag": '"5d41402abc4b2a76b9719d911017c592"'})) == recorded
+    # ... and only a ref without an ETag falls back to the version id.
+    assert job_id_for(ref.model_copy(update={"etag": None, "version_id": "v1"})) == "fd633eb6fc73772530f3c71a"
 
 
 def test_s3_test_event_has_no_records():
@@ -139,3 +152,38 @@ def test_seaweedfs_restart_skips_only_what_the_cursor_covers(tmp_path):
     handled = []
     _subscription(tmp_path, handled).consume(events, after=int(events[1]["tsNs"]))
     assert [r.key for r in handled] == ["inbox/race/k0534.png"]
+
+
+def test_seaweedfs_cursor_stays_before_a_failed_event_and_everything_after_is_replayed(tmp_path):
+    # Records handed over without waiting (the handler's pool); the second one fails (the
+    # broker was down). The cursor stays past the first only, and the stream started again
+    # from it hands the failed one over again with everything after it (the handler's claims
+    # de-duplicate any that had gone through).
+    from concurrent.futures import Future
+
+    from functions.sources.seaweedfs import Cursor, FilerSubscription
+
+    events = list(iter_json_objects([(EVENTS / "seaweedfs/meta_tail_concurrent_out_of_order.txt").read_text()]))
+    stamps = [int(e["tsNs"]) for e in events]
+    submitted: list[str] = []
+
+    def submit(record, fail_on: str | None = None):
+        submitted.append(record.key)
+        future: Future = Future()
+        if record.key == fail_on:
+            future.set_exception(ConnectionError("broker down"))
+        else:
+            future.set_result(None)
+        return future
+
+    cursor = Cursor(tmp_path / "cursor.txt")
+    first = FilerSubscription(filer="unused:0", bucket="bench", cursor=cursor, handle=submitted.extend,
+                              submit=lambda r: submit(r, fail_on="inbox/race/k0522.png"))
+    with pytest.raises(ConnectionError):
+        first.consume(events, after=None)
+    assert cursor.load() == stamps[0]
+    submitted.clear()
+    again = FilerSubscription(filer="unused:0", bucket="bench", cursor=cursor, handle=submitted.extend, submit=submit)
+    again.consume(events, after=cursor.load())
+    assert submitted == [f"inbox/race/{n}.png" for n in ("k0522", "k0539", "k0534")]
+    assert cursor.load() == stamps[-1]

@@ -23,7 +23,8 @@ from tests.helpers import png_bytes
 
 @pytest.fixture(scope="module")
 def unit_settings(settings: Settings) -> Settings:
-    unit = settings.model_copy(update={"bucket": "handler-unit"})
+    # A bucket per fixture instance: a shuffled run sets a module fixture up more than once.
+    unit = settings.model_copy(update={"bucket": f"handler-unit-{uuid.uuid4().hex[:8]}"})
     Bucket(unit).s3.create_bucket(Bucket=unit.bucket)
     return unit
 
@@ -57,6 +58,8 @@ def test_upload_is_enqueued_once(unit_settings: Settings, claims_redis: redis.Re
     assert specs[0].recipe == "filter" and specs[0].input == record.ref
     assert bucket.read_manifest(first.job_id).status == "queued"
     assert handler.claims.holder(first.job_id) == record.ref.identity
+    # The claim is remembered for 7 days (docs/architecture.md), then a redelivery is new again.
+    assert 7 * 86400 - 60 <= claims_redis.ttl(handler.claims.key(first.job_id)) <= 7 * 86400
 
 
 def test_a_bad_spec_fails_with_invalid_spec(unit_settings: Settings, claims_redis: redis.Redis) -> None:

@@ -34,7 +34,7 @@ from bucketbrush.presign import PresignedUpload
 from functions.handler import Handler
 from functions.http import create_app
 from gpu_runner.recipes import validate_params
-from tests.helpers import EVENTS, metric_samples, metric_value, png_bytes, wait_final
+from tests.helpers import EVENTS, metric_samples, metric_value, png_bytes, refused_port, wait_final
 
 pytestmark = pytest.mark.e2e
 
@@ -369,10 +369,7 @@ def test_sns_raw_delivery_and_malformed_messages(client, bucket, sns):
 # -- broker down, health, presign -------------------------------------------------------------
 
 def test_broker_down_is_503_and_health_says_why(http_settings, bucket, no_event_source):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        closed = s.getsockname()[1]
-    down = http_settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{closed}/0"})
+    down = http_settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{refused_port()}/0"})
     handler = Handler.from_settings(down)
     ref, job_id = upload(bucket, "inbox/filter/http/broker-down.png")
     with running(create_app(down, handler)) as url, httpx.Client(base_url=url, timeout=60) as c:

@@ -55,6 +55,14 @@ def test_encode_formats():
         assert data.startswith(magic) and content_type == f"image/{fmt}"
 
 
+def test_png_level_trades_bytes_for_time_never_pixels():
+    image = landscape(160, 120)
+    stored, fast, default = (encode_image(image, "png", png_level=level)[0] for level in (0, 1, 6))
+    assert len(stored) > len(fast) > len(default)
+    for data in (stored, fast, default):
+        assert np.array_equal(np.asarray(decode_image(data, max_pixels=10**6)), np.asarray(image))
+
+
 def test_filter_styles_have_their_character():
     image = landscape(160, 120)
     src = np.asarray(image, dtype=np.float32)

@@ -27,7 +27,6 @@ from gpu_runner.recipes.base import JobContext
 from gpu_runner.runner import resolve_params
 from tests.references import iou, photo, reference
 
-pytest.importorskip("skimage.data")
 ASTRONAUT, CAMERA = reference("astronaut"), reference("camera")
 FACE_AND_ARMS = ("nose", "right_eye", "left_eye", "right_shoulder", "left_shoulder", "right_elbow")
 # BlazePose landmark indices.

@@ -18,6 +18,7 @@ from gpu_runner.refine import INTENTS, RECIPE_FOR, ModelAnswer, get_refiner, ref
 from gpu_runner.refine.local import LocalRefiner, clean_rewrite, rewrite_problem
 from gpu_runner.refine.openai import OpenAIRefiner
 from gpu_runner.refine.rules import RulesRefiner, correct_typos, normalise
+from tests.helpers import documented_intent_recipes, refused_port
 
 DATA = Path(__file__).parent / "data"
 
@@ -32,6 +33,10 @@ FRESH = load("refine_fresh.jsonl")
 
 def correct(row: dict, result) -> bool:
     return result.intent == row["intent"] and (row["intent"] != "stylize" or result.params.get("style") == row["style"])
+
+
+def test_each_intent_runs_the_recipe_the_docs_name():
+    assert RECIPE_FOR == documented_intent_recipes()
 
 
 def test_the_labelled_set_is_varied():
@@ -58,7 +63,7 @@ def test_every_refinement_validates_against_its_recipe():
     rules = RulesRefiner()
     for row in REQUESTS + FRESH:
         result = rules.refine(row["text"], has_image=row["has_image"])
-        assert result.recipe == RECIPE_FOR[result.intent] and result.original == row["text"]
+        assert result.recipe == documented_intent_recipes()[result.intent] and result.original == row["text"]
         if result.recipe is None:
             assert result.params == {} and (result.answer if result.intent == "chat" else True)
             continue
@@ -89,7 +94,9 @@ def test_prompt_templates():
     gen = refine("can you please draw me a lighthouse in a storm")
     assert gen.prompt.startswith("lighthouse in a storm, ") and "please" not in gen.prompt
     styled = refine("a cat in ghibli style")
-    assert PRESETS["ghibli"].prompt in styled.prompt and styled.negative_prompt == PRESETS["ghibli"].negative_prompt
+    # The subject first, then the preset's own words; its negative words keep the photo look out.
+    assert styled.prompt.startswith("cat in ghibli style, studio ghibli style, hand painted anime background")
+    assert styled.negative_prompt.startswith("photograph, realistic, dark, gritty")
     edit = refine("turn the day into night", has_image=True)
     assert edit.prompt.startswith("the same picture, night") and edit.params["strength"] == 0.6
     assert refine("change her dress to red", has_image=True).prompt.startswith("the same picture, red dress")
@@ -148,12 +155,7 @@ def test_openai_without_an_endpoint_falls_back():
 
 
 def test_openai_unreachable_endpoint_falls_back():
-    import socket
-
-    with socket.socket() as s:  # a port nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    result = OpenAIRefiner(f"http://127.0.0.1:{port}/v1", timeout_s=2).refine("undo")
+    result = OpenAIRefiner(f"http://127.0.0.1:{refused_port()}/v1", timeout_s=2).refine("undo")
     assert result.intent == "undo" and "unreachable" in result.warnings[0]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 
 import pytest
 
@@ -29,7 +30,7 @@ def test_the_rules_up_sets_really_delete(stack, settings):
     """The retention `up` applies (infra.seaweedfs.apply_retention, from the lifecycle rules),
     on a bucket of its own with the days counted in minutes: uploads and outputs under it are
     deleted by SeaweedFS itself; objects outside the rules' folders stay."""
-    short = settings.model_copy(update={"bucket": "retention-real", "seaweedfs_ttl_unit": "m",
+    short = settings.model_copy(update={"bucket": f"retention-real-{uuid.uuid4().hex[:8]}", "seaweedfs_ttl_unit": "m",
                                         "outputs_retention_days": 1, "manifests_retention_days": 0})
     s3 = Bucket(short).s3
     s3.create_bucket(Bucket=short.bucket)

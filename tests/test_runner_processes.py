@@ -19,8 +19,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import dramatiq
 import pytest
 import redis
+from dramatiq import Middleware
 
 from bucketbrush.broker import build_broker, enqueue_job
 from bucketbrush.credentials import ensure_dev_credentials
@@ -30,6 +32,8 @@ from bucketbrush.manifest import Manifest, RunnerStatus
 from bucketbrush.routing import queue_for
 from bucketbrush.settings import Settings
 from bucketbrush.store import Bucket, s3_client
+from functions.events import S3Record
+from functions.handler import Handler
 from functions.reaper import fail_dead_running
 from functions.sweep import manifest_times
 from infra import procs
@@ -249,6 +253,36 @@ def test_a_delivery_whose_manifest_is_final_is_skipped(corner, proxy, proxied_ru
     assert corner.bucket.read_manifest(spec.job_id) == manifest  # not written again
 
 
+def test_a_redelivered_handler_message_is_skipped_by_its_done_marker(corner, proxy, proxied_runner):
+    """The handler's message carries the queued manifest's stamp, so its first delivery reads
+    no manifest. Dramatiq delivering that same message again (a runner died before its ack)
+    is told apart by the done marker in Redis: the runner reads the manifest and skips it."""
+    sent: list[dramatiq.Message] = []
+
+    class Sent(Middleware):
+        def after_enqueue(self, broker, message, delay):  # noqa: ANN001, ANN201 - Dramatiq's hook
+            sent.append(message)
+
+    broker = build_broker(corner.settings)
+    broker.add_middleware(Sent())
+    handler = Handler(corner.settings, corner.bucket, broker, redis.Redis.from_url(corner.settings.redis_url))
+    key = "inbox/test-slow/redelivered.png"
+    put = corner.bucket.s3.put_object(Bucket=corner.bucket.name, Key=key, Body=png_bytes(), ContentType="image/png",
+                                      Metadata={"seconds": "0", "steps": "1"})
+    ref = ObjectRef(bucket=corner.bucket.name, key=key, etag=put["ETag"].strip('"'))
+    outcome = handler.handle_record(S3Record.created("test", ref))
+    assert outcome.action == "enqueued"
+    [message] = sent
+    assert message.args[0]["queued_at"] is not None  # the stamp: no manifest read on first delivery
+    manifest = wait_final(corner.bucket, outcome.job_id)
+    assert manifest.status == "succeeded"
+    broker.enqueue(message)  # the very same message (same id) once more
+    log = proxied_runner.wait_log(f"job {outcome.job_id} already succeeded; skipping duplicate delivery")
+    assert log.count(f"job {outcome.job_id} succeeded") == 1
+    assert len(proxy.seen("PUT", f"/{corner.bucket.name}/outputs/{outcome.job_id}/")) == 1
+    assert corner.bucket.read_manifest(outcome.job_id) == manifest  # not written again
+
+
 # -- stopping -------------------------------------------------------------------------------
 
 def test_sigterm_lets_the_current_job_finish(corner):
@@ -302,6 +336,10 @@ def test_reaper_spares_jobs_on_live_runners_and_fails_those_of_dead_ones(corner)
 
         # Each runner has said, in its heartbeat, which job it is on.
         wait_for(lambda: all(b.current_job == pids[pid] for pid, b in beats().items()) and len(beats()) == 2)
+        # And each job's running manifest is written (the monitor's first write, one progress
+        # interval in: a shuffled run under load killed the runner before it).
+        for job in (live_job, dead_job):
+            wait_status(corner.bucket, job.job_id, "running")
         dead.popen.send_signal(signal.SIGKILL)  # dies mid-job: no final manifest, no more beats
         dead.popen.wait(10)
         wait_for(lambda: not beats()[dead.popen.pid].is_fresh() and beats()[live.popen.pid].is_fresh())
@@ -371,4 +409,23 @@ def test_seaweedfs_honours_if_match_so_the_reaper_never_overwrites_a_result(corn
     # With the current ETag the same write goes through.
     _, current = corner.bucket.read_manifest_with_etag(job_id)
     assert reaper_view.write_manifest(seen.model_copy(update={"status": "failed"}), if_match=current) is True
+    assert corner.bucket.read_manifest(job_id).status == "failed"
+
+
+def test_a_store_without_conditional_puts_gets_a_plain_write(corner, proxy):
+    """Where a store answers NotImplemented to a conditional PUT, the write is sent again
+    plain (docs/architecture.md): last writer wins there, so the reaper's write replaces a
+    result written meanwhile; the race is only narrowed (the margin, the heartbeat check)."""
+    job_id = "noifmatch" + uuid.uuid4().hex[:15]
+    corner.bucket.write_manifest(Manifest(job_id=job_id, status="running", recipe="test-slow"))
+    seen, etag = corner.bucket.read_manifest_with_etag(job_id)
+    corner.bucket.write_manifest(seen.model_copy(update={"status": "succeeded"}))
+    reaper_view = Bucket(corner.settings.model_copy(update={"s3_endpoint_url": proxy.url}))
+    proxy.conditional_puts = False
+    try:
+        assert reaper_view.write_manifest(seen.model_copy(update={"status": "failed"}), if_match=etag) is True
+    finally:
+        proxy.conditional_puts = True
+    puts = proxy.seen("PUT", f"/{corner.bucket.name}/{corner.bucket.manifest_key(job_id)}")
+    assert [p.status for p in puts] == [501, 200]  # refused as conditional, then written plain
     assert corner.bucket.read_manifest(job_id).status == "failed"

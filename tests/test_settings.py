@@ -41,6 +41,8 @@ provider_endpoints provider_tokens provider_timeout_s provider_deadline_s
 handler_concurrency
 tenant_queues
 conversations_prefix conversation_wait_s
+handler_max_pending
+png_compress_level upscale_threads
 """.split()
 
 

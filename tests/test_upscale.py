@@ -18,6 +18,7 @@ from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio as psnr
 
 from bucketbrush.errors import InvalidParams, JobCancelled, JobError
+from bucketbrush.settings import Settings
 from gpu_runner.recipes import upscale as U
 from gpu_runner.recipes.base import JobContext
 from gpu_runner.runner import resolve_params
@@ -127,6 +128,16 @@ def test_recipe_reports_each_tile_and_records_the_weights():
     assert result.model["id"] == "realesr-animevideov3-x2"
     assert result.model["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert U.load_network("realesr-animevideov3-x2") is U.load_network("realesr-animevideov3-x2")
+
+
+def test_recipe_takes_ncnn_threads_from_the_settings():
+    image = Image.fromarray(skdata.coffee()).resize((40, 30))
+    params = U.UpscaleParams(scale=2, model="anime")
+    for threads in (1, 2):
+        ctx = JobContext("j", settings=Settings(upscale_threads=threads))
+        assert U.RECIPE.run(ctx, image, params).artifacts[0].image.size == (80, 60)
+        assert U.load_network("realesr-animevideov3-x2", threads).net.opt.num_threads == threads
+    assert f"realesr-animevideov3-x2@{threads}" in U._networks
 
 
 def test_recipe_stops_between_tiles_when_cancelled():

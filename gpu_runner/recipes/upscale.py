@@ -196,8 +196,9 @@ def run(ctx: JobContext, image: Image.Image | None, params: UpscaleParams) -> Re
             raise JobCancelled("cancelled by the user")
         ctx.progress(done, total)
 
+    threads = ctx.settings.upscale_threads if ctx.settings else 0
     out, network = upscale(image, params.scale, params.model, params.tile, params.tile_pad,
-                           params.max_output_pixels, on_tile)
+                           params.max_output_pixels, on_tile, threads or None)
     return RecipeResult(
         artifacts=[Artifact(name=f"x{params.scale}", image=out)],
         model={"id": network.name, "weights_sha256": network.weights_sha256, "runtime": "ncnn-cpu",
