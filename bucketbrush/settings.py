@@ -304,6 +304,12 @@ class DiffusionSettings(SettingsGroup):
     diffusion_cpu_offload: bool = Field(default=False, description="memory saver: model CPU offload")
     diffusion_max_side: int = Field(
         default=1024, ge=64, multiple_of=8, description="largest width/height a job may ask for")
+    diffusion_batch_max: int = Field(default=1, ge=1, le=16, description=(
+        "cross-job micro-batching: most images in one denoising call, from txt2img/img2img jobs that can share it "
+        "(same model, size, steps, scheduler, guidance, strength, dtype); 1: off; >1: that many worker threads "
+        "(docs/scaling.md, Micro-batching)"))
+    diffusion_batch_wait_ms: int = Field(
+        default=50, ge=0, le=10_000, description="micro-batching: longest a job waits for others to share its call")
     depth_model: str | None = Field(default=None, description="depth estimation model for `layers`")
     segmentation_model: str | None = Field(
         default=None, description="semantic segmentation model for `remove-bg`; unset: GrabCut fallback")
