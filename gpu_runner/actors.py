@@ -37,6 +37,11 @@ def declare_actors(broker: dramatiq.Broker, settings: Settings, runner: JobRunne
     max_retries = settings.max_retries
     time_limits = [m for m in broker.middleware if isinstance(m, TimeLimit)]
 
+    def pause_time_limit(message: dramatiq.Message | None) -> None:
+        if message is not None:
+            for middleware in time_limits:
+                middleware.after_process_message(broker, message)
+
     def restart_time_limit(message: dramatiq.Message | None, waited_s: float) -> None:
         if message is not None:
             log.info("message %s waited %.2f s for its turn; its time limit starts now", message.message_id, waited_s)
@@ -58,7 +63,9 @@ def declare_actors(broker: dramatiq.Broker, settings: Settings, runner: JobRunne
                 return
             attempt, last_attempt = retries + 1, retries >= max_retries
             delivery = message.message_id if message else None
-            with slot.held(lambda waited: restart_time_limit(message, waited)) if slot else nullcontext():
+            turn = slot.held(lambda: pause_time_limit(message),
+                             lambda waited: restart_time_limit(message, waited)) if slot else nullcontext()
+            with turn:
                 if job.turn is not None and turns is not None:
                     turns.run(job, message=message, attempt=attempt, last_attempt=last_attempt, delivery=delivery,
                               interrupted=hold.deaths)

@@ -51,15 +51,22 @@ class ComputeSlot:
         self._local = threading.local()
 
     @contextmanager
-    def held(self, on_waited: Callable[[float], None] | None = None) -> Iterator[None]:
-        """Hold the slot for a block; ``on_waited(seconds)`` when another job held it first."""
+    def held(self, on_wait: Callable[[], None] | None = None,
+             on_waited: Callable[[float], None] | None = None) -> Iterator[None]:
+        """Hold the slot for a block. When another job holds it: ``on_wait()`` before waiting
+        (the actor pauses the job's time limit, so no TimeLimitExceeded can land between taking
+        the lock and recording it), ``on_waited(seconds)`` once it is this job's."""
+        waited = None
         if not self._lock.acquire(blocking=False):
+            if on_wait:
+                on_wait()
             started = time.monotonic()
             self._lock.acquire()
-            if on_waited:
-                on_waited(time.monotonic() - started)
+            waited = time.monotonic() - started
         self._local.held = True
         try:
+            if waited is not None and on_waited:
+                on_waited(waited)
             yield
         finally:
             self.give_up()

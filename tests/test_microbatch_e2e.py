@@ -113,3 +113,25 @@ def test_a_job_cancelled_inside_a_batch_ends_cancelled_and_its_partner_succeeds(
     assert batch_of(manifest)["jobs"] == 2
     [image] = check_outputs(corner.bucket, manifest)
     assert close(image, lone(cache, "txt2img", **params[1]).artifacts[0].image)
+
+
+def test_waiting_for_the_compute_slot_does_not_count_against_a_jobs_time_limit(corner, batching_runner):
+    # With several worker threads one job computes at a time: a job that waits for another's
+    # turn gets its full Dramatiq time limit once it starts, and the limit still stops it.
+    def slow(name: str, seconds: float, limit_s: int | None = None) -> str:
+        ref = corner.input(name)
+        spec = JobSpec(job_id=uuid.uuid4().hex[:32], recipe="test-slow", source=ref, input=ref,
+                       params={"seconds": seconds, "steps": 20}, time_limit_s=limit_s)
+        enqueue_job(build_broker(corner.settings), corner.settings, spec)
+        return spec.job_id
+
+    first = slow("slot-first", 6)
+    wait_status(corner.bucket, first, "running", timeout=120)
+    patient, late = slow("slot-patient", 1, limit_s=3), slow("slot-over", 5, limit_s=2)
+    assert wait_final(corner.bucket, first, timeout=120).status == "succeeded"
+    waited = wait_final(corner.bucket, patient, timeout=120)
+    assert waited.status == "succeeded", waited.error
+    assert waited.timings["queue_wait_s"] > 3  # it waited longer than its own limit, then ran
+    over = wait_final(corner.bucket, late, timeout=120)
+    assert over.status == "failed" and over.error.code == "timed_out"
+    assert "for its turn; its time limit starts now" in batching_runner.log
