@@ -97,6 +97,7 @@ def test_compatible_jobs_share_one_call_and_keep_their_own_seeds(cache: ModelCac
     batches = [j.result.details["batch"] for j in jobs]
     assert {b["id"] for b in batches} == {batches[0]["id"]}  # one call
     assert batches[0]["jobs"] == 3 and batches[0]["images"] == 4 and batches[0]["closed"] == "full"
+    assert all(j.result.details["batching"] == "batched" for j in jobs)
     for job, p in zip(jobs, params, strict=True):
         alone = lone(cache, "txt2img", **p)
         assert job.result.seeds == alone.seeds
@@ -131,7 +132,7 @@ def test_incompatible_jobs_are_not_grouped(cache: ModelCache) -> None:
 def test_a_lone_job_waits_at_most_the_wait(cache: ModelCache) -> None:
     [job] = run_together(cache, [Job("txt2img", {**TXT, "prompt": "a", "seed": 5})], max_images=4, wait_s=0.4)
     batch = job.result.details["batch"]
-    assert batch["jobs"] == 1 and batch["closed"] == "waited"
+    assert batch["jobs"] == 1 and batch["closed"] == "waited" and job.result.details["batching"] == "per_image"
     # The batcher closed it at the wait's end (its own clock), not earlier; it is no longer.
     assert 0.4 <= batch["waited_s"] < 0.4 + 2.0, batch
 

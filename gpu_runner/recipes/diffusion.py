@@ -50,7 +50,8 @@ class DiffusionParams(RecipeParams):
         default="per_image",
         description="per_image: one denoising call per image, so image k is byte-identical to a lone "
                     "run with seeds[k]; batched: one call for all images (faster on a GPU; image k is "
-                    "then within a few pixel levels of a lone run)")
+                    "then within a few pixel levels of a lone run). A runner with diffusion_batch_max > 1 may "
+                    "share a call with other jobs' images: within a few levels too (details.batch says so)")
     width: int | None = Field(default=None, ge=64, le=4096, multiple_of=8)
     height: int | None = Field(default=None, ge=64, le=4096, multiple_of=8)
     scheduler: SchedulerName | None = Field(default=None, description="None: the model's default")
@@ -211,7 +212,7 @@ def _generate_batched(ctx: JobContext, batcher: Batcher, params: DiffusionParams
         warnings.append("the model's safety checker blanked one or more images")
     result = _result(params, spec, size, gen, recipe=recipe, loaded=loaded, scheduler=scheduler, seeds=seeds,
                      images=request.images, warnings=warnings, weighting=encoded.weighting,
-                     batching="batched" if len(request.images) > 1 else "per_image")
+                     batching="batched" if request.batch["images"] > 1 else "per_image")
     result.details["batch"] = request.batch
     return result
 
