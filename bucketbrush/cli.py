@@ -445,21 +445,20 @@ def cmd_refine(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_chat(settings: Settings, args: argparse.Namespace) -> int:
-    from bucketbrush.client import wait_for_manifest
-    from bucketbrush.conversations import send_turn, wait_recorded
+    from bucketbrush.client import Studio
     from bucketbrush.progress import JobProgress
 
     bucket, _ = _admin(settings)
-    sent = send_turn(bucket, args.message, conversation=args.conversation, image=args.image)
-    print(f"sent {sent.key} -> job {sent.job_id}", file=sys.stderr)
-    with JobProgress(sent.job_id) as progress:
-        manifest = wait_for_manifest(bucket, sent.job_id, timeout=args.timeout, on_update=progress)
-    doc = wait_recorded(bucket, manifest)
+    chat = Studio(settings, bucket).conversation(args.conversation)
+    turn = chat.say(args.message, image=args.image)
+    print(f"sent {turn.key} -> job {turn.job_id}", file=sys.stderr)
+    with JobProgress(turn.job_id) as progress:
+        manifest = turn.wait(args.timeout, on_progress=progress)
     if args.json:
         print(manifest.model_dump_json(indent=2))
         return 0 if manifest.status == "succeeded" else 1
-    print_turn(manifest, doc, bucket)
-    print(f'continue: bucketbrush chat --conversation {sent.conversation} "..."')
+    print_turn(manifest, turn.conversation or chat.history(), bucket)
+    print(f'continue: bucketbrush chat --conversation {chat.conversation_id} "..."')
     return 0 if manifest.status == "succeeded" else 1
 
 

@@ -7,13 +7,19 @@ studio = Studio.from_settings()                      # BUCKETBRUSH_* settings, o
 job = studio.submit("cat.jpg", "filter", style="noir")
 manifest = job.wait(timeout=120, on_progress=lambda m: print(m.status, m.progress.fraction))
 paths = job.download("out/")                         # raises the job's typed error if it failed
+
+chat = studio.conversation()                         # a new conversation (or conversation(ID))
+turn = chat.say("make it a cartoon", image="cat.jpg")   # a Turn: a Job of that conversation
+turn.wait(); chat.say("upscale it 2x").download("out/")
+print([t.intent for t in chat.history().turns])      # manifests/conversations/<id>.json
 ```
 
 Everything goes through the same doors an app without credentials would use: a presigned POST
 (``Studio.presign``) for the upload, then ``manifests/<job_id>.json``. Errors are the ones in
 ``bucketbrush.errors``: a failed job raises the class of its ``error.code`` (``InvalidImage``,
 ``InvalidParams``...), a cancelled one ``JobCancelled``, a wait that runs out ``WaitTimedOut``.
-The CLI (``bucketbrush submit``, ``jobs download``) is built on this module.
+The CLI (``bucketbrush submit``, ``jobs download``, ``chat``) is built on this module; chat
+turns are put by ``bucketbrush.conversations.send_turn`` (docs/conversations.md).
 """
 
 from __future__ import annotations
@@ -26,6 +32,14 @@ from typing import Any
 
 import urllib3
 
+from bucketbrush.conversations import (
+    Conversation,
+    Conversations,
+    check_conversation_id,
+    new_conversation_id,
+    send_turn,
+    wait_recorded,
+)
 from bucketbrush.errors import (
     EmptyInput,
     InputTooLarge,
@@ -97,7 +111,7 @@ class Job:
 
     def __repr__(self) -> str:
         status = self.manifest.status if self.manifest else "?"
-        return f"Job({self.job_id!r}, {status})"
+        return f"{type(self).__name__}({self.job_id!r}, {status})"
 
     def refresh(self) -> Manifest | None:
         """Read the manifest now; None while the upload's event has not been handled yet."""
@@ -155,6 +169,61 @@ class Job:
         return self.manifest
 
 
+class Turn(Job):
+    """One turn of a conversation: a Job (wait, outputs, download, cancel) whose ``wait`` returns
+    once the conversation's manifest lists the turn too, so ``chat.history()`` has it. ``key`` is
+    the object the turn was put as; ``conversation`` the manifest as of this turn (after wait)."""
+
+    def __init__(self, chat: Chat, job_id: str, key: str) -> None:
+        super().__init__(chat.studio, job_id)
+        self.chat = chat
+        self.key = key
+        self.conversation: Conversation | None = None
+
+    def wait(self, timeout: float = 600, on_progress: ProgressCallback | None = None,
+             interval: float = 0.2) -> Manifest:
+        """As ``Job.wait``, then until the conversation records the turn (the runner writes it
+        right after the job's final manifest; a turn refused before it ran has no record)."""
+        manifest = super().wait(timeout, on_progress, interval)
+        if manifest.turn is not None:
+            self.conversation = wait_recorded(self.studio.bucket, manifest, timeout=min(timeout, 30))
+        return manifest
+
+
+class Chat:
+    """A conversation (docs/conversations.md): each ``say`` is a turn, run in order on the
+    picture the turns before left; ``history()`` is its manifest."""
+
+    def __init__(self, studio: Studio, conversation_id: str) -> None:
+        self.studio = studio
+        self.conversation_id = check_conversation_id(conversation_id)
+
+    def __repr__(self) -> str:
+        return f"Chat({self.conversation_id!r})"
+
+    def say(self, message: str = "", image: str | Path | bytes | None = None, params: dict[str, Any] | None = None,
+            *, recipe: str | None = None, filename: str | None = None) -> Turn:
+        """Send one turn; returns at once (``turn.wait()`` follows it). ``image`` (a path or
+        bytes, ``filename`` naming bytes) becomes the conversation's picture before the message
+        applies; ``params`` override what the message's intent chose (e.g. a ``mask_key``);
+        ``recipe`` names the recipe outright (no refinement; ``params`` are its params)."""
+        picture = Path(image) if isinstance(image, str) else image
+        sent = send_turn(self.studio.bucket, message, conversation=self.conversation_id, image=picture,
+                         filename=filename, params=params, recipe=recipe)
+        return Turn(self, sent.job_id, sent.key)
+
+    def history(self) -> Conversation:
+        """``manifests/conversations/<id>.json``: every finished turn in order and the current
+        ``image``; empty (no turns) before the first turn finished."""
+        found, _ = Conversations(self.studio.bucket, None).read(self.conversation_id)
+        return found or Conversation(conversation_id=self.conversation_id)
+
+    @property
+    def image(self) -> str | None:
+        """The key of the conversation's current picture (what the next turn works on)."""
+        return self.history().image
+
+
 class Studio:
     """A bucketbrush deployment as an app sees it: submit images, watch jobs, fetch outputs."""
 
@@ -198,6 +267,16 @@ class Studio:
         upload = self.presign(recipe, filename=name, content_type=content_type, params=params, webhook=webhook)
         post_upload(upload, data, name, content_type)
         return Job(self, upload.job_id, upload)
+
+    def conversation(self, conversation_id: str | None = None) -> Chat:
+        """A conversation to ``say`` turns in: ``conversation_id`` continues one, None starts a
+        new one. Raises ``InvalidParams`` for a bad id."""
+        return Chat(self, conversation_id or new_conversation_id())
+
+    def chat(self, message: str = "", image: str | Path | bytes | None = None,
+             params: dict[str, Any] | None = None, *, conversation: str | None = None, **kwargs: Any) -> Turn:
+        """One turn (``Chat.say``) in ``conversation``, a new one when None: ``turn.chat`` continues it."""
+        return self.conversation(conversation).say(message, image, params, **kwargs)
 
     def job(self, job_id: str) -> Job:
         """An existing job; raises ``JobNotFound`` when it has no manifest."""

@@ -29,9 +29,18 @@ import dramatiq
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, ConfigDict, Field
 
-from bucketbrush.errors import ConversationNotFound, EmptyInput, InvalidState, TransientError, WaitTimedOut
+from bucketbrush.errors import (
+    ConversationNotFound,
+    EmptyInput,
+    InputTooLarge,
+    InvalidParams,
+    InvalidState,
+    TransientError,
+    WaitTimedOut,
+)
 from bucketbrush.jobs import ObjectRef, is_spec_job_id, job_id_for
 from bucketbrush.manifest import FINAL_STATUSES, ErrorInfo, Manifest, Status
+from bucketbrush.presign import safe_filename
 from bucketbrush.store import Bucket, is_not_found
 
 SCHEMA_VERSION = 1
@@ -161,7 +170,9 @@ class Conversation(BaseModel):
 
 
 class Conversations:
-    """A bucket's conversation manifests and their Redis state (turn numbers, the lock)."""
+    """A bucket's conversation manifests and their Redis state (turn numbers, the lock), as the
+    bucket view's tenant sees them: a tenant's manifests are under ``tenants/<tenant>/`` and its
+    Redis keys carry its name, so two tenants' conversations with the same id are two."""
 
     def __init__(self, bucket: Bucket, redis: Any) -> None:
         self.bucket = bucket
@@ -172,8 +183,14 @@ class Conversations:
         # last write (a continued conversation must not start again at 1).
         self.ttl_s = max(settings.dedupe_ttl_s, settings.manifests_retention_days * 86400)
 
+    def for_tenant(self, tenant: str | None) -> Conversations:
+        """The conversations of ``tenant`` (None: the default tenant's)."""
+        return self if tenant == self.bucket.tenant else Conversations(self.bucket.for_tenant(tenant), self.redis)
+
     def _redis_key(self, conversation: str, what: str) -> str:
-        return f"{self.namespace}:conversation:{conversation}:{what}"
+        # Neither a tenant name nor a conversation id has a '/': no tenant's key is another's.
+        scope = f"{self.bucket.tenant}/" if self.bucket.tenant else ""
+        return f"{self.namespace}:conversation:{scope}{conversation}:{what}"
 
     def read(self, conversation: str) -> tuple[Conversation | None, str | None]:
         """The manifest and its ETag; (None, None) when there is none."""
@@ -285,25 +302,56 @@ def new_conversation_id() -> str:
     return secrets.token_hex(8)
 
 
-def send_turn(bucket: Bucket, message: str, *, conversation: str | None = None,
-              image: Path | None = None) -> SentTurn:
-    """Put one turn: with ``image``, the picture uploaded to ``inbox/chat/<conversation>/``
-    with the message in its metadata (URL-encoded); else ``conversations/<conversation>/<turn>.json``.
-    A new conversation when ``conversation`` is None."""
-    conversation = conversation or new_conversation_id()
+def check_conversation_id(conversation: str) -> str:
+    """``conversation`` when it is a valid id; else InvalidParams."""
     if not is_spec_job_id(conversation):
-        raise ValueError(f"bad conversation id {conversation!r}: letters, digits, '_' and '-', up to 64")
+        raise InvalidParams(f"bad conversation id {conversation!r}: letters, digits, '_' and '-', up to 64, "
+                            "starting with a letter or digit")
+    return conversation
+
+
+def send_turn(bucket: Bucket, message: str, *, conversation: str | None = None,
+              image: Path | bytes | None = None, filename: str | None = None,
+              params: dict[str, Any] | None = None, recipe: str | None = None) -> SentTurn:
+    """Put one turn (a new conversation when ``conversation`` is None); ``image`` is a path or
+    bytes (``filename`` names bytes; default ``image.png``).
+
+    - An image alone: uploaded to ``inbox/chat/<conversation>/`` with the message in its
+      metadata (URL-encoded).
+    - Otherwise ``conversations/<conversation>/<turn>.json`` with the message, ``params``
+      (overrides of what the intent chose) and ``recipe`` (a recipe named outright); an image
+      goes first next to it, ``conversations/<conversation>/<turn>-<file>`` (not a turn: only
+      ``.json`` files are), and the turn file names it as its ``image``.
+    """
+    conversation = check_conversation_id(conversation or new_conversation_id())
     turn = time.strftime("%Y%m%dT%H%M%S", time.gmtime()) + f"-{secrets.token_hex(3)}"
+    data: bytes | None = None
     if image is not None:
-        data = image.read_bytes()
+        data, filename = (image, filename or "image.png") if isinstance(image, bytes) else (
+            image.read_bytes(), filename or image.name)
         if not data:
-            raise EmptyInput(f"{image} is empty (0 bytes)")
-        key = f"{bucket.layout.chat_upload_prefix(conversation)}{turn}-{image.name}"
+            raise EmptyInput(f"{filename} is empty (0 bytes)")
+        limit = bucket.settings.max_upload_bytes
+        if len(data) > limit:
+            raise InputTooLarge(f"{filename} is {len(data)} bytes; uploads are limited to {limit}")
+        filename = safe_filename(filename)
+    content_type = mimetypes.guess_type(filename or "")[0] or "application/octet-stream"
+    if data is not None and params is None and recipe is None:
+        key = f"{bucket.layout.chat_upload_prefix(conversation)}{turn}-{filename}"
         put = bucket.s3.put_object(Bucket=bucket.name, Key=key, Body=data, Metadata={"message": quote(message)},
-                                   ContentType=mimetypes.guess_type(image.name)[0] or "application/octet-stream")
+                                   ContentType=content_type)
     else:
+        doc: dict[str, Any] = {"message": message}
+        if data is not None:
+            picture = f"{bucket.layout.turns_of(conversation)}{turn}-{filename}"
+            bucket.s3.put_object(Bucket=bucket.name, Key=picture, Body=data, ContentType=content_type)
+            doc["image"] = picture
+        if params:
+            doc["params"] = params
+        if recipe is not None:
+            doc["recipe"] = recipe
         key = bucket.layout.turn_key(conversation, turn)
-        put = bucket.s3.put_object(Bucket=bucket.name, Key=key, Body=json.dumps({"message": message}).encode(),
+        put = bucket.s3.put_object(Bucket=bucket.name, Key=key, Body=json.dumps(doc).encode(),
                                    ContentType="application/json")
     ref = ObjectRef(bucket=bucket.name, key=key, etag=put["ETag"].strip('"'))
     return SentTurn(conversation=conversation, key=key, job_id=job_id_for(ref))

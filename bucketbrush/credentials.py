@@ -17,7 +17,7 @@ import datetime
 import io
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -253,6 +253,75 @@ class ContentSigner:
             out = io.BytesIO()
             builder.sign(signer, mime, io.BytesIO(data), out)
         return out.getvalue()
+
+
+    def self_test(self) -> None:
+        """Sign a tiny PNG and read it back, as a job's output would be, or a ConfigError that
+        names the settings and says what is wrong (a key that is not the certificate's, an
+        expired certificate, a missing key usage...): a runner checks this before it takes jobs.
+        The timestamp authority is not asked (a network call at start; when it does not answer
+        later, jobs fail with ``signing_failed``)."""
+        m = self.material
+        problems = certificate_problems(m)
+        if not problems:
+            from PIL import Image
+
+            buf = io.BytesIO()
+            Image.new("RGB", (8, 8), (200, 100, 50)).save(buf, "PNG")
+            definition = {"claim_generator_info": [{"name": "bucketbrush self-test"}], "title": "self-test.png",
+                          "format": "image/png", "assertions": [{"label": "c2pa.actions.v2", "data": {"actions": [
+                              {"action": "c2pa.created", "digitalSourceType": IPTC_DST + "algorithmicMedia"}]}}]}
+            try:
+                signed = ContentSigner(replace(m, tsa_url=None), self.anchors).sign(
+                    buf.getvalue(), "image/png", definition)
+                report = read_credentials(signed, "image/png", anchors=self.anchors)
+            except Exception as exc:  # the library's words; never the key
+                problems.append(f"a test signature failed ({type(exc).__name__}: {' '.join(str(exc).split())})")
+            else:
+                if report is None or report.validation_state not in ("Valid", "Trusted"):
+                    codes = "; ".join(f["code"] for f in report.failures) if report else "no manifest"
+                    problems.append(f"a test signature did not validate ({codes})")
+        if problems:
+            where = ("BUCKETBRUSH_C2PA_SIGNING_KEY and BUCKETBRUSH_C2PA_SIGNING_CERTS" if m.source == "settings"
+                     else f"the development signer in {m.source} (delete the folder and run `bucketbrush up` "
+                     "for a new one)")
+            raise ConfigError(f"content credentials cannot be signed with {where} (certificate {m.subject}): "
+                              + "; ".join(problems)
+                              + ". Fix them (docs/content-credentials.md) or set BUCKETBRUSH_CONTENT_CREDENTIALS=off")
+
+
+def certificate_problems(material: SigningMaterial, now: datetime.datetime | None = None) -> list[str]:
+    """What makes the signing certificate unusable for C2PA, in words (empty: nothing found):
+    a key that is not the certificate's, a certificate outside its validity period, no
+    ``digitalSignature`` key usage, no extended key usage (or ``anyExtendedKeyUsage``)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    cert = x509.load_pem_x509_certificates(material.certs_pem)[0]
+    key = serialization.load_pem_private_key(material.key_pem, password=None)
+    raw = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    problems = []
+    if key.public_key().public_bytes(*raw) != cert.public_key().public_bytes(*raw):
+        problems.append("the private key is not the signing certificate's (the first in the chain): "
+                        "their public keys differ")
+    now = now or datetime.datetime.now(datetime.UTC)
+    if now > cert.not_valid_after_utc:
+        problems.append(f"the certificate expired on {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
+    if now < cert.not_valid_before_utc:
+        problems.append(f"the certificate is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC")
+    try:
+        if not cert.extensions.get_extension_for_class(x509.KeyUsage).value.digital_signature:
+            problems.append("its key usage lacks digitalSignature")
+    except x509.ExtensionNotFound:
+        problems.append("it has no key usage extension (C2PA needs digitalSignature)")
+    try:
+        usages = set(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+        if ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE in usages:
+            problems.append("its extended key usage is anyExtendedKeyUsage, which C2PA refuses")
+    except x509.ExtensionNotFound:
+        problems.append("it has no extended key usage (C2PA needs one, such as emailProtection)")
+    return problems
 
 
 # -- reading --------------------------------------------------------------------------------

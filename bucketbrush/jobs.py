@@ -121,6 +121,9 @@ class JobSpec(BaseModel):
     replay_of: str | None = None
     # A chat turn: the runner refines its message and picks the recipe, params and input.
     turn: TurnRef | None = None
+    # A tenant's turn: the recipes its tenant may run (the handler's tenants file), checked when
+    # the runner picks one; None or empty: any.
+    allowed_recipes: list[str] | None = None
 
     @property
     def inputs(self) -> list[ObjectRef]:

@@ -40,6 +40,12 @@ ParamsValidator = Callable[[str, dict[str, Any]], object]
 VIDEO_RECIPES = frozenset({"video"})
 
 
+def accepted_types(recipe: str) -> str:
+    """What ``recipe``'s uploads may be, as an HTML ``accept`` attribute (the studio page's file
+    chooser): the same families ``content_type_prefix`` lets through."""
+    return "video/*,image/gif" if recipe in VIDEO_RECIPES else "image/*"
+
+
 def content_type_prefix(recipe: str, content_type: str) -> str:
     """The ``starts-with`` prefix the policy binds ``content_type`` to, or InvalidParams."""
     if recipe in VIDEO_RECIPES:

@@ -142,8 +142,6 @@ class Handler:
             return Outcome(key, "rejected", reason=exc.reason)
         tenant = route.tenant
         if route.kind == "turn":
-            if tenant is not None:  # conversation state (numbers, manifest) is the default tenant's
-                return Outcome(key, "rejected", reason="conversations are not available to tenants yet")
             return self._turn(record, route)
         if route.kind == "upload":
             assert route.recipe is not None
@@ -174,12 +172,19 @@ class Handler:
     def _turn(self, record: S3Record, route: InputKey) -> Outcome:
         """A chat turn: numbered in its conversation's arrival order, then a job like any other
         (the runner refines the message and picks the recipe, gpu_runner/conversation.py)."""
-        assert route.conversation is not None and route.turn is not None
         ref = record.ref
-        seq = self.conversations.next_seq(route.conversation, ref.identity)
-        turn = TurnRef(conversation=route.conversation, seq=seq, name=route.turn)
         return self._submit(ref, CHAT_RECIPE, input_ref=None, params={}, preferred_id=route.job_id,
-                            recent=self._recent(record), turn=turn)
+                            recent=self._recent(record), tenant=route.tenant, **self._turn_options(route, ref))
+
+    def _turn_options(self, route: InputKey, source: ObjectRef) -> dict[str, Any]:
+        """A turn's place in its conversation (the tenant's: numbers and manifest are per
+        tenant), and for a tenant's turn the recipes its tenant may run (the runner picks one)."""
+        assert route.conversation is not None and route.turn is not None
+        seq = self.conversations.for_tenant(route.tenant).next_seq(route.conversation, source.identity)
+        options: dict[str, Any] = {"turn": TurnRef(conversation=route.conversation, seq=seq, name=route.turn)}
+        if route.tenant is not None:
+            options["allowed_recipes"] = self.tenants.limits(self.settings, route.tenant).recipes or None
+        return options
 
     def _failed(self, ref: ObjectRef, job_id: str, tenant: str | None, exc: JobError, *,
                 recipe: str = "", claimed: bool = False) -> Outcome:
@@ -208,9 +213,8 @@ class Handler:
         options: dict[str, Any] = {"priority": "interactive" if route.job_id else "bulk"}
         if route.kind == "turn" and route.conversation and route.turn:
             # The same number as its first event (one per turn object), so it keeps its place.
-            seq = self.conversations.next_seq(route.conversation, source.identity)
-            recipe, input_ref, options = CHAT_RECIPE, None, {"priority": "interactive", "turn": TurnRef(
-                conversation=route.conversation, seq=seq, name=route.turn)}
+            recipe, input_ref = CHAT_RECIPE, None
+            options = {"priority": "interactive", **self._turn_options(route, source)}
         elif route.kind != "upload":
             try:
                 recipe, input_ref, params, options = self._read_spec(source, tenant)
@@ -283,7 +287,7 @@ class Handler:
                 time_limit_s: int | None = None, hard_time_limit: bool = False, recent: bool = False,
                 webhook: WebhookTarget | None = None, priority: Priority = "interactive",
                 tenant: str | None = None, replay_of: str | None = None,
-                turn: TurnRef | None = None) -> Outcome:
+                turn: TurnRef | None = None, allowed_recipes: list[str] | None = None) -> Outcome:
         claims, identity, bucket = self.claims.for_tenant(tenant), source.identity, self.bucket.for_tenant(tenant)
         job_id = preferred_id if preferred_id and claims.claim(preferred_id, identity) else None
         if preferred_id and job_id is None and claims.holder(preferred_id) == identity:
@@ -303,9 +307,12 @@ class Handler:
         queued_at = time.time()
         spec = JobSpec(job_id=job_id, recipe=recipe, source=source, input=input_ref, params=params,
                        time_limit_s=time_limit_s, hard_time_limit=hard_time_limit, webhook=webhook,
-                       priority=priority, tenant=tenant, replay_of=replay_of, queued_at=queued_at, turn=turn)
+                       priority=priority, tenant=tenant, replay_of=replay_of, queued_at=queued_at, turn=turn,
+                       allowed_recipes=allowed_recipes)
         if tenant is not None:
             limits = self.tenants.limits(self.settings, tenant)
+            if turn is not None:  # its recipe is the runner's choice, checked there (allowed_recipes)
+                limits = limits.model_copy(update={"recipes": []})
             try:
                 self.quotas.admit(tenant, job_id, recipe=recipe, limits=limits,
                                   size=self._input_size(spec) if limits.input_bytes_per_day else 0)

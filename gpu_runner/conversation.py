@@ -20,10 +20,19 @@ from urllib.parse import unquote
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from bucketbrush.conversations import CHAT_RECIPE, Conversation, Conversations
-from bucketbrush.errors import BucketbrushError, InputMissing, InvalidTurn, NoImage, NothingToUndo
+from bucketbrush.errors import (
+    BucketbrushError,
+    InputMissing,
+    InvalidTurn,
+    NoImage,
+    NothingToUndo,
+    OutsideTenant,
+    QuotaExceeded,
+)
 from bucketbrush.jobs import JobSpec, ObjectRef, json_object
 from bucketbrush.layout import unsafe_key
 from bucketbrush.manifest import Manifest, TurnInfo
+from bucketbrush.store import Bucket
 from gpu_runner.recipes import get_recipe
 from gpu_runner.recipes.filter import STYLES as FILTER_STYLES
 from gpu_runner.refine import Refinement, Refiner
@@ -61,10 +70,11 @@ class TurnRequest(BaseModel):
         return v
 
 
-def read_request(runner: JobRunner, spec: JobSpec) -> TurnRequest:
+def read_request(bucket: Bucket, spec: JobSpec) -> TurnRequest:
     """The turn's request, from its JSON file or from its upload's metadata (``message``,
-    URL-encoded when not ASCII, or ``message`` in the ``params`` JSON)."""
-    bucket, source = runner.bucket, spec.source
+    URL-encoded when not ASCII, or ``message`` in the ``params`` JSON); ``bucket`` is the turn's
+    tenant's view."""
+    source = spec.source
     try:
         if source.key.startswith(bucket.layout.conversations):
             obj = get_input(bucket, source)
@@ -138,16 +148,18 @@ class TurnRunner:
         ``run_options`` go to ``JobRunner.run`` (the delivery, the runner deaths counted)."""
         turn = spec.turn
         assert turn is not None
-        existing = self.bucket.read_manifest(spec.job_id)
+        # The turn's tenant's view: its manifests, its conversation (numbers, lock) and its keys.
+        bucket, conversations = self.bucket.for_tenant(spec.tenant), self.conversations.for_tenant(spec.tenant)
+        existing = bucket.read_manifest(spec.job_id)
         if existing and existing.finished_for(spec.source):
-            self.conversations.record(existing)  # a crash between the job's manifest and the conversation's
+            conversations.record(existing)  # a crash between the job's manifest and the conversation's
             return existing
-        found, _ = self.conversations.read(turn.conversation)
+        found, _ = conversations.read(turn.conversation)
         doc = found or Conversation(conversation_id=turn.conversation)
         options = message.options if message is not None else {}
         deferred, since = options.get("turn_deferred", 0), options.get("turn_waiting_since") or time.time()
         warnings = []
-        if (waiting := doc.waiting_for(turn.seq)) and not self.bucket.exists(self.bucket.cancel_key(spec.job_id)):
+        if (waiting := doc.waiting_for(turn.seq)) and not bucket.exists(bucket.cancel_key(spec.job_id)):
             waited = time.time() - since
             if message is not None and waited < self.runner.settings.conversation_wait_s:
                 delay = min(DEFER_MS * 2 ** min(deferred, 5), MAX_DEFER_MS)
@@ -159,28 +171,31 @@ class TurnRunner:
             warnings.append(f"turn(s) {waiting} were not final after {waited:.0f} s; this turn did not wait for them")
 
         def prepare(manifest: Manifest) -> JobSpec:
-            return self._prepare(spec, manifest, doc, deferred, warnings)
+            return self._prepare(bucket, spec, manifest, doc, deferred, warnings)
 
         try:
             manifest = self.runner.run(spec, attempt=attempt, last_attempt=last_attempt, prepare=prepare,
                                        **run_options)
         except BucketbrushError:
-            failed = self.bucket.read_manifest(spec.job_id)
+            failed = bucket.read_manifest(spec.job_id)
             if failed is not None and failed.is_final and failed.turn is not None:
-                self.conversations.record(failed)
+                conversations.record(failed)
             raise
-        self.conversations.record(manifest)
+        conversations.record(manifest)
         return manifest
 
-    def _prepare(self, spec: JobSpec, manifest: Manifest, doc: Conversation, deferred: int,
+    def _prepare(self, bucket: Bucket, spec: JobSpec, manifest: Manifest, doc: Conversation, deferred: int,
                  warnings: list[str]) -> JobSpec:
         """Refine the turn and pick what it runs; fills in the manifest's ``turn``."""
         turn = spec.turn
         assert turn is not None
         manifest.turn = TurnInfo(**turn.model_dump(), deferred=deferred)
         manifest.warnings += warnings
-        request = read_request(self.runner, spec)
-        if request.image and request.image != spec.source.key and not self.bucket.exists(request.image):
+        request = read_request(bucket, spec)
+        if request.image and not bucket.layout.owns(request.image):
+            whose = f"tenant {bucket.tenant!r}" if bucket.tenant else "the default tenant"
+            raise OutsideTenant(f"the turn's image {request.image!r} is not one of {whose}'s")
+        if request.image and request.image != spec.source.key and not bucket.exists(request.image):
             raise InputMissing(f"the turn's image {request.image!r} does not exist")
         stack = doc.stack_before(turn.seq) + ([request.image] if request.image else [])
         manifest.turn = manifest.turn.model_copy(update={"message": request.message, "given": request.image})
@@ -194,13 +209,16 @@ class TurnRunner:
             manifest.warnings += refinement.warnings
             choice = choose(refinement, stack, diffusion=self.runner.models is not None, overrides=request.params)
         manifest.warnings += choice.warnings
+        if spec.allowed_recipes and choice.recipe != CHAT_RECIPE and choice.recipe not in spec.allowed_recipes:
+            raise QuotaExceeded(f"tenant {spec.tenant!r} may not run recipe {choice.recipe!r} (allowed: "
+                                f"{', '.join(spec.allowed_recipes)}); this limit does not reset: ask for the recipe")
         manifest.turn = manifest.turn.model_copy(update={"input": choice.input})
         if choice.input is None:
             source = None
         elif choice.input == spec.source.key:
             source = spec.source
         else:
-            source = ObjectRef(bucket=self.bucket.name, key=choice.input)
+            source = ObjectRef(bucket=bucket.name, key=choice.input)
         return spec.model_copy(update={"recipe": choice.recipe, "params": choice.params, "input": source})
 
     def _named(self, request: TurnRequest, stack: list[str]) -> Choice:

@@ -114,7 +114,8 @@ class OutputSigner:
     @classmethod
     def from_settings(cls, settings: Settings) -> OutputSigner | None:
         """None when content credentials are off; a ConfigError when they are on but cannot be
-        made (no c2pa-python, no key): the runner then refuses to start."""
+        made (no c2pa-python, no key) or cannot sign (``ContentSigner.self_test``: a tiny PNG
+        signed and read back): the runner then refuses to start."""
         if not settings.content_credentials:
             return None
         require_c2pa()
@@ -124,7 +125,9 @@ class OutputSigner:
                 "content credentials are on but no signing key is configured: set BUCKETBRUSH_C2PA_SIGNING_KEY "
                 "and BUCKETBRUSH_C2PA_SIGNING_CERTS (docs/content-credentials.md), run `bucketbrush up` for a "
                 "development signer in the state dir, or set BUCKETBRUSH_CONTENT_CREDENTIALS=off")
-        return cls(ContentSigner(material, trust_anchors(settings)))
+        signer = ContentSigner(material, trust_anchors(settings))
+        signer.self_test()
+        return cls(signer)
 
     @staticmethod
     def parent(data: bytes, content_type: str | None, key: str) -> Parent:

@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from bucketbrush.client import submit_file, wait_for_manifest
-from bucketbrush.conversations import Conversation, send_turn, wait_recorded
+from bucketbrush.client import Studio, submit_file
+from bucketbrush.conversations import Conversation
 from bucketbrush.manifest import Manifest
 from bucketbrush.samples import astronaut, landscape, portrait
 from bucketbrush.settings import Settings
@@ -60,13 +60,12 @@ def demo_conversation(bucket: Bucket, picture: Path,
                       show_turn: Callable[[Manifest, Conversation, Bucket], None]) -> list[Manifest]:
     """Send the demo's turns, the first with ``picture``, each after the one before finished."""
     manifests: list[Manifest] = []
-    conversation = None
+    chat = Studio(bucket.settings, bucket).conversation()
     for i, message in enumerate(CONVERSATION):
-        sent = send_turn(bucket, message, conversation=conversation, image=None if i else picture)
-        conversation = sent.conversation
-        manifest = wait_for_manifest(bucket, sent.job_id, timeout=300)
+        turn = chat.say(message, image=None if i else picture)
+        manifest = turn.wait(timeout=300)
         print()
-        show_turn(manifest, wait_recorded(bucket, manifest), bucket)
+        show_turn(manifest, turn.conversation or chat.history(), bucket)
         manifests.append(manifest)
     return manifests
 

@@ -18,6 +18,7 @@ import json
 import os
 import secrets
 import sys
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -228,7 +229,10 @@ class LocalStack:
             state.seaweedfs_master = f"127.0.0.1:{ports['master']}"
             s3 = s3_client(self._child_settings(state), probe=True)
             try:
-                wait_until("seaweedfs", lambda: s3.list_buckets() is not None, 90, popen, log, offset)
+                # S3 answering is not enough: until the volume server's first heartbeat reaches
+                # the master, a GET of an object stored before a restart fails with InternalError.
+                wait_until("seaweedfs", lambda: s3.list_buckets() is not None
+                           and volumes_registered(state.seaweedfs_master, data), 90, popen, log, offset)
             except StackError:
                 terminate(proc, 15)  # a part of weed mini may still run
                 state.processes.remove(proc)
@@ -335,6 +339,16 @@ class LocalStack:
         self.state_file.unlink(missing_ok=True)
         for ready in self.state_dir.glob("*.ready"):
             ready.unlink(missing_ok=True)
+
+
+def volumes_registered(master: str | None, data: Path) -> bool:
+    """True when the master knows a volume server holding at least the volumes on disk."""
+    on_disk = len(list(data.glob("*.dat")))
+    with urllib.request.urlopen(f"http://{master}/dir/status", timeout=5) as reply:
+        topology = json.load(reply)["Topology"]
+    nodes = [node for dc in topology.get("DataCenters") or [] for rack in dc.get("Racks") or []
+             for node in rack.get("DataNodes") or []]
+    return bool(nodes) and sum(int(node.get("Volumes") or 0) for node in nodes) >= on_disk
 
 
 def _write_private(path: Path, text: str) -> None:

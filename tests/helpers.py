@@ -129,3 +129,50 @@ def metric_samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], f
 
 def metric_value(samples: dict, name: str, **labels: str) -> float:
     return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def signing_chain(*, expired: bool = False, eku: tuple[str, ...] = ("emailProtection",),
+                  digital_signature: bool = True) -> tuple[bytes, bytes, bytes]:
+    """(CA, chain, key) PEM for a C2PA signer issued by a fresh test CA, with chosen flaws: an
+    expired end certificate, other extended key usages (``()``: none), no digitalSignature."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    days = datetime.timedelta(days=1)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+
+    def cert(subject: str, public: object, start: datetime.datetime, end: datetime.datetime,
+             *extensions: tuple[object, bool]) -> x509.Certificate:
+        builder = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+                   .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test CA")])).public_key(public)
+                   .serial_number(x509.random_serial_number()).not_valid_before(start).not_valid_after(end)
+                   .add_extension(x509.SubjectKeyIdentifier.from_public_key(public), critical=False))
+        for extension, critical in extensions:
+            builder = builder.add_extension(extension, critical=critical)
+        return builder.sign(ca_key, hashes.SHA256())
+
+    def usage(**on: bool) -> x509.KeyUsage:
+        names = ("digital_signature", "content_commitment", "key_encipherment", "data_encipherment", "key_agreement",
+                 "key_cert_sign", "crl_sign", "encipher_only", "decipher_only")
+        return x509.KeyUsage(**(dict.fromkeys(names, False) | on))
+
+    ca = cert("test CA", ca_key.public_key(), now - 800 * days, now + 800 * days,
+              (x509.BasicConstraints(ca=True, path_length=0), True), (usage(key_cert_sign=True, crl_sign=True), True))
+    extensions = [(x509.BasicConstraints(ca=False, path_length=None), True),
+                  (usage(digital_signature=digital_signature), True),
+                  (x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), False)]
+    if eku:
+        oids = {"emailProtection": ExtendedKeyUsageOID.EMAIL_PROTECTION,
+                "any": ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE,
+                "documentSigning": x509.ObjectIdentifier("1.3.6.1.5.5.7.3.36")}
+        extensions.append((x509.ExtendedKeyUsage([oids[name] for name in eku]), False))
+    start, end = (now - 400 * days, now - 30 * days) if expired else (now - days / 24, now + 365 * days)
+    signer = cert("test signer", key.public_key(), start, end, *extensions)
+    pem = serialization.Encoding.PEM
+    return (ca.public_bytes(pem), signer.public_bytes(pem) + ca.public_bytes(pem),
+            key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))

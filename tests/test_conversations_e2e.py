@@ -15,7 +15,14 @@ from dramatiq.brokers.stub import StubBroker
 
 from bucketbrush import gallery
 from bucketbrush.broker import build_broker
-from bucketbrush.conversations import CHAT_RECIPE, Conversation, Conversations, delete_conversation, wait_recorded
+from bucketbrush.conversations import (
+    CHAT_RECIPE,
+    Conversation,
+    Conversations,
+    conversation_files,
+    delete_conversation,
+    wait_recorded,
+)
 from bucketbrush.errors import ConversationNotFound
 from bucketbrush.jobs import ObjectRef
 from bucketbrush.management import cancel_job, retry_job
@@ -295,3 +302,53 @@ def test_a_conversations_events_are_handled_in_order_on_the_handlers_pool(unit_s
     outcomes = handler.handle(records)
     assert [o.action for o in outcomes] == ["enqueued"] * 12
     assert [bucket.read_manifest(o.job_id).turn.seq for o in outcomes] == list(range(1, 13))
+
+
+
+def test_the_python_client_chats(bucket: Bucket, settings: Settings, tmp_path) -> None:
+    """``Studio.conversation().say(...)`` through the real stack: a picture as bytes, a turn that
+    edits the result, a turn with a picture and a named recipe with params, and the history."""
+    from PIL import Image
+
+    from bucketbrush.client import Studio, Turn
+    from bucketbrush.errors import EmptyInput, InvalidParams
+
+    studio = Studio(settings, bucket)
+    chat = studio.conversation()
+    assert chat.history().turns == [] and chat.image is None  # nothing recorded yet
+    first = chat.say("make it noir", image=png_bytes(landscape(64, 48)), filename="me.png")
+    assert isinstance(first, Turn) and first.key.startswith(f"inbox/chat/{chat.conversation_id}/")
+    manifest = first.wait(timeout=120)
+    assert manifest.status == "succeeded" and (manifest.turn.seq, manifest.turn.intent) == (1, "stylize")
+    assert manifest.turn.given == first.key
+    assert first.conversation is not None and first.conversation.turns[-1].job_id == first.job_id
+
+    second = studio.chat("upscale this 2x", conversation=chat.conversation_id)  # the one-call form
+    assert second.key.startswith(f"conversations/{chat.conversation_id}/") and second.key.endswith(".json")
+    assert second.wait(timeout=120).turn.input == manifest.outputs[0].key  # it edits turn 1's picture
+    (path,) = second.download(tmp_path / "out")
+    assert Image.open(path).size == (manifest.outputs[0].width * 2, manifest.outputs[0].height * 2)
+
+    # A picture with params: stored beside the turn file (not a turn itself), named as its image.
+    picture = tmp_path / "new.png"
+    picture.write_bytes(png_bytes(landscape(40, 30)))
+    third = chat.say("sepia please", image=picture, recipe="filter", params={"style": "sepia"})
+    done = third.wait(timeout=120)
+    assert done.status == "succeeded" and (done.recipe, done.params["style"]) == ("filter", "sepia")
+    assert done.turn.seq == 3 and done.turn.given == done.turn.input
+    assert done.turn.given.startswith(f"conversations/{chat.conversation_id}/") and done.turn.given.endswith("-new.png")
+    assert [o.width for o in third.outputs()] == [40]
+
+    history = chat.history()
+    assert [(t.seq, t.job_id, t.status) for t in history.turns] == [
+        (1, first.job_id, "succeeded"), (2, second.job_id, "succeeded"), (3, third.job_id, "succeeded")]
+    assert history.image == chat.image == done.outputs[0].key
+    assert Conversations(bucket, None).get(chat.conversation_id) == history  # the manifest the CLI shows
+    # Bad input is refused before anything is put: the conversation's objects stay the same.
+    files = conversation_files(bucket, chat.conversation_id)
+    assert len(files) == 4  # the upload, two turn files, the picture beside the third
+    with pytest.raises(InvalidParams, match="conversation id"):
+        studio.conversation("../x")
+    with pytest.raises(EmptyInput):
+        chat.say("hello", image=b"")
+    assert conversation_files(bucket, chat.conversation_id) == files

@@ -20,9 +20,11 @@ from bucketbrush.credentials import (
     DEV_CERTS,
     DEV_KEY,
     TRAINED,
+    ContentSigner,
     ensure_dev_credentials,
     make_dev_ca,
     read_credentials,
+    signing_material,
     trust_anchors,
     xmp_packet,
 )
@@ -34,6 +36,7 @@ from gpu_runner.provenance import RECIPES as TABLE
 from gpu_runner.provenance import OutputSigner, Parent, made_by
 from gpu_runner.recipes import RECIPES, get_recipe
 from gpu_runner.recipes.base import RecipeResult
+from tests.helpers import signing_chain
 
 
 @pytest.fixture
@@ -181,11 +184,13 @@ def test_json_outputs_say_why_they_are_not_signed(signer) -> None:
 
 
 def test_a_key_that_does_not_match_its_certificate_fails_signing(tmp_path: Path) -> None:
+    """A job's signing errors fail it (a runner does not start with such a key, see below; this
+    is the signer as a job meets it, made without the start-up self-test)."""
     _, chain, _ = make_dev_ca()
     _, _, other_key = make_dev_ca()
     settings = Settings(state_dir=tmp_path, c2pa_signing_key=other_key.decode(), c2pa_signing_certs=chain.decode(),
                         _env_file=None)
-    bad = OutputSigner.from_settings(settings)
+    bad = OutputSigner(ContentSigner(signing_material(settings)))
     with pytest.raises(SigningFailed) as err:
         sign(bad, "filter", png(), "image/png", params={"style": "noir"})
     assert err.value.code == "signing_failed" and "PRIVATE KEY" not in err.value.message
@@ -212,6 +217,67 @@ def test_signing_on_without_any_key_refuses_to_start(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="both"):
         Settings(state_dir=tmp_path, c2pa_signing_key="x", _env_file=None) and OutputSigner.from_settings(
             Settings(state_dir=tmp_path, c2pa_signing_key="x", _env_file=None))
+
+
+def settings_for(tmp_path: Path, chain: tuple[bytes, bytes, bytes], key: bytes | None = None) -> Settings:
+    ca, certs, own_key = chain
+    return Settings(state_dir=tmp_path, c2pa_signing_key=(key or own_key).decode(), c2pa_signing_certs=certs.decode(),
+                    c2pa_trust_anchors=ca.decode(), _env_file=None)
+
+
+@pytest.mark.parametrize("flaw,says", [
+    ("wrong_key", "the private key is not the signing certificate's (the first in the chain): their public keys "
+                  "differ"),
+    ("expired", "the certificate expired on "),
+    ("no_eku", "it has no extended key usage (C2PA needs one, such as emailProtection)"),
+    ("any_eku", "its extended key usage is anyExtendedKeyUsage, which C2PA refuses"),
+    ("no_digital_signature", "its key usage lacks digitalSignature"),
+    # Not in the checks by name: the test signature's read-back finds it (c2pa's own words).
+    ("document_signing_only", "a test signature failed (_C2paVerify: Verify: manifest failed validation with: "
+                              "failures: signingCredential.invalid: certificate missing required EKU"),
+])
+def test_a_signer_that_cannot_sign_refuses_to_start_and_says_why(tmp_path: Path, flaw: str, says: str) -> None:
+    chain = signing_chain(expired=flaw == "expired", digital_signature=flaw != "no_digital_signature",
+                          eku={"no_eku": (), "any_eku": ("any",), "document_signing_only": ("documentSigning",)}.get(
+                              flaw, ("emailProtection",)))
+    settings = settings_for(tmp_path, chain, key=signing_chain()[2] if flaw == "wrong_key" else None)
+    with pytest.raises(ConfigError) as err:
+        OutputSigner.from_settings(settings)
+    message = err.value.message
+    assert message.startswith("content credentials cannot be signed with BUCKETBRUSH_C2PA_SIGNING_KEY and "
+                              "BUCKETBRUSH_C2PA_SIGNING_CERTS (certificate CN=test signer): "), message
+    assert says in message and message.endswith("or set BUCKETBRUSH_CONTENT_CREDENTIALS=off")
+    assert "PRIVATE KEY" not in message and err.value.code == "config_error"
+
+
+def test_a_good_chain_passes_the_self_test_and_signs(tmp_path: Path) -> None:
+    """The same certificate maker, without a flaw: the self-test is not what refuses above."""
+    signer = OutputSigner.from_settings(settings_for(tmp_path, signing_chain()))
+    signed, creds = sign(signer, "filter", png(), "image/png", params={"style": "noir"})
+    assert creds.signed and creds.validation_state == "Trusted" and creds.signer == "test signer"
+    # The development signer's own self-test names its folder instead of the settings.
+    dev = make_dev_ca()
+    folder, _ = ensure_dev_credentials(tmp_path / "dev")
+    (folder / DEV_KEY).write_bytes(dev[2])  # a key from another run: not the certificate's
+    with pytest.raises(ConfigError, match=f"the development signer in {folder} .*their public keys differ"):
+        OutputSigner.from_settings(Settings(state_dir=tmp_path / "dev", _env_file=None))
+
+
+def test_the_runner_command_refuses_to_start_with_an_expired_certificate(tmp_path: Path, monkeypatch, capsys) -> None:
+    from bucketbrush.cli import main
+
+    _, certs, key = signing_chain(expired=True)
+    (tmp_path / "chain.pem").write_bytes(certs)
+    (tmp_path / "key.pem").write_bytes(key)
+    monkeypatch.setenv("BUCKETBRUSH_STATE_DIR", str(tmp_path))
+    monkeypatch.setenv("BUCKETBRUSH_REDIS_URL", "redis://127.0.0.1:1/0")  # never reached
+    monkeypatch.setenv("BUCKETBRUSH_C2PA_SIGNING_KEY", str(tmp_path / "key.pem"))
+    monkeypatch.setenv("BUCKETBRUSH_C2PA_SIGNING_CERTS", str(tmp_path / "chain.pem"))
+    monkeypatch.delenv("BUCKETBRUSH_CONTENT_CREDENTIALS", raising=False)
+    assert main(["runner"]) == 2
+    err = capsys.readouterr().err
+    assert "error [config_error]: content credentials cannot be signed with BUCKETBRUSH_C2PA_SIGNING_KEY" in err
+    assert "the certificate expired on" in err and str(tmp_path / "key.pem") not in err
 
 
 def test_every_recipe_has_a_row_in_the_table() -> None:

@@ -9,6 +9,8 @@ import hashlib
 import io
 import json
 import stat
+import sys
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -99,21 +101,52 @@ def test_ai_output_has_the_xmp_source_type(bucket):
         TRAINED]
 
 
-def test_a_runner_whose_key_does_not_match_its_certificate_fails_jobs_with_signing_failed(settings, tmp_path):
-    from bucketbrush.credentials import make_dev_ca
-    from tests.test_runner_processes import new_corner, runner
+def test_a_runner_whose_certificate_cannot_sign_refuses_to_start(settings, tmp_path):
+    """A real runner process with a key that is not its certificate's: it signs a test PNG at
+    start, fails, says which settings and why, and exits 2 without taking the queued job."""
+    import redis
+
+    from bucketbrush.routing import all_queues, redis_key
+    from infra import procs
+    from tests.helpers import signing_chain
+    from tests.test_runner_processes import new_corner
 
     corner = new_corner(settings, tmp_path)  # its own bucket and queue namespace
-    _, chain, _ = make_dev_ca()
-    _, _, other_key = make_dev_ca()
+    _, chain, _ = signing_chain()
+    _, _, other_key = signing_chain()
+    spec = corner.enqueue("test-slow", "waits", seconds=0, steps=1)
     env = corner.runner_env(c2pa_signing_key=other_key.decode(), c2pa_signing_certs=chain.decode())
-    with runner(corner, "bad-key-runner", env) as r:
+    popen, proc = procs.spawn("bad-key-runner", [sys.executable, "-m", "bucketbrush.cli", "runner"], corner.logs, env)
+    try:
+        assert popen.wait(timeout=120) == 2
+    finally:
+        procs.terminate(proc, 10)
+    log = Path(proc.log).read_text(errors="replace")
+    assert ("error [config_error]: content credentials cannot be signed with BUCKETBRUSH_C2PA_SIGNING_KEY and "
+            "BUCKETBRUSH_C2PA_SIGNING_CERTS (certificate CN=test signer): the private key is not the signing "
+            "certificate's") in log, log[-2000:]
+    assert "PRIVATE KEY" not in log  # the key never reaches the log
+    # The job was not taken: its message is still queued, no manifest, no outputs.
+    client = redis.Redis.from_url(corner.settings.redis_url)
+    assert sum(client.llen(redis_key(corner.settings, q)) for q in all_queues(corner.settings)) == 1
+    assert corner.bucket.read_manifest(spec.job_id) is None and corner.outputs(spec.job_id) == []
+
+
+def test_a_timestamp_authority_that_does_not_answer_fails_jobs_with_signing_failed(settings, tmp_path):
+    """The start-up self-test does not ask the timestamp authority; when it does not answer at a
+    job's signing, the job fails with signing_failed and writes nothing."""
+    from tests.test_runner_processes import new_corner, runner
+
+    corner = new_corner(settings, tmp_path)
+    env = corner.runner_env(c2pa_tsa_url="http://127.0.0.1:9/")  # discard port: refused at once
+    with runner(corner, "no-tsa-runner", env) as r:
         spec = corner.enqueue("test-slow", "unsigned", seconds=0, steps=1, outputs=2)
         manifest = wait_final(corner.bucket, spec.job_id, timeout=60)
         assert manifest.status == "failed" and manifest.error.code == "signing_failed", manifest.error
+        assert "127.0.0.1:9" in manifest.error.message
         assert manifest.error.retryable is False and manifest.attempts == 1
         assert manifest.outputs == [] and corner.outputs(spec.job_id) == []
-        assert "PRIVATE KEY" not in r.log  # the key never reaches the log
+        assert "PRIVATE KEY" not in r.log
 
 
 def test_with_content_credentials_off_a_runner_writes_plain_outputs(settings, tmp_path):

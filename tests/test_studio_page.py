@@ -24,6 +24,7 @@ from bucketbrush import gallery
 from bucketbrush.cli import main
 from functions.http import create_app
 from gpu_runner.recipes import catalog
+from gpu_runner.video_samples import sample_clip
 from tests.browser import launch
 from tests.test_http import running
 
@@ -106,6 +107,7 @@ def test_recipes_are_json_schemas(server):
     assert style["enum"][:2] == ["sketch", "sepia"] and style["default"] == "sketch"
     assert recipes["filter"]["schema"]["properties"]["intensity"]["maximum"] == 1.0
     assert recipes["test-slow"]["needs_input"] and not recipes["txt2img"]["needs_input"]
+    assert recipes["video"]["accept"] == "video/*,image/gif" and recipes["filter"]["accept"] == "image/*"
     assert httpx.get(server + "/studio/jobs").status_code == 401  # the API keeps the token
 
 
@@ -150,6 +152,80 @@ def test_a_corrupt_file_shows_its_error_code(page, tmp_path, bucket):
     expect(page.locator("#job-error-code")).to_have_text("invalid_image")
     assert bucket.read_manifest(job_id).error.code == "invalid_image"
     page.screenshot(path=ARTIFACTS / "failed.png", full_page=True)
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    """A 1 s H.264 + AAC clip, 96x64 at 12 fps (a panning scene and a moving ball)."""
+    path = tmp_path_factory.mktemp("clips") / "pan.mp4"
+    path.write_bytes(sample_clip(1.0, fps=12, size=(96, 64)))
+    return path
+
+
+def test_upload_a_clip_and_play_the_output(page, clip, bucket):
+    page.locator("#file").set_input_files([])
+    page.get_by_label("Recipe", exact=True).select_option("video")
+    assert page.locator("#file").get_attribute("accept") == "video/*,image/gif"
+    expect(page.locator("#drop-noun")).to_have_text("a video")
+    page.locator("#file").set_input_files(str(clip))
+    preview = page.locator("#preview-video")
+    expect(preview).to_be_visible()  # the chosen clip plays in the drop box
+    page.wait_for_function("() => document.getElementById('preview-video').readyState >= 2", timeout=WAIT_MS)
+    assert not page.locator("#form-error").is_visible()
+    job_id = start_job(page, clip, "video", style="sepia")
+    expect(page.locator("#job-status")).to_have_text("succeeded", timeout=WAIT_MS)
+    manifest = bucket.read_manifest(job_id)
+    assert [o.content_type for o in manifest.outputs] == ["video/mp4", "image/png"]
+    video = page.locator("#job-outputs video")
+    expect(video).to_have_count(1)
+    assert video.get_attribute("controls") is not None
+    # Playable: the browser fetched the MP4 through its presigned GET and decoded a frame.
+    page.wait_for_function("() => document.querySelector('#job-outputs video').readyState >= 2", timeout=WAIT_MS)
+    shown = video.evaluate("v => ({duration: v.duration, width: v.videoWidth, height: v.videoHeight, "
+                           "src: v.currentSrc, poster: v.poster})")
+    assert abs(shown["duration"] - 1.0) < 0.2 and (shown["width"], shown["height"]) == (96, 64), shown
+    assert f"/outputs/{job_id}/video.mp4" in shown["src"] and f"/outputs/{job_id}/poster.png" in shown["poster"]
+    links = page.locator("#job-outputs figcaption a")
+    assert [links.nth(i).get_attribute("download") for i in range(2)] == ["video.mp4", "poster.png"]
+    assert links.nth(0).get_attribute("href") == shown["src"]
+    assert httpx.get(shown["src"]).content[4:8] == b"ftyp"  # the link serves the MP4 itself
+    expect(page.locator("#job-outputs img")).to_have_count(1)  # the poster
+    expect(page.locator(f'#gallery li[data-job-id="{job_id}"] img')).to_be_visible(timeout=WAIT_MS)
+    page.screenshot(path=ARTIFACTS / "video.png", full_page=True)
+
+
+def test_a_non_video_file_is_refused_for_the_video_recipe(page, clip, tmp_path):
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a video\n")
+    presigns: list[str] = []
+
+    def seen(request) -> None:
+        if request.url.endswith("/presign"):
+            presigns.append(request.url)
+
+    page.on("request", seen)
+    previous = page.locator("#job-id").inner_text()
+    page.get_by_label("Recipe", exact=True).select_option("video")
+    page.locator("#file").set_input_files(str(notes))
+    error = page.locator("#form-error")
+    expect(error).to_have_text("The video recipe takes a video (MP4, MOV, WebM, MKV, AVI) or a GIF; "
+                               "“notes.txt” is text/plain.")
+    page.get_by_role("button", name="Start").click()
+    expect(error).to_contain_text("The video recipe takes a video")
+    # Switching to an image recipe keeps the rule: a clip is refused for `filter`, by the accept list too.
+    page.get_by_label("Recipe", exact=True).select_option("filter")
+    assert page.locator("#file").get_attribute("accept") == "image/*"
+    page.locator("#file").set_input_files(str(clip))
+    expect(error).to_have_text("The filter recipe takes an image; “pan.mp4” is video/mp4.")
+    page.get_by_role("button", name="Start").click()
+    expect(error).to_be_visible()
+    page.screenshot(path=ARTIFACTS / "refused.png", full_page=True)
+    # Nothing was asked of the host: no presign request left the page, the job card did not change.
+    page.remove_listener("request", seen)
+    assert presigns == [] and page.locator("#job-id").inner_text() == previous
+    page.locator("#file").set_input_files([])
+    expect(error).to_be_hidden()
+    expect(page.locator("#drop-noun")).to_have_text("an image")
 
 
 def test_cancel_a_slow_job(page, photo, bucket):

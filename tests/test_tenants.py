@@ -312,3 +312,88 @@ def test_watch_and_job_ids_are_per_tenant(two_tenants: dict[str, Any], settings:
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+def test_two_tenants_conversations_with_the_same_id_do_not_interfere(two_tenants: dict[str, Any],
+                                                                     settings: Settings, bucket: Bucket) -> None:
+    """Tenants a and b and the default tenant each chat in a conversation named the same: each
+    has its own turn numbers (Redis), its own conversation manifest and pictures under its prefix,
+    and a turn cannot bring another tenant's picture."""
+    import redis as redis_lib
+
+    from bucketbrush.client import Studio
+    from bucketbrush.conversations import Conversations
+    from bucketbrush.samples import landscape
+
+    a, b = two_tenants["a"], two_tenants["b"]
+    conversation = f"same-chat-{uuid.uuid4().hex[:6]}"
+    chats = {who: Studio.from_settings(settings.model_copy(update={"tenant": t})).conversation(conversation)
+             for who, t in (("a", a["tenant"]), ("b", b["tenant"]), ("default", None))}
+    # Tenant a with its own S3 keys, as its app would: a picture into its chat inbox.
+    a_photo = f"{a['prefix']}inbox/chat/{conversation}/photo.png"
+    put = a["s3"].put_object(Bucket=settings.bucket, Key=a_photo, Body=png_bytes(landscape(64, 48)),
+                             Metadata={"message": "make it noir"})
+    a_first = job_id_for(ObjectRef(bucket=settings.bucket, key=a_photo, etag=put["ETag"].strip('"')))
+    b_turn = chats["b"].say("remove the background", image=png_bytes(landscape(48, 32)), filename="b.png")
+    default_turn = chats["default"].say("make it sepia", image=png_bytes(landscape(40, 30)), filename="d.png")
+    a_second = chats["a"].say("upscale this 2x")
+
+    a_bucket, b_bucket = bucket.for_tenant(a["tenant"]), bucket.for_tenant(b["tenant"])
+    first = wait_final(a_bucket, a_first, timeout=120)
+    second, b_done, d_done = a_second.wait(timeout=120), b_turn.wait(timeout=120), default_turn.wait(timeout=120)
+    assert [m.status for m in (first, second, b_done, d_done)] == ["succeeded"] * 4, [
+        m.error for m in (first, second, b_done, d_done)]
+    # Numbers per tenant: a's turns are 1 and 2; b's and the default tenant's first turns are 1.
+    assert (first.turn.seq, second.turn.seq, b_done.turn.seq, d_done.turn.seq) == (1, 2, 1, 1)
+    assert (first.tenant, second.tenant, b_done.tenant, d_done.tenant) == (a["tenant"], a["tenant"], b["tenant"], None)
+    # Pictures per tenant: a's second turn edits a's first output; b's works on b's own upload.
+    assert second.turn.input == first.outputs[0].key and first.outputs[0].key.startswith(a["prefix"])
+    assert b_done.turn.input == b_turn.key and b_turn.key.startswith(f"{b['prefix']}inbox/chat/{conversation}/")
+    assert d_done.turn.input == default_turn.key and default_turn.key.startswith(f"inbox/chat/{conversation}/")
+    # Three conversation manifests, each under its tenant's prefix, each with its own turns.
+    histories = {who: chat.history() for who, chat in chats.items()}
+    assert [t.job_id for t in histories["a"].turns] == [a_first, a_second.job_id]
+    assert [t.job_id for t in histories["b"].turns] == [b_turn.job_id]
+    assert [t.job_id for t in histories["default"].turns] == [default_turn.job_id]
+    manifest_key = f"manifests/conversations/{conversation}.json"
+    for who, prefix in (("a", a["prefix"]), ("b", b["prefix"]), ("default", "")):
+        doc = json.loads(bucket.s3.get_object(Bucket=settings.bucket, Key=prefix + manifest_key)["Body"].read())
+        assert doc["image"] == histories[who].image and doc["image"].startswith(prefix)
+    # a reads its own conversation manifest with its own keys (and not b's).
+    assert a["s3"].get_object(Bucket=settings.bucket, Key=a["prefix"] + manifest_key)["ContentLength"] > 0
+    assert denied(lambda: a["s3"].get_object(Bucket=settings.bucket, Key=b["prefix"] + manifest_key)) == "AccessDenied"
+    # The turn numbers are three Redis hashes, one per tenant.
+    client = redis_lib.Redis.from_url(settings.redis_url)
+    keys = {who: Conversations(bucket.for_tenant(t), client)._redis_key(conversation, "seq")
+            for who, t in (("a", a["tenant"]), ("b", b["tenant"]), ("default", None))}
+    assert len(set(keys.values())) == 3 and all(client.hget(k, "#next") for k in keys.values())
+    assert [int(client.hget(keys[who], "#next")) for who in ("a", "b", "default")] == [2, 1, 1]
+
+    # A turn of b's that names a's picture (with b's own keys): outside_tenant; b's chain goes on.
+    steal = f"{b['prefix']}conversations/{conversation}/steal.json"
+    put = b["s3"].put_object(Bucket=settings.bucket, Key=steal, Body=json.dumps(
+        {"message": "make it sepia", "image": first.outputs[0].key}).encode())
+    theft = wait_final(b_bucket, job_id_for(ObjectRef(bucket=settings.bucket, key=steal, etag=put["ETag"].strip('"'))),
+                       timeout=120)
+    assert (theft.status, theft.error.code, theft.turn.seq) == ("failed", "outside_tenant", 2), theft.error
+    assert first.outputs[0].key in theft.error.message and not theft.outputs
+    after = chats["b"].say("thanks!").wait(timeout=120)
+    assert (after.status, after.turn.seq) == ("succeeded", 3) and chats["b"].image == b_done.outputs[0].key
+
+
+def test_a_tenants_turn_runs_only_the_recipes_it_may(stack: Any, settings: Settings) -> None:
+    """A tenant limited to filter and stylize: its turn may chat (the handler admits `chat`), a
+    turn that becomes stylize runs, one that becomes upscale fails with quota_exceeded."""
+    from bucketbrush.client import Studio
+    from bucketbrush.samples import landscape
+
+    with tenant(settings, "r", "--recipes", "filter,stylize") as creds:
+        chat = Studio.from_settings(settings.model_copy(update={"tenant": creds["tenant"]})).conversation()
+        noir = chat.say("make it noir", image=png_bytes(landscape(48, 32)), filename="p.png").wait(timeout=120)
+        assert (noir.status, noir.recipe) == ("succeeded", "stylize"), noir.error
+        big = chat.say("upscale this 2x").wait(timeout=120)
+        assert big.status == "failed" and big.error.code == "quota_exceeded", big.error
+        assert "may not run recipe 'upscale' (allowed: filter, stylize)" in big.error.message and not big.outputs
+        thanks = chat.say("thanks!").wait(timeout=120)  # renders nothing: allowed
+        assert thanks.status == "succeeded" and [t.status for t in chat.history().turns] == [
+            "succeeded", "failed", "succeeded"]

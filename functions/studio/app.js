@@ -40,29 +40,83 @@ $("token-dialog").addEventListener("close", () => {
 
 // -- the form ----------------------------------------------------------------------------------
 
+const selectedRecipe = () => recipes.find((r) => r.name === $("recipe").value);
+
+// What a file is: its type as the browser saw it, else from its extension (an empty type is
+// common for .mkv or .mov on some systems).
+const EXTENSION_TYPES = {
+  mp4: "video/mp4", m4v: "video/mp4", mov: "video/quicktime", webm: "video/webm", mkv: "video/x-matroska",
+  avi: "video/x-msvideo", gif: "image/gif", png: "image/png", jpg: "image/jpeg", jpeg: "image/jpeg",
+  webp: "image/webp",
+};
+const fileType = (file) => file.type || EXTENSION_TYPES[file.name.split(".").pop().toLowerCase()] || "";
+
+// Whether `type` fits an HTML accept list ("video/*,image/gif": the recipe's `accept`).
+const fits = (accept, type) => accept.split(",").some((want) =>
+  want.endsWith("/*") ? type.startsWith(want.slice(0, -1)) : type === want);
+
+const takesVideo = (recipe) => fits(recipe?.accept || "image/*", "video/mp4");
+
+// Why the chosen recipe cannot take `file`, or "" when it can (the store's policy refuses it too).
+function refusal(recipe, file) {
+  const accept = recipe?.accept || "image/*";
+  const type = fileType(file);
+  if (fits(accept, type)) return "";
+  const what = takesVideo(recipe) ? "a video (MP4, MOV, WebM, MKV, AVI) or a GIF" : "an image";
+  return `The ${recipe?.name || "chosen"} recipe takes ${what}; “${file.name}” is ${type || "of an unknown type"}.`;
+}
+
 function showRecipe() {
-  const recipe = recipes.find((r) => r.name === $("recipe").value);
+  const recipe = selectedRecipe();
   if (!recipe) return;
   $("recipe-description").textContent = recipe.description;
+  $("file").accept = recipe.accept || "image/*";
   renderParams($("params"), recipe.schema);
+  const file = $("file").files[0];
+  dropText(file);
+  formError(file ? refusal(recipe, file) : "");
+}
+
+// The drop box's words: what the recipe takes, or the chosen file's name.
+function dropText(file) {
+  const strong = document.createElement("strong");
+  if (file) {
+    strong.textContent = file.name;
+    $("drop-text").replaceChildren(strong, " — choose another or drop it here");
+  } else {
+    const noun = Object.assign(document.createElement("span"), {
+      id: "drop-noun", textContent: takesVideo(selectedRecipe()) ? "a video" : "an image",
+    });
+    strong.append("Choose ", noun);
+    $("drop-text").replaceChildren(strong, " or drop it here");
+  }
 }
 
 function showFile(file) {
-  const preview = $("preview");
-  if (preview.src) URL.revokeObjectURL(preview.src);
-  preview.hidden = !file;
-  if (file) {
+  const image = $("preview");
+  const video = $("preview-video");
+  for (const element of [image, video]) {
+    if (element.src) URL.revokeObjectURL(element.src);
+    element.removeAttribute("src");
+    element.hidden = true;
+  }
+  dropText(file);
+  if (!file) return formError("");
+  const problem = refusal(selectedRecipe(), file);
+  formError(problem);
+  const preview = fileType(file).startsWith("video/") ? video : image;
+  if (!problem) {
     preview.src = URL.createObjectURL(file);
-    preview.alt = `chosen image: ${file.name}`;
-    $("drop-text").innerHTML = "";
-    $("drop-text").append(Object.assign(document.createElement("strong"), { textContent: file.name }),
-      " — choose another or drop it here");
+    preview.hidden = false;
+    if (preview === image) preview.alt = `chosen image: ${file.name}`;
+    else preview.setAttribute("aria-label", `chosen video: ${file.name}`);
   }
 }
 
 $("recipe").addEventListener("change", showRecipe);
 $("file").addEventListener("change", () => showFile($("file").files[0]));
 $("preview").addEventListener("error", () => { $("preview").hidden = true; });  // not an image we can show
+$("preview-video").addEventListener("error", () => { $("preview-video").hidden = true; });  // nor a video
 const drop = $("drop-label");
 for (const name of ["dragenter", "dragover"]) {
   drop.addEventListener(name, (event) => { event.preventDefault(); drop.classList.add("over"); });
@@ -86,7 +140,10 @@ $("job-form").addEventListener("submit", async (event) => {
   event.preventDefault();
   formError("");
   const file = $("file").files[0];
-  if (!file) return formError("Choose an image first.");
+  const recipe = selectedRecipe();
+  if (!file) return formError(`Choose ${takesVideo(recipe) ? "a video" : "an image"} first.`);
+  const problem = refusal(recipe, file);
+  if (problem) return formError(problem);
   let params;
   try { params = readParams($("params")); } catch (error) { return formError(error.message); }
   $("start").disabled = true;
@@ -97,10 +154,10 @@ $("job-form").addEventListener("submit", async (event) => {
       method: "POST",
       headers: { "Content-Type": "application/json" },
       body: JSON.stringify({
-        recipe: $("recipe").value, filename: file.name, content_type: file.type || "image/png", params,
+        recipe: recipe.name, filename: file.name, content_type: fileType(file) || "image/png", params,
       }),
     });
-    if (file.size > upload.max_bytes) throw new Error(`the image is over ${upload.max_bytes} bytes`);
+    if (file.size > upload.max_bytes) throw new Error(`the file is over ${upload.max_bytes} bytes`);
     showJob(upload.job_id, "uploading");
     const form = new FormData();
     for (const [name, value] of Object.entries(upload.fields)) form.append(name, value);
@@ -172,27 +229,52 @@ function showManifest(job, manifest) {
   }
 }
 
+const isVideo = (out) => (out.content_type || "").startsWith("video/");
+
+// Resolves when a shown output can be painted: an image decoded, a video's first frame loaded.
+function loaded(media) {
+  if (media.tagName === "IMG") return media.decode();
+  if (media.readyState >= 2) return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    media.addEventListener("loadeddata", resolve, { once: true });
+    media.addEventListener("error", () => reject(new Error("the video did not load")), { once: true });
+  });
+}
+
 async function showOutputs(jobId) {
   try {
     const view = await api(`/studio/jobs/${jobId}`);
-    const figures = view.outputs.map((out) => figure(out, view.recipe));
+    const poster = view.outputs.find((out) => !isVideo(out));
+    const figures = view.outputs.map((out) => figure(out, view.recipe, poster));
     $("job-outputs").replaceChildren(...figures);
-    await Promise.all(figures.map((fig) => fig.querySelector("img").decode()));
+    await Promise.all(figures.map((fig) => loaded(fig.querySelector("img, video"))));
     performance.mark("rendered");
   } catch (error) {
     setStatus(`succeeded (outputs not shown: ${error.message})`);
   }
 }
 
-function figure(out, recipe) {
+// One output: an image, or (by its content type in the manifest) a video with controls, its
+// poster the job's first image output.
+function figure(out, recipe, poster) {
   const fig = document.createElement("figure");
-  const img = Object.assign(document.createElement("img"), {
-    src: out.url, alt: `${recipe} output ${out.key.split("/").pop()}`, width: out.width, height: out.height,
-  });
-  const link = Object.assign(document.createElement("a"), { href: out.url, textContent: "Download", download: "" });
+  const name = out.key.split("/").pop();
+  let media;
+  if (isVideo(out)) {
+    media = Object.assign(document.createElement("video"), {
+      src: out.url, controls: true, preload: "auto", playsInline: true, width: out.width, height: out.height,
+    });
+    if (poster && poster !== out) media.poster = poster.url;
+    media.setAttribute("aria-label", `${recipe} output ${name}`);
+  } else {
+    media = Object.assign(document.createElement("img"), {
+      src: out.url, alt: `${recipe} output ${name}`, width: out.width, height: out.height,
+    });
+  }
+  const link = Object.assign(document.createElement("a"), { href: out.url, textContent: "Download", download: name });
   const caption = document.createElement("figcaption");
   caption.append(`${out.width}×${out.height}, ${Math.round(out.bytes / 1024)} KB `, link);
-  fig.append(img, caption);
+  fig.append(media, caption);
   return fig;
 }
 
@@ -234,8 +316,12 @@ function card(job) {
   const li = document.createElement("li");
   li.dataset.jobId = job.job_id;
   li.dataset.status = job.status;
-  const out = job.outputs[0];
-  if (out) {
+  const out = job.outputs.find((o) => !isVideo(o)) || job.outputs[0];  // a video's poster first
+  if (out && isVideo(out)) {
+    const video = Object.assign(document.createElement("video"), { src: out.url, muted: true, preload: "metadata" });
+    video.setAttribute("aria-label", `${job.recipe} output of job ${job.job_id}`);
+    li.append(video);
+  } else if (out) {
     li.append(Object.assign(document.createElement("img"), {
       src: out.url, alt: `${job.recipe} output of job ${job.job_id}`, loading: "lazy",
     }));

@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from bucketbrush.errors import InvalidParams, UnknownRecipe
+from bucketbrush.presign import accepted_types
 from gpu_runner.recipes import annotate as _annotate
 from gpu_runner.recipes import filter as _filter
 from gpu_runner.recipes import img2img as _img2img
@@ -66,8 +67,9 @@ def check_params(recipe: Recipe, params: dict[str, Any]) -> RecipeParams:
         raise InvalidParams(f"invalid params for {recipe.name}: {problems}") from exc
 
 def catalog(*, testing: bool = False) -> list[dict[str, Any]]:
-    """Every recipe as ``{name, description, needs_input, needs, schema}`` (``needs``: cpu, gpu
-    or any, see ``bucketbrush.routing``): ``schema`` is the params
+    """Every recipe as ``{name, description, needs_input, accept, needs, schema}`` (``accept``:
+    the upload types, an HTML ``accept`` value from ``bucketbrush.presign.accepted_types``;
+    ``needs``: cpu, gpu or any, see ``bucketbrush.routing``): ``schema`` is the params
     model's JSON Schema (types, defaults, enums, bounds, descriptions), as pydantic makes it.
     With ``testing``, the recipes that exist for tests only come last."""
     recipes = list(RECIPES.values())
@@ -75,5 +77,6 @@ def catalog(*, testing: bool = False) -> list[dict[str, Any]]:
         from gpu_runner.recipes.testing import TEST_RECIPES
 
         recipes += TEST_RECIPES
-    return [{"name": r.name, "description": r.description, "needs_input": r.needs_input, "needs": r.needs,
+    return [{"name": r.name, "description": r.description, "needs_input": r.needs_input,
+             "accept": accepted_types(r.name), "needs": r.needs,
              "schema": r.params.model_json_schema()} for r in recipes]
