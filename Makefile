@@ -12,6 +12,8 @@ EDITABLE := -m pip install -q --no-deps --no-build-isolation -e .
 # --index-url https://download.pytorch.org/whl/cu128"), or install torch first and set TORCH_SPEC=skip.
 TORCH_SPEC ?=
 TORCH_LOCK := $(if $(TORCH_SPEC),,-r requirements/torch-cpu.txt)
+# bench.microbatch's models: tiny,full adds the full-size pipeline (minutes per job on a CPU).
+MICROBATCH_MODELS ?= tiny
 
 .PHONY: demo test browser test-fast test-latest install lint lock bench bench-full clean localstack localstack-stop
 
@@ -80,6 +82,7 @@ bench: install browser
 	$(BIN)/python -m bench.handler_throughput
 	$(BIN)/python -m bench.put_to_enqueue
 	$(BIN)/python -m bench.diffusion_bucket
+	$(BIN)/python -m bench.microbatch --models $(MICROBATCH_MODELS)
 	$(BIN)/python -m bench.upscale
 	$(BIN)/python -m bench.annotators
 	$(BIN)/python -m bench.webhook_latency

@@ -317,6 +317,12 @@ class DiffusionSettings(SettingsGroup):
         default=0, ge=0, le=256,
         description="ncnn threads of one upscale job; 0: ncnn's default (one per core). Several runners on one "
                     "machine: cores / runners, so their threads do not fight over the cores (BENCHMARKS.md, burst)")
+    diffusion_batch_max: int = Field(default=1, ge=1, le=16, description=(
+        "cross-job micro-batching: most images in one denoising call, from txt2img/img2img jobs that can share it "
+        "(same model, size, steps, scheduler, guidance, strength, dtype); 1: off; >1: that many worker threads "
+        "(docs/scaling.md, Micro-batching)"))
+    diffusion_batch_wait_ms: int = Field(
+        default=50, ge=0, le=10_000, description="micro-batching: longest a job waits for others to share its call")
     depth_model: str | None = Field(default=None, description="depth estimation model for `layers`")
     segmentation_model: str | None = Field(
         default=None, description="semantic segmentation model for `remove-bg`; unset: GrabCut fallback")

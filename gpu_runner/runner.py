@@ -48,6 +48,7 @@ if TYPE_CHECKING:
     from bucketbrush.claims import Claims
     from bucketbrush.quotas import Quotas
     from bucketbrush.webhooks import Event, Notifier
+    from gpu_runner.batching import Batcher
     from gpu_runner.pipelines import ModelCache
 
 log = logging.getLogger(__name__)
@@ -88,8 +89,10 @@ class JobRunner:
 
     def __init__(self, bucket: Bucket, models: ModelCache | None = None, notifier: Notifier | None = None,
                  claims: Claims | None = None, requests: RequestCounter | None = None,
-                 quotas: Quotas | None = None) -> None:
+                 quotas: Quotas | None = None, batcher: Batcher | None = None) -> None:
         self.bucket = bucket
+        # Cross-job micro-batching of diffusion calls (gpu_runner/batching.py); None: off.
+        self.batcher = batcher
         # Counts the S3 requests of ``bucket``'s client, for the per-job metric.
         self.requests = requests
         # Done markers in Redis (None: every delivery reads the stored manifest first).
@@ -341,7 +344,8 @@ class JobRunner:
     def _context(self, manifest: Manifest, monitor: JobMonitor, loaded: dict[str, bytes]) -> JobContext:
         load_image, load_bytes = bucket_loaders(self.bucket, loaded if self.signer else None)
         return JobContext(manifest.job_id, monitor.progress, load_image=load_image, load_bytes=load_bytes,
-                          cancelled=monitor.cancelled, models=self.models, settings=self.settings)
+                          cancelled=monitor.cancelled, models=self.models, settings=self.settings,
+                          batcher=self.batcher)
 
     def _write_outputs(self, spec: JobSpec, result: RecipeResult, params: RecipeParams,
                        written: list[str], parent: Parent | None, loaded: dict[str, bytes] | None = None,

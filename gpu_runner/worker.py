@@ -19,6 +19,7 @@ from bucketbrush.settings import Settings, mask_url_password
 from bucketbrush.store import Bucket, RequestCounter
 from bucketbrush.webhooks import Deliverer, Notifier, declare_webhook_actor
 from gpu_runner.actors import declare_actors
+from gpu_runner.batching import Batcher, ComputeSlot
 from gpu_runner.conversation import TurnRunner
 from gpu_runner.heartbeat import Heartbeat
 from gpu_runner.refine import get_refiner
@@ -39,8 +40,14 @@ def run_worker(settings: Settings, *, ready_file: Path | None = None) -> None:
         models.preload(settings.preload_models)
     requests = RequestCounter(settings, on_request=metrics.count_request)
     requests.attach(bucket.s3)
+    # Cross-job micro-batching (gpu_runner/batching.py): one worker thread per job a call may
+    # take; one job computes at a time all the same (the slot).
+    slot = ComputeSlot()
+    batcher = None
+    if models is not None and settings.diffusion_batch_max > 1:
+        batcher = Batcher(slot, settings.diffusion_batch_max, settings.diffusion_batch_wait_ms / 1000)
     runner = JobRunner(bucket, models, Notifier(settings, broker), claims=Claims(broker.client, settings),
-                       requests=requests, quotas=Quotas(broker.client, settings))
+                       requests=requests, quotas=Quotas(broker.client, settings), batcher=batcher)
     metrics_url = None
     if settings.runner_metrics_port is not None:
         server = metrics.serve(settings.runner_metrics_port, settings.runner_metrics_host)
@@ -48,7 +55,7 @@ def run_worker(settings: Settings, *, ready_file: Path | None = None) -> None:
         log.info("runner metrics at %s", metrics_url)
     # The refiner of chat turns, kept for the process (a local model loads on the first turn).
     declare_actors(broker, settings, runner, RunLocks(broker.client, settings),
-                   TurnRunner(runner, broker, get_refiner(settings=settings)))
+                   TurnRunner(runner, broker, get_refiner(settings=settings)), slot=slot)
     # Webhook deliveries: their own actor, queue and threads, so they never hold up a job.
     deliveries = None
     if settings.webhook_worker_threads:
@@ -64,7 +71,8 @@ def run_worker(settings: Settings, *, ready_file: Path | None = None) -> None:
         signal.signal(sig, lambda *_: stop.set())
     # What Dramatiq's own CLI does in a worker process; TimeLimit starts its timer thread here.
     broker.emit_after("process_boot")
-    worker = Worker(broker, queues=set(queues), worker_threads=1, worker_timeout=settings.runner_poll_ms)
+    threads = settings.diffusion_batch_max if batcher else 1
+    worker = Worker(broker, queues=set(queues), worker_threads=threads, worker_timeout=settings.runner_poll_ms)
     worker.start()
     tenant_queues = None
     if settings.tenant_queues:
@@ -77,7 +85,10 @@ def run_worker(settings: Settings, *, ready_file: Path | None = None) -> None:
                             worker_threads=settings.webhook_worker_threads, worker_timeout=settings.runner_poll_ms)
         deliveries.start()
     heartbeat.start()
-    log.info("runner consuming queues %s on %s", ", ".join(queues), mask_url_password(settings.redis_url))
+    log.info("runner consuming queues %s on %s with %d worker thread(s)%s", ", ".join(queues),
+             mask_url_password(settings.redis_url), threads,
+             f"; diffusion micro-batching up to {batcher.max_images} images, {settings.diffusion_batch_wait_ms} ms wait"
+             if batcher else "")
     if ready_file:
         ready_file.write_text("ready\n")
     stop.wait()

@@ -14,6 +14,7 @@ from bucketbrush.routing import RECIPE_NEEDS
 
 if TYPE_CHECKING:
     from bucketbrush.settings import Settings
+    from gpu_runner.batching import Batcher
     from gpu_runner.pipelines import ModelCache
 
 
@@ -76,7 +77,9 @@ class JobContext:
     non-image input (e.g. keypoints JSON); ``cancelled()`` says whether the user asked to
     cancel (recipes with many steps check it between steps and raise JobCancelled);
     ``models`` is the runner's model cache (None when no models file is configured);
-    ``settings`` the runner's settings (where vision models are; None outside a runner).
+    ``settings`` the runner's settings (where vision models are; None outside a runner);
+    ``batcher`` the runner's cross-job micro-batcher (gpu_runner/batching.py; None: off, and
+    always None in a ``child`` context, whose recipe runs many calls of one job).
     """
 
     def __init__(
@@ -88,10 +91,12 @@ class JobContext:
         cancelled: Callable[[], bool] | None = None,
         models: ModelCache | None = None,
         settings: Settings | None = None,
+        batcher: Batcher | None = None,
     ) -> None:
         self.job_id = job_id
         self.models = models
         self.settings = settings
+        self.batcher = batcher
         self._on_progress = on_progress
         self._load_image = load_image
         self._load_bytes = load_bytes

@@ -19,7 +19,8 @@ from gpu_runner.models import ModelSpec, SchedulerName
 from gpu_runner.recipes.base import Artifact, JobContext, RecipeParams, RecipeResult
 
 if TYPE_CHECKING:
-    from gpu_runner.pipelines import ModelCache, Task
+    from gpu_runner.batching import Batcher
+    from gpu_runner.pipelines import LoadedModel, ModelCache, Task
 
 MAX_SEED = 2**32 - 1
 MODELS_HELP = ("no diffusion models are configured on this runner: copy infra/models.example.toml, set "
@@ -32,6 +33,9 @@ MODELS_HELP = ("no diffusion models are configured on this runner: copy infra/mo
 # small tolerance of a lone call with seeds[k]; the default ``per_image`` is exact.
 _BATCH_SAFE = {("txt2img", False), ("txt2img", True)}
 Batching = Literal["per_image", "batched"]
+# Tasks whose calls jobs may share (the ``diffusion_batch_max`` setting, gpu_runner/batching.py):
+# without ControlNet or mask, a call takes one prompt and one init image per image.
+_CROSS_JOB = {"txt2img", "img2img"}
 
 
 class DiffusionParams(RecipeParams):
@@ -46,7 +50,8 @@ class DiffusionParams(RecipeParams):
         default="per_image",
         description="per_image: one denoising call per image, so image k is byte-identical to a lone "
                     "run with seeds[k]; batched: one call for all images (faster on a GPU; image k is "
-                    "then within a few pixel levels of a lone run)")
+                    "then within a few pixel levels of a lone run). A runner with diffusion_batch_max > 1 may "
+                    "share a call with other jobs' images: within a few levels too (details.batch says so)")
     width: int | None = Field(default=None, ge=64, le=4096, multiple_of=8)
     height: int | None = Field(default=None, ge=64, le=4096, multiple_of=8)
     scheduler: SchedulerName | None = Field(default=None, description="None: the model's default")
@@ -120,6 +125,7 @@ def generate(ctx: JobContext, params: DiffusionParams, spec: ModelSpec, size: tu
 
     from bucketbrush.errors import JobCancelled
     from gpu_runner.devices import report_torch_threads
+    from gpu_runner.pipelines import make_scheduler
     from gpu_runner.prompts import encode_prompt
 
     report_torch_threads()
@@ -128,9 +134,6 @@ def generate(ctx: JobContext, params: DiffusionParams, spec: ModelSpec, size: tu
         spec.controlnet(gen.control)  # fail before loading anything
     pipe, loaded = cache.pipeline(spec.id, gen.task, gen.control)
     scheduler = params.scheduler or spec.scheduler
-    from gpu_runner.pipelines import make_scheduler
-
-    pipe.scheduler = make_scheduler(scheduler, loaded.scheduler_config)
 
     width, height = size
     first = params.seed if params.seed is not None else secrets.randbelow(MAX_SEED + 1)
@@ -149,6 +152,10 @@ def generate(ctx: JobContext, params: DiffusionParams, spec: ModelSpec, size: tu
         call["controlnet_conditioning_scale"] = gen.control_scale
         call["control_image" if gen.task != "txt2img" else "image"] = control_image
 
+    batcher = getattr(ctx, "batcher", None)
+    if batcher is not None and gen.task in _CROSS_JOB and not gen.control and gen.mask is None:
+        return _generate_batched(ctx, batcher, params, spec, size, gen, recipe=recipe, pipe=pipe, loaded=loaded,
+                                 scheduler=scheduler, call=call, seeds=seeds)
     batched = params.batching == "batched" and (gen.task, bool(gen.control)) in _BATCH_SAFE
     batches = [seeds] if batched else [[s] for s in seeds]
     done = [0]
@@ -163,6 +170,7 @@ def generate(ctx: JobContext, params: DiffusionParams, spec: ModelSpec, size: tu
 
     images: list[Image.Image] = []
     warnings = list(gen.warnings)
+    pipe.scheduler = make_scheduler(scheduler, loaded.scheduler_config)
     with cache.guard():
         encoded = encode_prompt(pipe, spec.family, gen.prompt, gen.negative_prompt)
         warnings += encoded.warnings
@@ -176,6 +184,45 @@ def generate(ctx: JobContext, params: DiffusionParams, spec: ModelSpec, size: tu
             if any(flagged):
                 warnings.append("the model's safety checker blanked one or more images")
 
+    return _result(params, spec, size, gen, recipe=recipe, loaded=loaded, scheduler=scheduler, seeds=seeds,
+                   images=images, warnings=warnings, weighting=encoded.weighting,
+                   batching="batched" if batched else "per_image")
+
+
+def _generate_batched(ctx: JobContext, batcher: Batcher, params: DiffusionParams, spec: ModelSpec,
+                      size: tuple[int, int], gen: Generation, *, recipe: str, pipe: Any, loaded: LoadedModel,
+                      scheduler: str, call: dict[str, Any], seeds: list[int]) -> RecipeResult:
+    """``generate`` through the cross-job batcher (gpu_runner/batching.py): this job's share
+    of a call that other compatible jobs may join. The prompt is encoded here, under this
+    job's compute slot; the call itself runs on the batcher's thread."""
+    from gpu_runner.batching import Request, prompt_key
+    from gpu_runner.pipelines import make_scheduler
+    from gpu_runner.prompts import encode_prompt
+
+    cache = model_cache(ctx)
+    with cache.guard():
+        encoded = encode_prompt(pipe, spec.family, gen.prompt, gen.negative_prompt)
+    image = call.pop("image", None)
+    key = (spec.id, id(pipe), gen.task, size, params.steps, scheduler, params.guidance, gen.strength,
+           loaded.dtype_name, prompt_key(encoded.kwargs))
+    request = batcher.submit(Request(
+        job_id=ctx.job_id, key=key, pipe=pipe, guard=cache.guard, call=call, prompt=encoded.kwargs, seeds=seeds,
+        make_scheduler=lambda: make_scheduler(scheduler, loaded.scheduler_config),
+        progress=ctx.progress, cancelled=ctx.cancelled, image=image))
+    warnings = list(gen.warnings) + encoded.warnings
+    if any(request.flagged):
+        warnings.append("the model's safety checker blanked one or more images")
+    result = _result(params, spec, size, gen, recipe=recipe, loaded=loaded, scheduler=scheduler, seeds=seeds,
+                     images=request.images, warnings=warnings, weighting=encoded.weighting,
+                     batching="batched" if request.batch["images"] > 1 else "per_image")
+    result.details["batch"] = request.batch
+    return result
+
+
+def _result(params: DiffusionParams, spec: ModelSpec, size: tuple[int, int], gen: Generation, *, recipe: str,
+            loaded: LoadedModel, scheduler: str, seeds: list[int], images: list[Image.Image],
+            warnings: list[str], weighting: str, batching: str) -> RecipeResult:
+    width, height = size
     model = {"id": spec.id, "family": spec.family, "license": spec.license, "revision": loaded.revision,
              "weights": loaded.fingerprint, "scheduler": scheduler,
              "dtype": loaded.dtype_name, "device": loaded.device}
@@ -183,8 +230,7 @@ def generate(ctx: JobContext, params: DiffusionParams, spec: ModelSpec, size: tu
         model["controlnet"] = {"kind": gen.control, "source": spec.controlnet(gen.control).describe()}
     details = {
         **gen.details, "steps": params.steps, "guidance": params.guidance, "width": width, "height": height,
-        "prompt_weighting": encoded.weighting, "batching": "batched" if batched else "per_image",
-        "versions": library_versions(),
+        "prompt_weighting": weighting, "batching": batching, "versions": library_versions(),
     }
     artifacts = [Artifact(name=f"{recipe}_{i}", image=img, meta={"seed": s})
                  for i, (img, s) in enumerate(zip(images, seeds, strict=True))]
