@@ -27,10 +27,20 @@ FORBIDDEN = {
 COMPOSITION_ROOTS = {"bucketbrush/cli.py"}
 
 
+def _parse(path: Path) -> ast.AST:
+    """``ast.parse``, once more after CPython 3.11's "AST constructor recursion depth mismatch":
+    before 3.11.8 its recursion counter is shared with compile() in other threads (gh-106905),
+    and threads an e2e test left behind (dataclasses and pydantic compile code) can trip it."""
+    try:
+        return ast.parse(path.read_text(), filename=str(path))
+    except SystemError:
+        return ast.parse(path.read_text(), filename=str(path))
+
+
 def imported_packages(path: Path) -> set[tuple[str, int]]:
     """(top-level project package, line) for every import in ``path``."""
     found = set()
-    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+    for node in ast.walk(_parse(path)):
         if isinstance(node, ast.Import):
             names = [alias.name for alias in node.names]
         elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
