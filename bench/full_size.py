@@ -30,10 +30,9 @@ def cache_root() -> Path:
 def build_full_size_sd15(folder: Path, *, seed: int = 0) -> Path:
     """Save a random-weight pipeline with the SD1.5 architecture into ``folder``."""
     import torch
-    from diffusers import AutoencoderKL, EulerAncestralDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from tests.tiny_models import _byte_level_tokenizer
+    from tests.tiny_models import _byte_level_tokenizer, clip_text_encoder, sd15_pipeline
 
     torch.manual_seed(seed)
     tokenizer = _byte_level_tokenizer()
@@ -45,19 +44,9 @@ def build_full_size_sd15(folder: Path, *, seed: int = 0) -> Path:
         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
         layers_per_block=2, sample_size=FULL_SIZE,
     )
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=768, intermediate_size=3072, num_attention_heads=12,
-        num_hidden_layers=12, max_position_embeddings=77, hidden_act="quick_gelu",
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    ))
-    scheduler = EulerAncestralDiscreteScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, steps_offset=1,
-    )
-    pipe = StableDiffusionPipeline(
-        unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
-        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-    )
+    text_encoder = clip_text_encoder(tokenizer, hidden_size=768, intermediate_size=3072, num_attention_heads=12,
+                                     num_hidden_layers=12, hidden_act="quick_gelu")
+    pipe = sd15_pipeline(unet, vae, text_encoder, tokenizer)
     tmp = folder.with_name(folder.name + ".partial")
     pipe.save_pretrained(tmp)
     tmp.rename(folder)  # a build cut short never looks complete

@@ -29,13 +29,7 @@ def _byte_level_tokenizer():
 def build_tiny_sd15(folder: Path, *, seed: int = 0) -> Path:
     """Save a tiny random SD1.5-style pipeline into ``folder``; returns the folder."""
     import torch
-    from diffusers import (
-        AutoencoderKL,
-        EulerAncestralDiscreteScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import AutoencoderKL, UNet2DConditionModel
 
     torch.manual_seed(seed)
     tokenizer = _byte_level_tokenizer()
@@ -63,27 +57,34 @@ def build_tiny_sd15(folder: Path, *, seed: int = 0) -> Path:
         layers_per_block=1,
         sample_size=TINY_SIZE,
     )
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=37,
-        num_attention_heads=4,
-        num_hidden_layers=2,
-        max_position_embeddings=77,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+    text_encoder = clip_text_encoder(tokenizer, hidden_size=32, intermediate_size=37, num_attention_heads=4,
+                                     num_hidden_layers=2)
+    folder.mkdir(parents=True, exist_ok=True)
+    sd15_pipeline(unet, vae, text_encoder, tokenizer).save_pretrained(folder)
+    return folder
+
+
+def clip_text_encoder(tokenizer, **sizes):
+    """A random CLIP text encoder of the given sizes over ``tokenizer``'s vocabulary."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(CLIPTextConfig(
+        vocab_size=len(tokenizer), max_position_embeddings=77, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **sizes,
     ))
+
+
+def sd15_pipeline(unet, vae, text_encoder, tokenizer):
+    """The components as an SD1.5 pipeline: SD1.5's Euler-ancestral schedule, no safety checker."""
+    from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionPipeline
+
     scheduler = EulerAncestralDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000, steps_offset=1,
     )
-    pipe = StableDiffusionPipeline(
+    return StableDiffusionPipeline(
         unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, scheduler=scheduler,
         safety_checker=None, feature_extractor=None, requires_safety_checker=False,
     )
-    folder.mkdir(parents=True, exist_ok=True)
-    pipe.save_pretrained(folder)
-    return folder
 
 
 def build_tiny_controlnet(base: Path, folder: Path, *, seed: int = 1) -> Path:
