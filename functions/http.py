@@ -150,18 +150,17 @@ class FunctionsApp:
                 raise HttpError(400, f"unsafe key {record.key!r}: {problem}")
         # Handed to the handler's pool from the event loop, in the order the requests came, so
         # two events for one key are handled in that order; never waiting for a slot here.
-        futures = []
+        futures, full = [], None
         try:
             for record in records:
                 futures.append(self.handler.submit(record, block=False))
         except PoolFull as exc:
-            # The records already taken are handled; the retry finds them duplicates.
-            if futures:
-                await asyncio.wait([asyncio.wrap_future(f) for f in futures])
-            log.warning("handler full (%s); answering 503", exc)
-            raise HttpError(503, f"busy: {exc}; retry later", headers={"Retry-After": str(RETRY_AFTER_S)}) from exc
+            full = exc  # the records already taken are handled; the retry finds them duplicates
         if futures:
             await asyncio.wait([asyncio.wrap_future(f) for f in futures])
+        if full is not None:
+            log.warning("handler full (%s); answering 503", full)
+            raise HttpError(503, f"busy: {full}; retry later", headers={"Retry-After": str(RETRY_AFTER_S)}) from full
         try:
             outcomes = [f.result() for f in futures]
         except Exception as exc:
