@@ -668,10 +668,14 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_sweep(settings: Settings, args: argparse.Namespace) -> int:
     from functions.handler import Handler
-    from functions.sweep import RUNNING_LOOKBACK_S, reconcile
+    from functions.sweep import RUNNING_LOOKBACK_S, input_prefixes, reconcile
 
     handler = Handler.from_settings(settings)
-    report = reconcile(settings, handler.bucket, handler, grace_s=args.grace,
+    try:
+        input_prefixes(handler.bucket, args.under)  # before any request: a typo is no empty pass
+    except ValueError as exc:
+        raise SystemExit(f"sweep --under: {exc}") from None
+    report = reconcile(settings, handler.bucket, handler, grace_s=args.grace, under=args.under,
                        running_lookback_s=None if args.full else RUNNING_LOOKBACK_S)
     for o in report.outcomes:
         if o.action == "enqueued":
@@ -1040,6 +1044,9 @@ def build_parser() -> argparse.ArgumentParser:
     swp = sub.add_parser("sweep", help="enqueue inputs no event announced; fail jobs whose runner died")
     swp.add_argument("--grace", type=float, default=60, help="skip objects younger than this many seconds")
     swp.add_argument("--full", action="store_true", help="check every running manifest, not only recent ones")
+    swp.add_argument("--under", metavar="PREFIX",
+                     help="recover only inputs whose keys start with PREFIX (e.g. inbox/upscale/); "
+                          "the dead-runner and lost-message checks still cover every job")
     swp.set_defaults(func=cmd_sweep)
 
     mo = sub.add_parser("models", help="the diffusion models file: list, doctor, preload")

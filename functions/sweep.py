@@ -80,24 +80,30 @@ class SweepReport:
 
 
 def sweep(settings: Settings, bucket: Bucket, handler: Handler, *, grace_s: float = 60,
-          now: float | None = None, manifests: dict[str, float] | None = None) -> SweepReport:
+          now: float | None = None, manifests: dict[str, float] | None = None,
+          under: str | None = None) -> SweepReport:
     """One pass over inputs; see the module docstring. ``now`` (epoch seconds) is for tests;
-    ``manifests`` (job id -> last written) saves a listing when the caller has one."""
+    ``manifests`` (job id -> last written) saves a listing when the caller has one; ``under``
+    (a key prefix, relative to the tenant's root) sweeps only the inputs whose keys start with
+    it, e.g. ``inbox/upscale/`` to re-drive one folder after an incident."""
     started = time.monotonic()
     now = time.time() if now is None else now
     report = SweepReport()
     manifests = manifest_times(bucket) if manifests is None else manifests
-    _recover_inputs(settings, bucket, handler, manifests, report, now=now, grace_s=grace_s)
+    _recover_inputs(settings, bucket, handler, manifests, report, now=now, grace_s=grace_s,
+                    prefixes=input_prefixes(bucket, under))
     report.seconds = time.monotonic() - started
     return report
 
 
 def reconcile(settings: Settings, bucket: Bucket, handler: Handler, *, grace_s: float = 60,
               now: float | None = None, timeout_margin_s: float = TIMEOUT_MARGIN_S,
-              running_lookback_s: float | None = RUNNING_LOOKBACK_S) -> SweepReport:
+              running_lookback_s: float | None = RUNNING_LOOKBACK_S, under: str | None = None) -> SweepReport:
     """The whole reconciling pass: recover unannounced inputs, then fail running jobs whose
     runner died (``functions.reaper``), from one listing of the manifests.
-    ``running_lookback_s=None`` reads every manifest instead of the recent ones."""
+    ``running_lookback_s=None`` reads every manifest instead of the recent ones; ``under``
+    limits the input recovery to keys under that prefix (see ``sweep``; the reaper and the
+    re-queue still look at every job: a job's manifest does not say which folder it came from)."""
     started = time.monotonic()
     now = time.time() if now is None else now
     report = SweepReport()
@@ -107,7 +113,7 @@ def reconcile(settings: Settings, bucket: Bucket, handler: Handler, *, grace_s: 
     full = running_lookback_s is None or not redis.exists(marker_key(settings))
     for view in views:
         manifests = manifest_times(view)
-        part = sweep(settings, view, handler, grace_s=grace_s, now=now, manifests=manifests)
+        part = sweep(settings, view, handler, grace_s=grace_s, now=now, manifests=manifests, under=under)
         part.timed_out = fail_dead_running(settings, view, manifests, now=now, margin_s=timeout_margin_s,
                                            lookback_s=running_lookback_s)
         # After the reaper: a job it just failed is final and stays so.
@@ -156,15 +162,30 @@ def tenant_views(bucket: Bucket) -> list[Bucket]:
 
 # -- inputs -------------------------------------------------------------------------------
 
+def input_prefixes(bucket: Bucket, under: str | None = None) -> list[str]:
+    """The key prefixes a sweep lists in ``bucket``'s tenant: every input folder, or only what
+    of them lies under ``under`` (relative to the tenant's root). ValueError when ``under`` is
+    in no input folder (a sweep of it would find nothing: that is a typo, not an empty pass)."""
+    folders = list(bucket.layout.input_folders.values())
+    if under is None:
+        return folders
+    root = bucket.layout.space
+    full = under if root and under.startswith(root) else root + under.lstrip("/")
+    prefixes = [full if full.startswith(f) else f for f in folders if full.startswith(f) or f.startswith(full)]
+    if not prefixes:
+        raise ValueError(f"{under!r} is in no input folder ({', '.join(f[len(root):] for f in folders)})")
+    return prefixes
+
+
 def _recover_inputs(settings: Settings, bucket: Bucket, handler: Handler, manifests: dict[str, float],
-                    report: SweepReport, *, now: float, grace_s: float) -> None:
+                    report: SweepReport, *, now: float, grace_s: float, prefixes: list[str]) -> None:
     horizon = settings.dedupe_ttl_s
     if settings.manifests_retention_days:
         # Past this the manifest may have expired while the input stayed: not a lost event.
         horizon = min(horizon, settings.manifests_retention_days * 86400)
     versioned = _versioned(bucket)
     pending: list[tuple[ObjectRef, float, str | None]] = []
-    for prefix in bucket.layout.input_folders.values():
+    for prefix in prefixes:
         for ref, modified in _latest_objects(bucket, prefix, versioned):
             report.listed += 1
             if modified > now - grace_s:

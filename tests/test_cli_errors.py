@@ -46,6 +46,7 @@ CASES = [
     (["gallery", "deleted"], 2, "store_unavailable", "did not answer"),
     (["infra", "apply"], 2, "store_unavailable", "did not answer"),
     (["sweep"], 2, "store_unavailable", "did not answer"),
+    (["sweep", "--under", "outputs/"], 1, None, "'outputs/' is in no input folder (inbox/, jobs/, conversations/)"),
     (["models", "list"], 1, None, "no models file"),
     (["events", "sqs"], 1, None, "no queue"),
     (["gallery", "restore"], 1, None, "needs a JOB_ID"),

@@ -134,20 +134,22 @@ def test_lost_events_are_recovered_by_the_sweep(stack, settings, bucket, handler
     assert all(bucket.read_manifest(j) is None for j in job_ids)
 
     # Younger than the grace period: their events may be in flight, so the sweep leaves them.
-    report = sweep(settings, bucket, handler, grace_s=3600)
-    assert report.young >= len(keys) and not enqueued_keys(report) & set(keys)
+    # Each sweep here is scoped to this test's folder: the shared bucket holds other tests' inputs.
+    report = sweep(settings, bucket, handler, grace_s=3600, under="inbox/filter/lost/")
+    assert report.listed == report.young == len(keys) + 1 and not report.outcomes
     assert all(bucket.read_manifest(j) is None for j in job_ids)
 
-    report = sweep(settings, bucket, handler, grace_s=0)
-    assert enqueued_keys(report) >= set(keys), report.outcomes
+    report = sweep(settings, bucket, handler, grace_s=0, under="inbox/filter/lost/")
+    assert enqueued_keys(report) == set(keys), report.outcomes
+    assert report.listed == len(keys) + 1 and report.has_manifest == 1  # the canary
     assert {o.job_id for o in report.outcomes if o.key in keys} == set(job_ids)
     manifests = [wait_final(bucket, j) for j in job_ids]
     assert [m.status for m in manifests] == ["succeeded"] * len(keys)
     assert all(m.inputs[0].key == k for m, k in zip(manifests, keys, strict=True))
 
     # Recovered jobs are jobs like any other: the next sweep leaves them alone.
-    again = sweep(settings, bucket, handler, grace_s=0)
-    assert not {o.key for o in again.outcomes} & set(keys)
+    again = sweep(settings, bucket, handler, grace_s=0, under="inbox/filter/lost/")
+    assert not again.outcomes and again.has_manifest == len(keys) + 1
 
 
 def test_sweep_leaves_finished_jobs_alone(settings, bucket, handler):
@@ -157,10 +159,10 @@ def test_sweep_leaves_finished_jobs_alone(settings, bucket, handler):
     job_ids.append("sweep-done-spec")
     before = [wait_final(bucket, j) for j in job_ids]
     assert all(m.status == "succeeded" for m in before)
-    report = sweep(settings, bucket, handler, grace_s=0)
-    swept = {o.key for o in report.outcomes}
-    assert not swept & {m.inputs[0].key for m in before}
-    assert report.has_manifest >= len(job_ids)
+    report = sweep(settings, bucket, handler, grace_s=0, under="inbox/filter/done/")
+    assert not report.outcomes and report.listed == report.has_manifest == 3
+    report = sweep(settings, bucket, handler, grace_s=0, under="jobs/sweep-done-spec.json")
+    assert not report.outcomes and report.listed == report.has_manifest == 1
     flush_pipeline(bucket)
     assert [bucket.read_manifest(j).updated_at for j in job_ids] == [m.updated_at for m in before]
 
@@ -175,8 +177,8 @@ def test_sweep_releases_a_claim_whose_handler_died(stack, settings, bucket, hand
     assert drop(bucket, key, body, Metadata=SEPIA) == job_id
     wait_cursor_past(stack, settings, put_ns)  # the real event arrived, and found the claim taken
     assert bucket.read_manifest(job_id) is None
-    report = sweep(settings, bucket, handler, grace_s=0)
-    assert report.reclaimed >= 1 and key in enqueued_keys(report)
+    report = sweep(settings, bucket, handler, grace_s=0, under="inbox/filter/abandoned/")
+    assert report.reclaimed == 1 and enqueued_keys(report) == {key}
     assert wait_final(bucket, job_id).status == "succeeded"
 
 

@@ -276,7 +276,8 @@ def test_the_sweep_recovers_a_tenants_lost_event(two_tenants: dict[str, Any], st
     wait_final(a_bucket, job_id_for(ObjectRef(bucket=settings.bucket, key=canary, etag=put["ETag"].strip('"'))))
     assert a_bucket.read_manifest(job_id) is None  # the source is back, but never saw it
 
-    report = reconcile(settings, bucket, Handler.from_settings(settings), grace_s=0)
+    # Scoped to the folder this test uses (in every tenant): the shared bucket holds other tests' inputs.
+    report = reconcile(settings, bucket, Handler.from_settings(settings), grace_s=0, under="inbox/filter/lost/")
     assert key in {o.key for o in report.outcomes if o.action == "enqueued"}, report.outcomes
     recovered = wait_final(a_bucket, job_id)
     assert (recovered.status, recovered.tenant, recovered.inputs[0].key) == ("succeeded", a["tenant"], key)

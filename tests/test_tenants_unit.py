@@ -181,3 +181,20 @@ def test_webhook_subscriptions_hear_one_tenant() -> None:
     assert urls(None) == ["https://job.example/", "https://default.example/"]
     assert urls("acme") == ["https://job.example/", "https://acme.example/"]
     assert urls("other") == ["https://job.example/"]
+
+
+def test_a_scoped_sweep_lists_only_what_lies_under_its_prefix(settings: Settings) -> None:
+    from functions.sweep import input_prefixes
+
+    root, acme = Bucket(settings), Bucket(settings).for_tenant("acme")
+    assert input_prefixes(root) == ["inbox/", "jobs/", "conversations/"]
+    assert input_prefixes(root, "inbox/upscale/") == ["inbox/upscale/"]
+    assert input_prefixes(root, "jobs/abc.json") == ["jobs/abc.json"]
+    assert input_prefixes(root, "") == input_prefixes(root, "/") == ["inbox/", "jobs/", "conversations/"]
+    assert input_prefixes(root, "in") == ["inbox/"]  # a prefix of a folder: that whole folder
+    # Relative to the tenant's root, or spelled in full.
+    assert input_prefixes(acme, "inbox/upscale/") == input_prefixes(acme, "tenants/acme/inbox/upscale/") \
+        == ["tenants/acme/inbox/upscale/"]
+    for outside in ("outputs/", "manifests/x.json", "status/"):
+        with pytest.raises(ValueError, match="in no input folder"):
+            input_prefixes(root, outside)
