@@ -164,13 +164,18 @@ def retry_job(bucket: Bucket, broker: dramatiq.Broker, job_id: str,
         input_ref = manifest.inputs[1] if len(manifest.inputs) > 1 else None
     bucket.s3.delete_object(Bucket=bucket.name, Key=bucket.cancel_key(job_id))
     bucket.index.forget(manifest)  # the retried job is indexed anew, as just submitted
-    recipe, params, turn = manifest.recipe, manifest.params, None
+    recipe, params, turn, allowed = manifest.recipe, manifest.params, None, None
     if manifest.turn is not None:
-        # A chat turn runs again as a turn: refined again, on the picture its number starts from.
+        # A chat turn runs again as a turn: refined again, on the picture its number starts from,
+        # and for a tenant limited to some recipes, limited as its first run was (the handler's
+        # check, from the same tenants file: the runner may pick another recipe this time).
         from bucketbrush.conversations import CHAT_RECIPE
+        from bucketbrush.tenants import TenantsFile
 
         recipe, params, input_ref = CHAT_RECIPE, {}, None
         turn = TurnRef(conversation=manifest.turn.conversation, seq=manifest.turn.seq, name=manifest.turn.name)
+        if manifest.tenant is not None:
+            allowed = TenantsFile.from_settings(settings).limits(settings, manifest.tenant).recipes or None
     queued = Manifest(job_id=job_id, status="queued", recipe=recipe, params=params,
                       inputs=manifest.inputs, timings={"queued_at": time.time()},
                       attempts=manifest.attempts, tenant=manifest.tenant, replay_of=manifest.replay_of,
@@ -178,7 +183,8 @@ def retry_job(bucket: Bucket, broker: dramatiq.Broker, job_id: str,
     bucket.write_manifest(queued)
     enqueue_job(broker, settings, JobSpec(job_id=job_id, recipe=recipe, source=source,
                                           input=input_ref, params=params, priority=priority,
-                                          tenant=manifest.tenant, replay_of=manifest.replay_of, turn=turn))
+                                          tenant=manifest.tenant, replay_of=manifest.replay_of, turn=turn,
+                                          allowed_recipes=allowed))
     return queued
 
 

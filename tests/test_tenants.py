@@ -398,3 +398,11 @@ def test_a_tenants_turn_runs_only_the_recipes_it_may(stack: Any, settings: Setti
         thanks = chat.say("thanks!").wait(timeout=120)  # renders nothing: allowed
         assert thanks.status == "succeeded" and [t.status for t in chat.history().turns] == [
             "succeeded", "failed", "succeeded"]
+        # `jobs retry` of the refused turn (as the operator, who has the tenants file) is refused again.
+        cli(settings, "--tenant", creds["tenant"], "jobs", "retry", big.job_id)
+        r_bucket, deadline = Bucket(settings).for_tenant(creds["tenant"]), time.monotonic() + 120
+        while not ((again := r_bucket.read_manifest(big.job_id)).is_final and again.updated_at > big.updated_at):
+            assert time.monotonic() < deadline, again
+            time.sleep(0.1)
+        assert (again.status, again.error.code) == ("failed", "quota_exceeded"), again.error
+        assert "may not run recipe 'upscale'" in again.error.message and not again.outputs
