@@ -137,7 +137,7 @@ def runner_torch_threads(runner_log: Path) -> str:
 
 
 def bench_model(model: str, dtype: str, steps_list: list[int], args, models_toml: Path, rows: list, cpu_rows: list,
-                notes: list) -> None:
+                notes: list, busy_poll_ms: int = 1000) -> None:
     import torch
 
     from bench.stack import private_stack
@@ -152,7 +152,9 @@ def bench_model(model: str, dtype: str, steps_list: list[int], args, models_toml
     registry = ModelRegistry.from_toml(models_toml)
     model_id = registry.default
     repeat = args.repeat or (5 if model == "full" else 7)
-    with private_stack(models_file=models_toml, diffusion_dtype=dtype, preload_models=[model_id]) as stack:
+    label = model if len(args.busy_polls) == 1 else f"{model}, busy poll {busy_poll_ms} ms"
+    with private_stack(models_file=models_toml, diffusion_dtype=dtype, preload_models=[model_id],
+                       runner_poll_ms=args.runner_poll_ms, runner_busy_poll_ms=busy_poll_ms) as stack:
         bucket = Bucket(stack.settings_for_clients())
         pids = stack_pids(stack)
         runner_pid = pids.pop("runner-0")
@@ -209,14 +211,14 @@ def bench_model(model: str, dtype: str, steps_list: list[int], args, models_toml
                 proc.append(p)
             med = statistics.median
             ratios = [t / x for t, x in zip(total, b, strict=True)]
-            rows.append((model, dtype, steps, repeat, med(b), med(local), med(proc), med(total),
+            rows.append((label, dtype, steps, repeat, med(b), med(local), med(proc), med(total),
                          med(total) / med(b), med(proc) / med(b), min(ratios), max(ratios), load0,
                          os.getloadavg()[0]))
             compute = torch.get_num_threads()
-            cpu_rows.append((model, dtype, steps, "bare call", bare_cpu.summary(compute)))
-            cpu_rows.append((model, dtype, steps, "job (PUT -> final manifest)", job_cpu.summary(compute)))
+            cpu_rows.append((label, dtype, steps, "bare call", bare_cpu.summary(compute)))
+            cpu_rows.append((label, dtype, steps, "job (PUT -> final manifest)", job_cpu.summary(compute)))
             print(f"  {model} {dtype} {steps} steps: total/bare {med(total) / med(b):.3f}", file=sys.stderr)
-        notes.append(f"{model} {dtype}: the runner's torch threads in its job thread: "
+        notes.append(f"{label} {dtype}: the runner's torch threads in its job thread: "
                      f"{runner_torch_threads(Path(runner_log))}; "
                      f"this process: {torch.get_num_threads()} intra-op, {torch.get_num_interop_threads()} inter-op")
         cache.clear()
@@ -231,7 +233,13 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=0, help="alternating runs per row (default: 7 tiny, 5 full)")
     ap.add_argument("--dtypes", default=None, help="comma list, e.g. float32,bfloat16")
     ap.add_argument("--poll", type=float, default=0.05, help="manifest poll interval once the job is due, s")
+    ap.add_argument("--runner-poll-ms", type=int, default=100,
+                    help="the runner's BUCKETBRUSH_RUNNER_POLL_MS (an idle runner's Redis poll; default 100)")
+    ap.add_argument("--runner-busy-poll-ms", default="1000",
+                    help="comma list of BUCKETBRUSH_RUNNER_BUSY_POLL_MS values (its other consumers' poll while a "
+                         "job runs), one stack each, side by side: e.g. 100,1000")
     args = ap.parse_args()
+    args.busy_polls = [int(v) for v in args.runner_busy_poll_ms.split(",")]
     # Stopped with SIGTERM, the private stacks still go down (their `finally`).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     models = args.models.split(",") + (["full"] if args.full_size and "full" not in args.models else [])
@@ -254,7 +262,8 @@ def main() -> None:
 
                 models_toml = write_tiny_models(Path(tmp) / "models")
             for dtype in dtypes:
-                bench_model(model, dtype, steps_list, args, models_toml, rows, cpu_rows, notes)
+                for busy_poll_ms in args.busy_polls:
+                    bench_model(model, dtype, steps_list, args, models_toml, rows, cpu_rows, notes, busy_poll_ms)
 
     cmd = " ".join(["python -m bench.diffusion_bucket", *sys.argv[1:]])
     print(f"### Diffusion through the bucket vs the bare call ({args.size} px, warm)\n")

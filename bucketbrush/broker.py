@@ -10,6 +10,7 @@ from typing import Any
 
 import dramatiq
 from dramatiq.brokers.redis import MAINTENANCE_SCALE, RedisBroker, _RedisConsumer
+from dramatiq.common import q_name
 from dramatiq.middleware import CurrentMessage, Middleware
 
 from bucketbrush.jobs import JobSpec
@@ -60,7 +61,12 @@ class _WakeConsumer(_RedisConsumer):
 
     The blocking wait matters where the job computes: the consumer threads share the GIL and
     the cores with the job's thread, so a consumer that woke every few milliseconds while a job
-    ran (200 wake-ups/s) took them from the job (BENCHMARKS.md, "Diffusion")."""
+    ran (200 wake-ups/s) took them from the job (BENCHMARKS.md, "Diffusion"). For the same
+    reason the process's other consumers (one per queue and delay queue: 16 in a runner) block
+    up to ``runner_busy_poll_ms`` instead of the worker timeout while one of them has a message
+    out: an enqueue's token still wakes them at once, so this only bounds how late a busy runner
+    notices a message that came without a token (Dramatiq's requeue of a dead runner's messages;
+    idle runners still poll every worker timeout)."""
 
     def __init__(self, broker: RedisBroker, queue_name: str, prefetch: int, timeout: int) -> None:
         super().__init__(broker, queue_name, prefetch, 1)
@@ -68,10 +74,27 @@ class _WakeConsumer(_RedisConsumer):
         # A BLPOP must return before the client's socket timeout (redis-py's default is 5 s), or
         # an idle consumer raises TimeoutError and Dramatiq restarts it seconds later.
         socket_timeout = broker.client.connection_pool.connection_kwargs.get("socket_timeout")
-        self.block_s = min(self.idle_s, max(socket_timeout * 0.5, 0.01)) if socket_timeout else self.idle_s
+        cap = max(socket_timeout * 0.5, 0.01) if socket_timeout else float("inf")
+        self.block_s = min(self.idle_s, cap)
+        self.busy_block_s = min(max(self.idle_s, broker.busy_block_s), cap)
         self.wake_key = wake_key(broker.namespace, queue_name)
         # Set by the worker thread when it acks or nacks a message of this consumer.
         self.freed = threading.Event()
+        # The process's consumers, to tell whether any has a message out (see ``_idle_block_s``).
+        self.siblings: set[_WakeConsumer] = broker.wake_consumers
+        self.siblings.add(self)
+        self.delays = queue_name != q_name(queue_name)  # a delay queue: what it holds waits, not computes
+
+    def close(self) -> None:
+        self.siblings.discard(self)
+        super().close()
+
+    def _idle_block_s(self) -> float:
+        """How long this consumer, with nothing out, blocks on its wake list: the poll interval
+        while the process is idle, ``busy_block_s`` while another of its consumers has a message
+        out (whose job computes meanwhile: each poll takes the GIL and a core from it)."""
+        busy = any(c.outstanding_message_count for c in list(self.siblings) if c is not self and not c.delays)
+        return self.busy_block_s if busy else self.block_s
 
     def ack(self, message: Any) -> None:
         try:
@@ -93,12 +116,17 @@ class _WakeConsumer(_RedisConsumer):
                 if self.outstanding_message_count:  # not acked between the fetch and the clear
                     self.freed.wait(self.idle_s)
             else:
-                self.broker.client.blpop([self.wake_key], timeout=self.block_s)
+                self.broker.client.blpop([self.wake_key], timeout=self._idle_block_s())
         return message
 
 
 class Broker(RedisBroker):
     """Dramatiq's RedisBroker whose consumers wake on enqueue (see ``WakeUp``)."""
+
+    def __init__(self, *, busy_block_s: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.wake_consumers: set[_WakeConsumer] = set()
+        self.busy_block_s = busy_block_s
 
     @property
     def consumer_class(self) -> type[_RedisConsumer]:
@@ -107,7 +135,7 @@ class Broker(RedisBroker):
 
 def build_broker(settings: Settings) -> RedisBroker:
     broker = Broker(
-        url=settings.redis_url, namespace=settings.broker_namespace,
+        url=settings.redis_url, namespace=settings.broker_namespace, busy_block_s=settings.runner_busy_poll_ms / 1000,
         # How soon a killed runner's messages come back (docs/operations.md, "A runner dies").
         heartbeat_timeout=int(settings.broker_heartbeat_timeout_s * 1000),
         maintenance_chance=max(1, round(settings.broker_maintenance_chance * MAINTENANCE_SCALE)),

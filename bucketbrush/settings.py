@@ -177,8 +177,13 @@ class BrokerSettings(SettingsGroup):
     max_retries: int = Field(default=3, ge=0, description="retries for transient failures only (never for bad input)")
     runner_poll_ms: int = Field(
         default=100, ge=5, le=10_000,
-        description="an idle runner's Redis poll interval (Dramatiq's worker_timeout): the most a job waits "
-                    "in the queue after a quiet spell, against idle Redis traffic")
+        description="an idle runner's Redis poll interval (Dramatiq's worker_timeout): the most a job enqueued "
+                    "without a wake-up token (a dead runner's, requeued by Dramatiq) waits for an idle runner")
+    runner_busy_poll_ms: int = Field(
+        default=1000, ge=5, le=10_000,
+        description="the same poll while the runner has a job out: its other queues' consumers wait this long "
+                    "on their wake lists (each poll takes the GIL and a core from the job; enqueues still wake "
+                    "them at once)")
     dedupe_ttl_s: int = Field(default=7 * 24 * 3600, description="how long a seen object identity is remembered")
     # Scale-out (docs/scaling.md): queues by capability, runners per device.
     recipe_capabilities: dict[str, Literal["cpu", "gpu", "any"]] = Field(

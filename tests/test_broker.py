@@ -139,3 +139,71 @@ def test_an_idle_wait_longer_than_the_socket_timeout_does_not_break_the_consumer
     finally:
         broker.close()
         terminate(proc, 10)
+
+
+def blpops(client) -> int:
+    """BLPOP calls this Redis has served (INFO commandstats)."""
+    return int(client.info("commandstats").get("cmdstat_blpop", {}).get("calls", 0))
+
+
+@pytest.mark.e2e
+def test_idle_consumers_of_a_busy_process_poll_once_a_second(tmp_path) -> None:
+    """While one consumer of the process has a message out (a job computes), the others block
+    on their wake lists for ``runner_busy_poll_ms`` (1 s), not the 100 ms worker timeout (16 consumers polling
+    every 100 ms during a job made it ~10% slower); an enqueue still wakes them at once, and once
+    the message is acked they poll every worker timeout again. On a Redis of its own, so every
+    BLPOP it counts is this test's."""
+    proc, url = start_redis(tmp_path, tmp_path, name="busy-redis")
+    broker = build_broker(Settings(redis_url=url, broker_namespace="bb-idle"))
+    busy_block_s = Settings().runner_busy_poll_ms / 1000
+    for q in ("busy", "idle"):
+        broker.declare_queue(q)
+    broker.enqueue(dramatiq.Message(queue_name="busy", actor_name="a", args=(), kwargs={}, options={}))
+    busy, idle = broker.consume("busy", prefetch=1, timeout=100), broker.consume("idle", prefetch=1, timeout=100)
+    delayed = broker.consume("idle.DQ", prefetch=1, timeout=100)
+    stop, got = threading.Event(), []
+
+    def consume() -> None:  # as Dramatiq's consumer thread does
+        while not stop.is_set():
+            if (m := next(idle)) is not None:
+                got.append(m)
+                idle.ack(m)
+
+    thread = threading.Thread(target=consume, daemon=True)
+    try:
+        message = next(busy)
+        assert message is not None and busy.outstanding_message_count == 1
+        # A delay queue's held message waits, it does not compute: it makes no process busy.
+        broker.enqueue(dramatiq.Message(queue_name="idle", actor_name="a", args=(), kwargs={},
+                                        options={"eta": int(time.time() * 1000) + 600_000}), delay=600_000)
+        assert next(delayed) is not None and delayed.outstanding_message_count == 1
+        assert idle._idle_block_s() == busy_block_s == 1.0
+        thread.start()
+        time.sleep(0.3)  # into its first wait
+        before = blpops(broker.client)
+        time.sleep(3.0)
+        during = blpops(broker.client) - before
+        assert 1 <= during <= 5, during  # 3 s at 1 s per BLPOP (at the worker timeout: 15-30)
+        # An enqueue's token wakes it at once, busy or not.
+        t0 = time.monotonic()
+        broker.enqueue(dramatiq.Message(queue_name="idle", actor_name="a", args=(), kwargs={}, options={}))
+        deadline = t0 + 30
+        while not got:
+            assert time.monotonic() < deadline, "the idle consumer never took the message"
+            time.sleep(0.01)
+        assert time.monotonic() - t0 < busy_block_s / 2
+        # The job is done: the idle consumer polls every worker timeout again.
+        busy.ack(message)
+        assert idle._idle_block_s() == 0.1
+        time.sleep(busy_block_s + 0.3)  # past the wait that began while it was busy
+        before = blpops(broker.client)
+        time.sleep(3.0)
+        # 100 ms BLPOPs, which Redis times out at its 10 Hz clock: 15-30 of them.
+        assert blpops(broker.client) - before >= 10, blpops(broker.client) - before
+    finally:
+        stop.set()
+        thread.join(10)
+        for c in (busy, idle, delayed):
+            c.close()
+        broker.close()
+        terminate(proc, 10)
