@@ -82,6 +82,7 @@ bench: install browser
 	$(BIN)/python -m bench.handler_throughput
 	$(BIN)/python -m bench.put_to_enqueue
 	$(BIN)/python -m bench.diffusion_bucket
+	$(BIN)/python -m bench.runner_threads
 	$(BIN)/python -m bench.microbatch --models $(MICROBATCH_MODELS)
 	$(BIN)/python -m bench.upscale
 	$(BIN)/python -m bench.annotators
